@@ -1,0 +1,383 @@
+//! Validation: raw `config.toml` → [`Config`], or every mistake in it.
+//!
+//! [`parse`] first lets serde check the shape of the file ([`raw`](super::raw)); a TOML syntax
+//! error, an unknown key or a key of the wrong type ends there, alone, because nothing after it
+//! can be trusted. Then every value is checked for meaning — durations, addresses, names of
+//! roles and probes, ranges, pool references, pairs — and every violation becomes its own
+//! [`ConfigError`] naming the line, the dotted key and what is accepted. Errors are collected,
+//! not returned at the first, so `siplb check` shows all of them at once, sorted by line.
+//!
+//! The work is split by section: [`values`] reads single values, [`pools`] checks pools, their
+//! servers and pairs, [`routes`] checks routes against the pools, [`toml_error`] turns serde's
+//! errors into ours, and [`summary`] prints a validated config for humans.
+
+mod pools;
+mod routes;
+mod summary;
+mod toml_error;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawHealth, RawListen, RawOps, RawRouting};
+use super::{Config, ConfigError, Health, Listen, Ops, ProbeKind, Routing};
+
+pub use summary::summary;
+
+/// `[health]` when the file leaves a key out.
+const DEFAULT_HEALTH: Health = Health {
+    probe: ProbeKind::Options,
+    interval: Duration::from_secs(1),
+    timeout: Duration::from_millis(500),
+    fall: 2,
+    rise: 2,
+};
+
+/// `[routing]` when the file leaves a key out.
+const DEFAULT_ROUTING: Routing = Routing {
+    no_route: 404,
+    retry_after: Duration::from_secs(30),
+};
+
+/// The most UDP worker sockets per address we accept.
+const MAX_WORKERS: i64 = 256;
+
+/// Reads and validates the configuration file at `path`.
+///
+/// A file that cannot be read is one error with line 0 and an empty key.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text),
+        Err(e) => Err(vec![ConfigError::new(
+            path,
+            0,
+            "",
+            format!("cannot read the configuration file: {e}"),
+        )]),
+    }
+}
+
+/// Validates `text`, the contents of the configuration file at `path` (used in error messages
+/// and as [`Config::path`]; relative file paths in the file — TLS certificate and key, admin
+/// token file — are resolved against its directory).
+///
+/// On failure every error found is returned, sorted by line.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => return Err(vec![toml_error::to_config_error(path, text, &e)]),
+    };
+    let mut ctx = Ctx {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let config = build(&mut ctx, raw);
+    if ctx.errors.is_empty() {
+        Ok(config)
+    } else {
+        let mut errors = ctx.errors;
+        errors.sort_by_key(|e| e.line);
+        Err(errors)
+    }
+}
+
+/// The worker count when `[listen] workers` is not given: one per core, within 1..=256.
+pub(crate) fn default_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.clamp(1, MAX_WORKERS as usize)
+}
+
+/// The 1-based line byte `offset` of `text` is on (the last line when past the end).
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// What validation carries around: where the text came from and the errors found so far.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    /// The 1-based line a byte offset of the text is on.
+    fn line_of(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    /// Records an error about the value at `span`.
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let line = self.line_of(span.start);
+        self.error_at_line(line, key, message);
+    }
+
+    /// Records an error at a line (for what is missing, and so has no span of its own).
+    fn error_at_line(&mut self, line: usize, key: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .push(ConfigError::new(self.path, line, key, message));
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+/// Checks every section; the returned `Config` is only meaningful when no error was recorded
+/// (invalid values are replaced by defaults so that later checks can go on).
+fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
+    let listen = listen(ctx, raw.listen.as_ref());
+    let ops = ops(ctx, raw.ops.as_ref());
+    let health = match &raw.health {
+        Some(h) => health(ctx, h.get_ref(), "health", &DEFAULT_HEALTH, "the default"),
+        None => DEFAULT_HEALTH,
+    };
+    let routing = routing(ctx, raw.routing.as_ref());
+    let pools = pools::pools(ctx, &raw.pool, &health);
+    let routes = routes::routes(ctx, &raw.route, &pools);
+    Config {
+        path: ctx.path.to_path_buf(),
+        listen,
+        ops,
+        health,
+        routing,
+        pools,
+        routes,
+    }
+}
+
+/// `[listen]`: at least one listener, no address twice on the same protocol.
+fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
+    let mut listen = Listen {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        tls: Vec::new(),
+        advertise: None,
+        workers: default_workers(),
+    };
+    let Some(raw) = raw else {
+        ctx.error_at_line(
+            1,
+            "listen",
+            "no [listen] section; add one with at least one listener, e.g. \
+             udp = [\"127.0.0.1:5060\"]",
+        );
+        return listen;
+    };
+    // UDP and TCP ports are separate; TCP and TLS listeners share the TCP port space.
+    let mut seen_udp = values::Seen::default();
+    let mut seen_tcp = values::Seen::default();
+    for (i, addr) in raw.get_ref().udp.iter().enumerate() {
+        let key = format!("listen.udp[{i}]");
+        if let Some(a) = values::socket_addr(ctx, addr, &key, values::AddrUse::Listen) {
+            seen_udp.check(ctx, a, addr.span(), &key, "UDP listener");
+            listen.udp.push(a);
+        }
+    }
+    for (i, addr) in raw.get_ref().tcp.iter().enumerate() {
+        let key = format!("listen.tcp[{i}]");
+        if let Some(a) = values::socket_addr(ctx, addr, &key, values::AddrUse::Listen) {
+            seen_tcp.check(ctx, a, addr.span(), &key, "TCP or TLS listener");
+            listen.tcp.push(a);
+        }
+    }
+    let base = ctx.base_dir();
+    for (i, tls) in raw.get_ref().tls.iter().enumerate() {
+        let prefix = format!("listen.tls[{i}]");
+        let tls = tls.get_ref();
+        let key = format!("{prefix}.address");
+        let address = values::socket_addr(ctx, &tls.address, &key, values::AddrUse::Listen);
+        if let Some(a) = address {
+            seen_tcp.check(ctx, a, tls.address.span(), &key, "TCP or TLS listener");
+        }
+        let cert = values::file_path(ctx, &tls.cert, &format!("{prefix}.cert"), &base);
+        let key_file = values::file_path(ctx, &tls.key, &format!("{prefix}.key"), &base);
+        if let (Some(address), Some(cert), Some(key)) = (address, cert, key_file) {
+            listen.tls.push(super::TlsListen { address, cert, key });
+        }
+    }
+    let raw_listen = raw.get_ref();
+    if raw_listen.udp.is_empty() && raw_listen.tcp.is_empty() && raw_listen.tls.is_empty() {
+        ctx.error(
+            raw.span(),
+            "listen",
+            "no listener; give at least one of udp = [\"IP:port\"], tcp = [...] or tls = [...]",
+        );
+    }
+    if let Some(adv) = &raw_listen.advertise {
+        listen.advertise = values::host_port(ctx, adv, "listen.advertise");
+    }
+    if let Some(w) = &raw_listen.workers {
+        let accepted = format!(
+            "use 1 to {MAX_WORKERS} worker sockets per UDP address, or leave it out for one per \
+             core"
+        );
+        if let Some(w) = values::int_in(ctx, w, "listen.workers", 1, MAX_WORKERS, &accepted) {
+            // In 1..=256 by the check above.
+            listen.workers = w as usize;
+        }
+    }
+    listen
+}
+
+/// `[ops]`: both keys optional.
+fn ops(ctx: &mut Ctx<'_>, raw: Option<&RawOps>) -> Ops {
+    let mut ops = Ops {
+        listen: None,
+        admin_token_file: None,
+    };
+    let Some(raw) = raw else { return ops };
+    if let Some(addr) = &raw.listen {
+        ops.listen = values::socket_addr(ctx, addr, "ops.listen", values::AddrUse::Listen);
+    }
+    if let Some(file) = &raw.admin_token_file {
+        let base = ctx.base_dir();
+        ops.admin_token_file = values::file_path(ctx, file, "ops.admin_token_file", &base);
+    }
+    ops
+}
+
+/// `[health]` (`prefix` = `health`) or a pool's override (`pool[i].health`), each key given
+/// replacing the one in `base`. `base_name` says where `base` came from, for messages.
+fn health(
+    ctx: &mut Ctx<'_>,
+    raw: &RawHealth,
+    prefix: &str,
+    base: &Health,
+    base_name: &str,
+) -> Health {
+    let mut h = base.clone();
+    if let Some(p) = &raw.probe {
+        let choices = [
+            ("options", ProbeKind::Options),
+            ("tcp-connect", ProbeKind::TcpConnect),
+        ];
+        if let Some(probe) = values::choice(ctx, p, &format!("{prefix}.probe"), "probe", &choices) {
+            h.probe = probe;
+        }
+    }
+    for (raw_value, name, slot) in [
+        (&raw.interval, "interval", &mut h.interval),
+        (&raw.timeout, "timeout", &mut h.timeout),
+    ] {
+        let Some(v) = raw_value else { continue };
+        let key = format!("{prefix}.{name}");
+        let Some(d) = values::duration(ctx, v, &key) else {
+            continue;
+        };
+        if d.is_zero() {
+            ctx.error(
+                v.span(),
+                key,
+                format!("{name} must be longer than 0; use e.g. 500ms, 1s"),
+            );
+        } else {
+            *slot = d;
+        }
+    }
+    for (raw_value, name, slot, meaning) in [
+        (
+            &raw.fall,
+            "fall",
+            &mut h.fall,
+            "failed probes in a row that mark a server down",
+        ),
+        (
+            &raw.rise,
+            "rise",
+            &mut h.rise,
+            "good probes in a row that bring a server back",
+        ),
+    ] {
+        let Some(v) = raw_value else { continue };
+        let key = format!("{prefix}.{name}");
+        let accepted = format!("use a whole number of at least 1: the {meaning}");
+        if let Some(n) = values::int_in(ctx, v, &key, 1, i64::from(u32::MAX), &accepted) {
+            // In 1..=u32::MAX by the check above.
+            *slot = n as u32;
+        }
+    }
+    if h.timeout > h.interval {
+        // Point at whichever of the two this section set, the timeout when it set both.
+        let culprit = match (&raw.timeout, &raw.interval) {
+            (Some(t), _) => Some((t.span(), "timeout")),
+            (None, Some(i)) => Some((i.span(), "interval")),
+            (None, None) => None,
+        };
+        if let Some((span, name)) = culprit {
+            // Say where the value that was not set here came from.
+            let origin = |given: bool| {
+                if given {
+                    String::new()
+                } else {
+                    format!(" ({base_name})")
+                }
+            };
+            let t_from = origin(raw.timeout.is_some());
+            let i_from = origin(raw.interval.is_some());
+            ctx.error(
+                span,
+                format!("{prefix}.{name}"),
+                format!(
+                    "timeout {}{t_from} is longer than interval {}{i_from}; a probe must time \
+                     out before the next is due: use a timeout no longer than the interval",
+                    super::duration::format_duration(h.timeout),
+                    super::duration::format_duration(h.interval),
+                ),
+            );
+        }
+        h.timeout = h.interval;
+    }
+    h
+}
+
+/// `[routing]`: the answers siplb gives when it cannot route.
+fn routing(ctx: &mut Ctx<'_>, raw: Option<&RawRouting>) -> Routing {
+    let mut routing = DEFAULT_ROUTING;
+    let Some(raw) = raw else { return routing };
+    if let Some(code) = &raw.no_route {
+        match *code.get_ref() {
+            403 => routing.no_route = 403,
+            404 => routing.no_route = 404,
+            other => ctx.error(
+                code.span(),
+                "routing.no_route",
+                format!(
+                    "no_route = {other} is not accepted; use 404 (Not Found, the default) or \
+                     403 (Forbidden)"
+                ),
+            ),
+        }
+    }
+    if let Some(v) = &raw.retry_after {
+        if let Some(d) = values::duration(ctx, v, "routing.retry_after") {
+            if d.subsec_nanos() != 0 {
+                ctx.error(
+                    v.span(),
+                    "routing.retry_after",
+                    format!(
+                        "\"{}\" is not a whole number of seconds, which is all Retry-After can \
+                         carry; use e.g. 30s, 2m",
+                        v.get_ref()
+                    ),
+                );
+            } else {
+                routing.retry_after = d;
+            }
+        }
+    }
+    routing
+}

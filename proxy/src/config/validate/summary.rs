@@ -1,0 +1,156 @@
+//! A one-screen, human summary of a validated [`Config`], printed by `siplb check`.
+//!
+//! It shows the configuration after defaults and overrides are applied, so an operator sees
+//! what siplb will actually do, not just what the file says.
+
+use std::fmt::Write;
+
+use super::super::duration::format_duration;
+use super::super::{Config, FailoverMode, Health, ProbeKind, RouteConfig};
+
+/// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
+/// its settings and servers, and each route with its conditions, pools and key.
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(out, "configuration {}", cfg.path.display());
+
+    let l = &cfg.listen;
+    let list = |addrs: Vec<String>| {
+        if addrs.is_empty() {
+            "-".to_string()
+        } else {
+            addrs.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "listen    udp {} | tcp {} | tls {} | {} worker{} per UDP address",
+        list(l.udp.iter().map(ToString::to_string).collect()),
+        list(l.tcp.iter().map(ToString::to_string).collect()),
+        list(l.tls.iter().map(|t| t.address.to_string()).collect()),
+        l.workers,
+        if l.workers == 1 { "" } else { "s" },
+    );
+    let advertise = match &l.advertise {
+        Some(hp) => hp.to_string(),
+        None => "(the first UDP listener's bound address)".to_string(),
+    };
+    let _ = writeln!(out, "advertise {advertise}");
+    let ops_listen = cfg
+        .ops
+        .listen
+        .map_or("off".to_string(), |a| format!("http://{a}"));
+    let token = cfg
+        .ops
+        .admin_token_file
+        .as_ref()
+        .map_or("none".to_string(), |p| p.display().to_string());
+    let _ = writeln!(out, "ops       {ops_listen} | admin token file: {token}");
+    let _ = writeln!(out, "health    {}", health(&cfg.health));
+    let _ = writeln!(
+        out,
+        "routing   no route -> {} | no server up -> 503 with Retry-After {}",
+        cfg.routing.no_route,
+        cfg.routing.retry_after.as_secs()
+    );
+
+    let _ = writeln!(out, "\npools ({})", cfg.pools.len());
+    for pool in &cfg.pools {
+        let pair = pool
+            .pair
+            .as_deref()
+            .map_or("no pair".to_string(), |p| format!("pair {p}"));
+        let failover = match pool.failover {
+            FailoverMode::Auto => {
+                format!(
+                    "failover auto (failback after {})",
+                    format_duration(pool.failback_after)
+                )
+            }
+            FailoverMode::Manual => "failover manual".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {}, {pair}, {failover}, min_up {}",
+            pool.name,
+            pool.role.as_str(),
+            pool.min_up
+        );
+        if pool.health != cfg.health {
+            let _ = writeln!(
+                out,
+                "    health {} (overrides [health])",
+                health(&pool.health)
+            );
+        }
+        let id_width = pool.servers.iter().map(|s| s.id.len()).max().unwrap_or(0);
+        let addr_width = pool
+            .servers
+            .iter()
+            .map(|s| s.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        for s in &pool.servers {
+            let _ = writeln!(
+                out,
+                "    {:id_width$}  {:addr_width$}  {:3}  weight {}{}",
+                s.id,
+                s.address.to_string(),
+                s.transport.as_str(),
+                s.weight,
+                if s.drained { "  drained" } else { "" },
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\nroutes ({}, first match wins)", cfg.routes.len());
+    for (i, route) in cfg.routes.iter().enumerate() {
+        let _ = writeln!(out, "  route[{i}]  {}", route_line(route));
+    }
+    out
+}
+
+/// `options every 1s, timeout 500ms, fall 2, rise 2`.
+fn health(h: &Health) -> String {
+    let probe = match h.probe {
+        ProbeKind::Options => "options",
+        ProbeKind::TcpConnect => "tcp-connect",
+    };
+    format!(
+        "{probe} every {}, timeout {}, fall {}, rise {}",
+        format_duration(h.interval),
+        format_duration(h.timeout),
+        h.fall,
+        h.rise
+    )
+}
+
+/// `methods REGISTER, INVITE; domain contoso.com -> pools fe-dc1, fe-dc2; key to-aor`.
+fn route_line(r: &RouteConfig) -> String {
+    let mut conditions = Vec::new();
+    if let Some(methods) = &r.methods {
+        conditions.push(format!("methods {}", methods.join(", ")));
+    }
+    if let Some(domain) = &r.domain {
+        conditions.push(format!("domain {domain}"));
+    }
+    if let Some(user) = &r.uri_user_param {
+        conditions.push(format!("user={user}"));
+    }
+    let when = if conditions.is_empty() {
+        "every request".to_string()
+    } else {
+        conditions.join("; ")
+    };
+    let pools = match r.pools.as_slice() {
+        [one] => format!("pool {one}"),
+        many => format!("pools {} (by key)", many.join(", ")),
+    };
+    let key = r
+        .key
+        .map_or("default (To AOR for REGISTER, From AOR otherwise)", |k| {
+            k.as_str()
+        });
+    format!("{when} -> {pools}; key {key}")
+}

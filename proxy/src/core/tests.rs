@@ -1,0 +1,382 @@
+//! The routing rules of DESIGN.md, one by one, against the sans-io core.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::*;
+use crate::config::{parse, HostPort};
+use crate::table::{ConfigHealth, RoutingTable};
+
+const CFG: &str = r#"
+[listen]
+udp = ["127.0.0.1:5060"]
+advertise = "lb.contoso.com:5060"
+
+[routing]
+retry_after = "42s"
+
+[[pool]]
+name = "fe"
+servers = [
+  { address = "127.0.0.1:5071", id = "fe-a" },
+  { address = "127.0.0.1:5072", id = "fe-b" },
+  { address = "127.0.0.1:5073", id = "fe-c" },
+]
+
+[[pool]]
+name = "dark"
+servers = [{ address = "127.0.0.1:5081", drained = true }]
+
+[[route]]
+domain = "dark.example"
+pool = "dark"
+
+[[route]]
+domain = "contoso.com"
+pool = "fe"
+"#;
+
+const CLIENT: &str = "192.0.2.7:5099";
+
+fn table() -> RoutingTable {
+    let cfg = parse(Path::new("t.toml"), CFG).expect("valid config");
+    let adv = cfg.listen.advertise.clone().unwrap_or(HostPort {
+        host: "x".into(),
+        port: None,
+    });
+    RoutingTable::build(
+        &cfg,
+        adv,
+        vec!["127.0.0.1:5060".parse().unwrap()],
+        1,
+        &ConfigHealth,
+    )
+}
+
+fn register(user: &str) -> String {
+    format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK-{user}-1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:{user}@contoso.com>;tag=ft\r\n\
+To: <sip:{user}@contoso.com>\r\n\
+Call-ID: reg-{user}\r\n\
+CSeq: 1 REGISTER\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn invite(branch: &str, method: &str, extra: &str) -> String {
+    format!(
+        "{method} sip:bob@contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.7:5099;branch={branch}\r\n\
+{extra}\
+From: \"Alice\" <sip:alice@contoso.com>;tag=a1\r\n\
+To: <sip:bob@contoso.com>\r\n\
+Call-ID: call-1\r\n\
+CSeq: 1 {method}\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn handle(msg: &str) -> (Action, String) {
+    handle_from(msg, CLIENT)
+}
+
+fn handle_from(msg: &str, src: &str) -> (Action, String) {
+    let mut w = Worker::new();
+    let a = w.handle(&table(), msg.as_bytes(), src.parse().unwrap());
+    (a, String::from_utf8_lossy(&w.out).into_owned())
+}
+
+fn forwarded_to(a: Action) -> SocketAddr {
+    match a {
+        Action::Forward(to) => to,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+fn status(out: &str) -> &str {
+    &out[8..11]
+}
+
+#[test]
+fn a_register_is_forwarded_with_only_our_edits() {
+    let req = register("alice");
+    let (a, out) = handle(&req);
+    let to = forwarded_to(a);
+    assert!(
+        ["127.0.0.1:5071", "127.0.0.1:5072", "127.0.0.1:5073"].contains(&to.to_string().as_str())
+    );
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(
+        lines[1].starts_with("Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        "Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK-alice-1;rport=5099;received=192.0.2.7"
+    );
+    assert_eq!(lines[3], "Max-Forwards: 69");
+    // Undo our edits: what is left is the request as sent, byte for byte.
+    let undone = out
+        .replacen(&format!("{}\r\n", lines[1]), "", 1)
+        .replace(";rport=5099;received=192.0.2.7", ";rport")
+        .replace("Max-Forwards: 69", "Max-Forwards: 70");
+    assert_eq!(undone, req);
+}
+
+#[test]
+fn the_same_user_always_reaches_the_same_server() {
+    let first = forwarded_to(handle(&register("carol")).0);
+    for _ in 0..20 {
+        assert_eq!(forwarded_to(handle(&register("carol")).0), first);
+    }
+    let spread: std::collections::HashSet<SocketAddr> = (0..60)
+        .map(|i| forwarded_to(handle(&register(&format!("u{i}"))).0))
+        .collect();
+    assert_eq!(spread.len(), 3, "60 users use all three servers");
+}
+
+#[test]
+fn invite_retransmission_cancel_and_ack_share_server_and_branch() {
+    let branch_of = |out: &str| {
+        out.split("branch=")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (a1, o1) = handle(&invite("z9hG4bKinv1", "INVITE", ""));
+    let (a2, o2) = handle(&invite("z9hG4bKinv1", "INVITE", ""));
+    let (a3, o3) = handle(&invite("z9hG4bKinv1", "CANCEL", ""));
+    let (a4, o4) = handle(&invite("z9hG4bKinv1", "ACK", ""));
+    let (_, o5) = handle(&invite("z9hG4bKinv2", "INVITE", ""));
+    assert_eq!(o1, o2);
+    for (a, o) in [(a2, &o2), (a3, &o3), (a4, &o4)] {
+        assert_eq!(forwarded_to(a), forwarded_to(a1));
+        assert_eq!(branch_of(o), branch_of(&o1));
+    }
+    assert_ne!(branch_of(&o5), branch_of(&o1));
+}
+
+#[test]
+fn branches_without_the_magic_cookie_are_derived_from_the_transaction() {
+    let branch_of = |out: &str| {
+        out.split("branch=")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let a = handle(&invite("old2543", "INVITE", "")).1;
+    let b = handle(&invite("old2543", "INVITE", "")).1;
+    let c = handle(&invite("old2543", "CANCEL", "")).1;
+    assert_eq!(branch_of(&a), branch_of(&b));
+    assert_eq!(branch_of(&a), branch_of(&c));
+    assert!(branch_of(&a).starts_with("z9hG4bK-lb"));
+}
+
+#[test]
+fn max_forwards_zero_is_answered_483_and_absent_is_added() {
+    let (a, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: 0\r\n"));
+    assert_eq!(a, Action::Reply("192.0.2.7:5099".parse().unwrap()));
+    assert!(out.starts_with("SIP/2.0 483 Too Many Hops\r\n"), "{out}");
+    assert!(out.contains("To: <sip:bob@contoso.com>;tag=lb"));
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", ""));
+    assert!(
+        out.ends_with("Content-Length: 0\r\nMax-Forwards: 70\r\n\r\n"),
+        "{out}"
+    );
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: 1000\r\n"));
+    assert!(out.contains("Max-Forwards: 255\r\n"), "{out}");
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: x\r\n"));
+    assert!(out.starts_with("SIP/2.0 400 "), "{out}");
+}
+
+#[test]
+fn unrouted_requests_get_404_and_acks_get_nothing() {
+    let req =
+        invite("z9hG4bK1", "INVITE", "").replace("bob@contoso.com SIP", "bob@fabrikam.com SIP");
+    let (a, out) = handle(&req);
+    assert!(matches!(a, Action::Reply(_)));
+    assert_eq!(status(&out), "404");
+    let ack = req.replace("INVITE", "ACK");
+    assert_eq!(handle(&ack).0, Action::Drop(DropReason::AckUnroutable));
+}
+
+#[test]
+fn a_pool_without_servers_up_answers_503_with_retry_after() {
+    let req =
+        invite("z9hG4bK1", "INVITE", "").replace("bob@contoso.com SIP", "bob@dark.example SIP");
+    let (_, out) = handle(&req);
+    assert!(
+        out.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("Retry-After: 42\r\n"), "{out}");
+}
+
+#[test]
+fn routes_to_foreign_hosts_are_refused() {
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "INVITE",
+        "Route: <sip:203.0.113.9:5060;lr>\r\n",
+    ));
+    assert!(matches!(a, Action::Reply(_)));
+    assert_eq!(status(&out), "403");
+    // Our own Route followed by a foreign one is refused too.
+    let (_, out) = handle(&invite(
+        "z9hG4bK1",
+        "INVITE",
+        "Route: <sip:lb.contoso.com;lr>, <sip:203.0.113.9;lr>\r\n",
+    ));
+    assert_eq!(status(&out), "403");
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Route: garbage\r\n"));
+    assert_eq!(status(&out), "403");
+}
+
+#[test]
+fn our_route_is_removed_and_a_server_route_is_followed() {
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "INVITE",
+        "Route: <sip:lb.contoso.com:5060;lr>\r\n",
+    ));
+    forwarded_to(a);
+    assert!(!out.contains("Route:"), "{out}");
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "BYE",
+        "Route: <sip:127.0.0.1;lr>\r\nRoute: <sip:127.0.0.1:5073;lr>\r\n",
+    ));
+    assert_eq!(forwarded_to(a), "127.0.0.1:5073".parse().unwrap());
+    assert!(
+        out.contains("Route: <sip:127.0.0.1:5073;lr>\r\n") && !out.contains("<sip:127.0.0.1;lr>"),
+        "{out}"
+    );
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "BYE",
+        "Route: <sip:lb.contoso.com;lr>,<sip:127.0.0.1:5072;lr>\r\n",
+    ));
+    assert_eq!(forwarded_to(a), "127.0.0.1:5072".parse().unwrap());
+    assert!(out.contains("Route: <sip:127.0.0.1:5072;lr>\r\n"), "{out}");
+}
+
+#[test]
+fn responses_lose_our_via_and_go_where_the_next_via_says() {
+    let (_, fwd) = handle(&register("dave"));
+    let resp = fwd
+        .replacen("REGISTER sip:contoso.com SIP/2.0", "SIP/2.0 200 OK", 1)
+        .replace(
+            "To: <sip:dave@contoso.com>",
+            "To: <sip:dave@contoso.com>;tag=srv",
+        );
+    let (a, out) = handle_from(&resp, "127.0.0.1:5071");
+    assert_eq!(forwarded_to(a), "192.0.2.7:5099".parse().unwrap());
+    assert!(!out.contains("lb.contoso.com"), "{out}");
+    assert!(out.contains(
+        "Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK-dave-1;rport=5099;received=192.0.2.7\r\n"
+    ));
+    // The same response from somewhere that is not a server is not relayed.
+    assert_eq!(
+        handle_from(&resp, "198.51.100.1:5060").0,
+        Action::Drop(DropReason::UnknownSender)
+    );
+}
+
+#[test]
+fn responses_with_several_vias_on_one_line_keep_the_others() {
+    let resp = "SIP/2.0 180 Ringing\r\n\
+Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb01, SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc;received=[2001:db8::8]\r\n\
+From: <sip:a@contoso.com>;tag=1\r\nTo: <sip:b@contoso.com>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let (a, out) = handle_from(resp, "127.0.0.1:5072");
+    assert_eq!(forwarded_to(a), "[2001:db8::8]:5062".parse().unwrap());
+    assert!(
+        out.contains(
+            "\r\nVia: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc;received=[2001:db8::8]\r\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn responses_not_ours_are_dropped() {
+    let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bKx\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\r\n";
+    assert_eq!(
+        handle_from(resp, "127.0.0.1:5071").0,
+        Action::Drop(DropReason::NotOurs)
+    );
+    let only_ours = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb1\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\r\n";
+    assert_eq!(
+        handle_from(only_ours, "127.0.0.1:5071").0,
+        Action::Drop(DropReason::NoReturnPath)
+    );
+}
+
+#[test]
+fn compact_headers_ipv6_and_extension_methods_route() {
+    let req = "BENOTIFY sip:bob@contoso.com SIP/2.0\r\n\
+v: SIP/2.0/UDP [2001:db8::7]:5099;branch=z9hG4bKbn;rport\r\n\
+f: <sip:alice@[2001:db8::1]>;tag=1\r\n\
+t: <sip:bob@contoso.com>\r\n\
+i: bn-1\r\n\
+CSeq: 3 BENOTIFY\r\n\
+l: 5\r\n\r\nhello-and-trailing-junk";
+    let (a, out) = handle_from(req, "[2001:db8::7]:5099");
+    forwarded_to(a);
+    assert!(out.contains("v: SIP/2.0/UDP [2001:db8::7]:5099;branch=z9hG4bKbn;rport=5099;received=[2001:db8::7]\r\n"), "{out}");
+    assert!(
+        out.ends_with("\r\n\r\nhello"),
+        "body cut at Content-Length: {out}"
+    );
+}
+
+#[test]
+fn garbage_is_dropped_without_panicking() {
+    let mut w = Worker::new();
+    let t = table();
+    let src: SocketAddr = CLIENT.parse().unwrap();
+    assert_eq!(
+        w.handle(&t, b"\r\n\r\n", src),
+        Action::Drop(DropReason::KeepAlive)
+    );
+    assert_eq!(
+        w.handle(&t, b"GET / HTTP/1.1\r\n\r\n", src),
+        Action::Drop(DropReason::Malformed)
+    );
+    let req = register("eve");
+    let mut seed = 0x1234_5678_u64;
+    for _ in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut bytes = req.as_bytes().to_vec();
+        let cut = (seed as usize) % bytes.len();
+        match seed % 3 {
+            0 => bytes.truncate(cut),
+            1 => bytes[cut] = (seed >> 20) as u8,
+            _ => bytes.insert(cut, b','),
+        }
+        let _ = w.handle(&t, &bytes, src);
+    }
+}
+
+#[test]
+fn explain_names_the_route_and_server() {
+    let t = table();
+    let d = Worker::new()
+        .explain(&t, register("frank").as_bytes(), CLIENT.parse().unwrap())
+        .unwrap();
+    assert_eq!(d.route, 1);
+    assert_eq!(t.pools[d.home].name, "fe");
+    assert!(d.server.is_some());
+}

@@ -1,0 +1,255 @@
+//! `siplb demo`: the shipped `config.toml` brought to life on loopback.
+//!
+//! Every server of the built-in config becomes a small SIP responder (it answers each request
+//! with `200 OK` and names itself in a `Server` header), the proxy starts in front of them, and
+//! a demo client signs users in through it to show what siplb does: each user sticks to one
+//! server of its home pool, and when a server is taken out of the routing table (a table swap,
+//! as a health change or an operator's drain makes) only that server's users move, spread over
+//! the others, and come back when it returns. The proxy then keeps running for sipp or any SIP
+//! client until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use healthcheck::ServerState;
+use tokio::net::UdpSocket;
+
+use crate::config::{self, Config};
+use crate::server::Proxy;
+use crate::sip::scan::{header_lines, scan};
+use crate::table::{ConfigHealth, HealthView};
+
+/// The shipped configuration, built in so the demo runs from anywhere.
+pub const CONFIG: &str = include_str!("../../config.toml");
+
+/// A minimal SIP request for `aor`, as a UA would send it through siplb. A REGISTER goes to
+/// the AOR's domain; anything else to the AOR itself.
+pub fn request(method: &str, aor: &str, call_id: &str, cseq: u32, via_sent_by: &str) -> String {
+    let aor = if aor.contains(':') {
+        aor.to_string()
+    } else {
+        format!("sip:{aor}")
+    };
+    let ruri = match (method, aor.split_once('@')) {
+        ("REGISTER", Some((_, domain))) => format!("sip:{domain}"),
+        _ => aor.clone(),
+    };
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {via_sent_by};branch=z9hG4bK{call_id}-{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <{aor}>;tag=demo{cseq}\r\n\
+         To: <{aor}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         User-Agent: siplb-demo\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Answers every request with 200 OK naming `id`; forever.
+async fn responder(socket: UdpSocket, id: String) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let msg = &buf[..n];
+        let Ok(m) = scan(msg) else { continue };
+        if !m.is_request() || m.method(msg) == Some(b"ACK") {
+            continue;
+        }
+        let mut out = b"SIP/2.0 200 OK\r\n".to_vec();
+        for (name, value) in header_lines(msg, &m) {
+            let name = name.of(msg);
+            let copy = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
+            if copy.iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes())) {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.of(msg));
+                if name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t") {
+                    out.extend_from_slice(b";tag=");
+                    out.extend_from_slice(id.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        let _ = write!(out, "Server: {id}\r\nContent-Length: 0\r\n\r\n");
+        let _ = socket.send_to(&out, from).await;
+    }
+}
+
+/// Sends `request` to the proxy and returns the `Server` header of the answer.
+async fn ask(client: &UdpSocket, proxy: SocketAddr, request: &str) -> Option<String> {
+    client.send_to(request.as_bytes(), proxy).await.ok()?;
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let msg = &buf[..n];
+    let m = scan(msg).ok()?;
+    let server = header_lines(msg, &m)
+        .into_iter()
+        .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(b"server"))?;
+    Some(String::from_utf8_lossy(server.1.of(msg)).into_owned())
+}
+
+/// Signs every user in; returns user → server id.
+async fn sign_in(
+    client: &UdpSocket,
+    proxy: SocketAddr,
+    users: &[String],
+    round: u32,
+) -> BTreeMap<String, String> {
+    let sent_by = client
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut placed = BTreeMap::new();
+    for (i, user) in users.iter().enumerate() {
+        let call_id = format!("demo-{round}-{i}");
+        let req = request("REGISTER", user, &call_id, round, &sent_by);
+        let server = ask(client, proxy, &req)
+            .await
+            .unwrap_or_else(|| "no answer".into());
+        placed.insert(user.clone(), server);
+    }
+    placed
+}
+
+/// One server taken out of hashing.
+struct Drained(String);
+
+impl HealthView for Drained {
+    fn server_state(&self, id: &str) -> Option<ServerState> {
+        (id == self.0).then_some(ServerState::Drained)
+    }
+    fn failed_over(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// Runs the demo until Ctrl-C.
+pub fn run() -> anyhow::Result<std::process::ExitCode> {
+    crate::logging::init();
+    let cfg: Config =
+        config::parse(Path::new("config.toml (built in)"), CONFIG).map_err(|errors| {
+            anyhow::anyhow!(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })?;
+    let runtime = crate::runtime(cfg.listen.workers)?;
+    runtime.block_on(demo(cfg))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn demo(cfg: Config) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    for pool in &cfg.pools {
+        for s in &pool.servers {
+            let socket = UdpSocket::bind(s.address)
+                .await
+                .with_context(|| format!("demo server {} cannot bind {}", s.id, s.address))?;
+            tokio::spawn(responder(socket, s.id.clone()));
+        }
+    }
+    let proxy = Arc::new(Proxy::start(cfg, &ConfigHealth)?);
+    let addr = proxy.udp[0];
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    let t = proxy.tables.load_full();
+    writeln!(
+        out,
+        "siplb demo: proxy on udp {addr}, advertising {}",
+        t.advertise
+    )?;
+    for p in &t.pools {
+        let servers: Vec<String> = p
+            .servers
+            .iter()
+            .map(|s| format!("{} {}", s.id, s.address))
+            .collect();
+        let pair = p.pair.map(|i| t.pools[i].name.as_str()).unwrap_or("none");
+        writeln!(
+            out,
+            "  pool {:<8} {:<10} pair {:<8} servers: {}",
+            p.name,
+            p.role.as_str(),
+            pair,
+            servers.join(", ")
+        )?;
+    }
+
+    let users: Vec<String> = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+        "mallory", "oscar",
+    ]
+    .iter()
+    .map(|u| format!("{u}@contoso.com"))
+    .collect();
+    writeln!(
+        out,
+        "\n1. Each user signs in (REGISTER) through siplb and lands on one server:"
+    )?;
+    let home = sign_in(&client, addr, &users, 1).await;
+    for (u, s) in &home {
+        writeln!(out, "   {u:<24} -> {s}")?;
+    }
+    let again = sign_in(&client, addr, &users, 2).await;
+    let same = home
+        .iter()
+        .filter(|(u, s)| again.get(*u) == Some(s))
+        .count();
+    writeln!(
+        out,
+        "\n2. They sign in again: {same} of {} reach the same server (stickiness).",
+        users.len()
+    )?;
+
+    // Take out the server with the most users, so the move is easy to see.
+    let mut load: BTreeMap<&String, usize> = BTreeMap::new();
+    for s in home.values() {
+        *load.entry(s).or_default() += 1;
+    }
+    let victim = load.iter().max_by_key(|(_, n)| **n).map(|(s, _)| (*s).clone()).unwrap_or_default();
+    proxy.rebuild(&Drained(victim.clone()));
+    let moved = sign_in(&client, addr, &users, 3).await;
+    writeln!(
+        out,
+        "\n3. Server {victim} is taken out of the table (a new table is swapped in):"
+    )?;
+    for (u, s) in &moved {
+        let before = &home[u];
+        if before != s {
+            writeln!(out, "   {u:<24} {before} -> {s}")?;
+        }
+    }
+    let others_moved = home
+        .iter()
+        .filter(|(u, s)| **s != victim && moved.get(*u) != Some(s))
+        .count();
+    writeln!(out, "   only {victim}'s users moved ({others_moved} others did), spread over the rest of the pool.")?;
+
+    proxy.rebuild(&ConfigHealth);
+    let back = sign_in(&client, addr, &users, 4).await;
+    let home_again = home.iter().filter(|(u, s)| back.get(*u) == Some(s)).count();
+    writeln!(
+        out,
+        "\n4. {victim} is back: {home_again} of {} users are on their original server again.",
+        users.len()
+    )?;
+    writeln!(
+        out,
+        "\nsiplb keeps routing on udp {addr}. Try:\n  siplb route --config config.toml REGISTER sip:you@contoso.com\n  sipp {addr} -sn uac -m 10   (any SIP client works; Ctrl-C stops the demo)"
+    )?;
+    out.flush()?;
+    crate::shutdown_signal().await;
+    Ok(())
+}

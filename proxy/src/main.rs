@@ -1,0 +1,162 @@
+//! The `siplb` command line (DESIGN.md "Command line contract").
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use siplb::config::{self, Config};
+use siplb::core::Worker;
+use siplb::server::Proxy;
+use siplb::table::{ConfigHealth, RoutingTable};
+
+/// siplb: a SIP-aware, stateless load-balancing proxy that routes each user to one server of
+/// its home pool.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration: print a summary and exit 0, or every error and exit 1.
+    Check,
+    /// Show where a request would go with every server up.
+    Route {
+        /// The SIP method, e.g. REGISTER or INVITE.
+        method: String,
+        /// The user's address of record, e.g. sip:alice@contoso.com.
+        aor: String,
+    },
+    /// Run paired pools of built-in SIP responders and the proxy on loopback, and show routing.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(&cli.config),
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Route { method, aor }) => route(&cli.config, &method, &aor),
+        Some(Command::Demo) => siplb::demo::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("siplb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and validates the config, printing every error.
+fn load(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(cfg) => Some(cfg),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error(s); siplb did not start",
+                path.display(),
+                errors.len()
+            );
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", config::summary(&cfg));
+    println!("{}: ok", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
+        siplb::server::advertise_of(
+            cfg.listen
+                .udp
+                .first()
+                .copied()
+                .unwrap_or(([127, 0, 0, 1], 5060).into()),
+        )
+    });
+    let table = RoutingTable::build(&cfg, advertise, cfg.listen.udp.clone(), 1, &AllUp);
+    let request = siplb::demo::request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
+    let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
+    match Worker::new().explain(&table, request.as_bytes(), src) {
+        Ok(d) => {
+            let r = &table.routes[d.route];
+            println!("route   {}", d.route);
+            println!("home    {}", table.pools[d.home].name);
+            println!("serving {}", table.pools[d.serving].name);
+            match d.server {
+                Some(s) => {
+                    let s = table.server(d.serving, s);
+                    println!("server  {} {} {}", s.id, s.address, s.transport.as_str());
+                }
+                None => println!("server  none (503)"),
+            }
+            println!("key     {}", r.key_for(method.as_bytes()).as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => {
+            eprintln!("siplb: {method} {aor} is not routed: siplb answers {code}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `siplb route` answers for a healthy farm: every server up, drained ones included.
+struct AllUp;
+
+impl siplb::table::HealthView for AllUp {
+    fn server_state(&self, _: &str) -> Option<healthcheck::ServerState> {
+        Some(healthcheck::ServerState::Up)
+    }
+    fn failed_over(&self, _: &str) -> bool {
+        false
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    siplb::logging::init();
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let runtime = siplb::runtime(cfg.listen.workers)?;
+    runtime.block_on(async {
+        let proxy = Proxy::start(cfg, &ConfigHealth)?;
+        announce(&proxy);
+        siplb::shutdown_signal().await;
+        tracing::info!("stopping");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The lines scripts and tests wait for on stdout.
+fn announce(proxy: &Proxy) {
+    let mut out = std::io::stdout().lock();
+    for addr in &proxy.udp {
+        let _ = writeln!(out, "listening udp {addr}");
+    }
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    let t = proxy.tables.load();
+    tracing::info!(config = %proxy.config.path.display(), pools = t.pools.len(), routes = t.routes.len(), advertise = %t.advertise, "siplb ready");
+}

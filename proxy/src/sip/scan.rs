@@ -1,0 +1,547 @@
+//! A zero-copy scanner for one SIP message (RFC 3261 §7).
+//!
+//! [`scan`] walks the start line and the header lines once, classifies the handful of headers
+//! siplb reads (Via, From, To, Call-ID, CSeq, Max-Forwards, Route, Content-Length, in full or
+//! compact form and in any case), and records where each one sits as byte ranges. It neither
+//! copies nor decodes anything else, so what siplb does not own can be passed through
+//! byte-identical. Folded header lines (a continuation starting with SP/HT) belong to the
+//! header above them. Lines may end in CRLF or, leniently, a bare LF.
+
+use memchr::memchr;
+
+/// A byte range into the scanned buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+
+    /// The bytes this span covers in `buf`.
+    pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// Where one header sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hdr {
+    /// From the first byte of the name to just past the line terminator (folded lines included).
+    pub line: Span,
+    /// The value with surrounding white space trimmed (may contain folded line breaks).
+    pub value: Span,
+}
+
+/// The first line of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: Span, uri: Span },
+    Response { code: u16 },
+}
+
+/// The headers siplb reads; everything else is `Other` and passes through untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Name {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    Route,
+    ContentLength,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Name {
+    let is = |full: &[u8]| name.eq_ignore_ascii_case(full);
+    match name.len() {
+        1 => match name[0].to_ascii_lowercase() {
+            b'v' => Name::Via,
+            b'f' => Name::From,
+            b't' => Name::To,
+            b'i' => Name::CallId,
+            b'l' => Name::ContentLength,
+            _ => Name::Other,
+        },
+        2 if is(b"to") => Name::To,
+        3 if is(b"via") => Name::Via,
+        4 if is(b"from") => Name::From,
+        4 if is(b"cseq") => Name::CSeq,
+        5 if is(b"route") => Name::Route,
+        7 if is(b"call-id") => Name::CallId,
+        12 if is(b"max-forwards") => Name::MaxForwards,
+        14 if is(b"content-length") => Name::ContentLength,
+        _ => Name::Other,
+    }
+}
+
+/// What a scan found: ranges into the buffer that was scanned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub start: StartLine,
+    /// The first Via header line and the second one (a line may carry several values).
+    pub via: Option<Hdr>,
+    pub via2: Option<Hdr>,
+    pub from: Option<Hdr>,
+    pub to: Option<Hdr>,
+    pub call_id: Option<Hdr>,
+    pub cseq: Option<Hdr>,
+    pub max_forwards: Option<Hdr>,
+    /// The first Route header line and the second one.
+    pub route: Option<Hdr>,
+    pub route2: Option<Hdr>,
+    pub content_length: Option<usize>,
+    /// Where the first header line starts.
+    pub headers_start: usize,
+    /// Where the blank line that ends the headers starts: a new header line goes here.
+    pub headers_end: usize,
+    /// The body as delimited by Content-Length (or the rest of the datagram without one).
+    pub body: Span,
+}
+
+impl Message {
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The request method, or `None` for a response.
+    pub fn method<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method.of(buf)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The request-URI, or `None` for a response.
+    pub fn request_uri<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(uri.of(buf)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The end of the message: bytes past it (beyond Content-Length) are not part of it.
+    pub fn end(&self) -> usize {
+        self.body.end
+    }
+}
+
+/// Why a buffer is not a SIP message siplb can handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("empty message")]
+    Empty,
+    #[error("start line is neither a request line nor a status line")]
+    StartLine,
+    #[error("header line without a colon or with a bad name at byte {0}")]
+    HeaderLine(usize),
+    #[error("headers are not closed by a blank line")]
+    Unterminated,
+    #[error("Content-Length is not a number, or two disagree")]
+    ContentLength,
+    #[error("Content-Length is larger than the body received")]
+    BodyShort,
+    #[error("a mandatory header is missing: {0}")]
+    Missing(&'static str),
+}
+
+/// Whether `c` may appear in a SIP token (RFC 3261 §25.1).
+pub fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+/// One line: its content (terminator excluded) and where the next line starts.
+fn next_line(buf: &[u8], at: usize) -> Option<(Span, usize)> {
+    let nl = at + memchr(b'\n', &buf[at..])?;
+    let end = if nl > at && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((Span::new(at, end), nl + 1))
+}
+
+fn trim(buf: &[u8], mut s: Span) -> Span {
+    while s.start < s.end && matches!(buf[s.start], b' ' | b'\t' | b'\r' | b'\n') {
+        s.start += 1;
+    }
+    while s.end > s.start && matches!(buf[s.end - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        s.end -= 1;
+    }
+    s
+}
+
+/// Parses a run of ASCII digits (surrounding white space allowed) into a number.
+pub fn parse_uint(bytes: &[u8]) -> Option<u64> {
+    let t = bytes.trim_ascii();
+    if t.is_empty() || t.len() > 19 {
+        return None;
+    }
+    t.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
+}
+
+fn start_line(buf: &[u8], line: Span) -> Result<StartLine, ScanError> {
+    let l = line.of(buf);
+    if l.len() >= 8 && l[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        let rest = &l[8..];
+        let code_ok = rest.len() >= 3
+            && rest[..3].iter().all(u8::is_ascii_digit)
+            && (rest.len() == 3 || rest[3] == b' ');
+        if !code_ok || rest[0] == b'0' {
+            return Err(ScanError::StartLine);
+        }
+        let code = rest[..3]
+            .iter()
+            .fold(0u16, |n, c| n * 10 + u16::from(c - b'0'));
+        return Ok(StartLine::Response { code });
+    }
+    let sp1 = memchr(b' ', l).ok_or(ScanError::StartLine)?;
+    let sp2 = sp1 + 1 + memchr(b' ', &l[sp1 + 1..]).ok_or(ScanError::StartLine)?;
+    let method = &l[..sp1];
+    let uri = &l[sp1 + 1..sp2];
+    if method.is_empty() || !method.iter().all(|&c| is_token(c)) || uri.is_empty() {
+        return Err(ScanError::StartLine);
+    }
+    if !l[sp2 + 1..]
+        .trim_ascii_end()
+        .eq_ignore_ascii_case(b"SIP/2.0")
+    {
+        return Err(ScanError::StartLine);
+    }
+    Ok(StartLine::Request {
+        method: Span::new(line.start, line.start + sp1),
+        uri: Span::new(line.start + sp1 + 1, line.start + sp2),
+    })
+}
+
+/// Scans `buf` as one SIP message carried in a datagram.
+///
+/// Requests and responses alike must carry Via, From, To, Call-ID and CSeq (RFC 3261 §8.1.1);
+/// a message without them cannot be routed or answered and is refused here.
+pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
+    // RFC 3261 §7.5: ignore CRLFs before the start line.
+    let mut at = buf
+        .iter()
+        .position(|c| !matches!(c, b'\r' | b'\n'))
+        .ok_or(ScanError::Empty)?;
+    let (first, mut next) = next_line(buf, at).ok_or(ScanError::Unterminated)?;
+    let start = start_line(buf, first)?;
+    at = next;
+
+    let mut m = Message {
+        start,
+        via: None,
+        via2: None,
+        from: None,
+        to: None,
+        call_id: None,
+        cseq: None,
+        max_forwards: None,
+        route: None,
+        route2: None,
+        content_length: None,
+        headers_start: next,
+        headers_end: 0,
+        body: Span::default(),
+    };
+    let mut current: Option<(Name, Hdr)> = None;
+    let mut content_length: Option<u64> = None;
+
+    loop {
+        let (line, after) = next_line(buf, at).ok_or(ScanError::Unterminated)?;
+        next = after;
+        let bytes = line.of(buf);
+        if matches!(bytes.first(), Some(b' ' | b'\t')) {
+            // A folded continuation of the header above (RFC 3261 §7.3.1).
+            let (_, hdr) = current.as_mut().ok_or(ScanError::HeaderLine(at))?;
+            hdr.line.end = next;
+            hdr.value = trim(buf, Span::new(hdr.value.start, line.end));
+            at = next;
+            continue;
+        }
+        if let Some((name, hdr)) = current.take() {
+            store(&mut m, &mut content_length, buf, name, hdr)?;
+        }
+        if bytes.is_empty() {
+            m.headers_end = at;
+            break;
+        }
+        let colon = memchr(b':', bytes).ok_or(ScanError::HeaderLine(at))?;
+        let name = bytes[..colon].trim_ascii_end();
+        if name.is_empty() || !name.iter().all(|&c| is_token(c)) {
+            return Err(ScanError::HeaderLine(at));
+        }
+        let value = trim(buf, Span::new(line.start + colon + 1, line.end));
+        current = Some((
+            classify(name),
+            Hdr {
+                line: Span::new(at, next),
+                value,
+            },
+        ));
+        at = next;
+    }
+
+    let body_start = next;
+    let available = buf.len() - body_start;
+    let body_len = match content_length {
+        Some(n) if n > available as u64 => return Err(ScanError::BodyShort),
+        Some(n) => n as usize,
+        None => available,
+    };
+    m.content_length = content_length.map(|n| n as usize);
+    m.body = Span::new(body_start, body_start + body_len);
+
+    for (present, name) in [
+        (m.via.is_some(), "Via"),
+        (m.from.is_some(), "From"),
+        (m.to.is_some(), "To"),
+        (m.call_id.is_some(), "Call-ID"),
+        (m.cseq.is_some(), "CSeq"),
+    ] {
+        if !present {
+            return Err(ScanError::Missing(name));
+        }
+    }
+    Ok(m)
+}
+
+/// Every header line of a scanned message as (name, value), folded lines joined. For the rare
+/// paths (answers siplb writes) that need headers the scan did not keep.
+pub fn header_lines(buf: &[u8], m: &Message) -> Vec<(Span, Span)> {
+    let mut out: Vec<(Span, Span)> = Vec::with_capacity(16);
+    let mut at = m.headers_start;
+    while at < m.headers_end {
+        let Some((line, next)) = next_line(buf, at) else {
+            break;
+        };
+        let bytes = line.of(buf);
+        if matches!(bytes.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = out.last_mut() {
+                last.1 = trim(buf, Span::new(last.1.start, line.end));
+            }
+        } else if let Some(colon) = memchr(b':', bytes) {
+            let name = trim(buf, Span::new(line.start, line.start + colon));
+            out.push((name, trim(buf, Span::new(line.start + colon + 1, line.end))));
+        }
+        at = next;
+    }
+    out
+}
+
+/// Whether `name` (as written) is the Via header, in full or compact form.
+pub fn is_via(name: &[u8]) -> bool {
+    classify(name) == Name::Via
+}
+
+fn store(
+    m: &mut Message,
+    content_length: &mut Option<u64>,
+    buf: &[u8],
+    name: Name,
+    hdr: Hdr,
+) -> Result<(), ScanError> {
+    let first = |slot: &mut Option<Hdr>| {
+        if slot.is_none() {
+            *slot = Some(hdr);
+        }
+    };
+    match name {
+        Name::Via if m.via.is_none() => m.via = Some(hdr),
+        Name::Via => first(&mut m.via2),
+        Name::From => first(&mut m.from),
+        Name::To => first(&mut m.to),
+        Name::CallId => first(&mut m.call_id),
+        Name::CSeq => first(&mut m.cseq),
+        Name::MaxForwards => first(&mut m.max_forwards),
+        Name::Route if m.route.is_none() => m.route = Some(hdr),
+        Name::Route => first(&mut m.route2),
+        Name::ContentLength => {
+            let n = parse_uint(hdr.value.of(buf)).ok_or(ScanError::ContentLength)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(ScanError::ContentLength);
+            }
+            *content_length = Some(n);
+        }
+        Name::Other => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGISTER: &[u8] = b"REGISTER sip:contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKabc;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@contoso.com>;tag=111;epid=abc\r\n\
+To: <sip:alice@contoso.com>\r\n\
+Call-ID: c1@192.0.2.10\r\n\
+CSeq: 1 REGISTER\r\n\
+Content-Length: 0\r\n\
+\r\n";
+
+    fn hv(buf: &[u8], h: Option<Hdr>) -> &[u8] {
+        h.expect("header present").value.of(buf)
+    }
+
+    #[test]
+    fn scans_a_request() {
+        let m = scan(REGISTER).unwrap();
+        assert_eq!(m.method(REGISTER), Some(&b"REGISTER"[..]));
+        assert_eq!(m.request_uri(REGISTER), Some(&b"sip:contoso.com"[..]));
+        assert_eq!(hv(REGISTER, m.to), b"<sip:alice@contoso.com>");
+        assert_eq!(hv(REGISTER, m.call_id), b"c1@192.0.2.10");
+        assert_eq!(hv(REGISTER, m.max_forwards), b"70");
+        assert_eq!(m.content_length, Some(0));
+        assert_eq!(m.body.len(), 0);
+        assert_eq!(&REGISTER[m.headers_end..], b"\r\n");
+        assert!(m.via.unwrap().line.of(REGISTER).starts_with(b"Via: "));
+        assert!(m.via.unwrap().line.of(REGISTER).ends_with(b"rport\r\n"));
+    }
+
+    #[test]
+    fn scans_a_response() {
+        let r = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\nt: <sip:a@b>\r\ni: x\r\nCSeq: 1 REGISTER\r\nl: 0\r\n\r\n";
+        let m = scan(r).unwrap();
+        assert_eq!(m.start, StartLine::Response { code: 200 });
+        assert!(!m.is_request());
+        assert_eq!(m.content_length, Some(0));
+        assert_eq!(hv(r, m.call_id), b"x");
+    }
+
+    #[test]
+    fn compact_and_any_case_names_are_recognised() {
+        // rsip 0.4 reads compact headers as unknown ones; the scanner must not.
+        let r = b"INVITE sip:bob@x SIP/2.0\r\nV: SIP/2.0/UDP a;branch=z9hG4bK1\r\nvia: SIP/2.0/UDP b;branch=z9hG4bK2\r\nF: <sip:a@x>;tag=1\r\nT: <sip:bob@x>\r\nI: id1\r\ncseq: 1 INVITE\r\nMAX-FORWARDS: 9\r\nL: 3\r\n\r\nabc";
+        let m = scan(r).unwrap();
+        assert_eq!(hv(r, m.via), b"SIP/2.0/UDP a;branch=z9hG4bK1");
+        assert_eq!(hv(r, m.via2), b"SIP/2.0/UDP b;branch=z9hG4bK2");
+        assert_eq!(hv(r, m.from), b"<sip:a@x>;tag=1");
+        assert_eq!(hv(r, m.to), b"<sip:bob@x>");
+        assert_eq!(hv(r, m.call_id), b"id1");
+        assert_eq!(hv(r, m.max_forwards), b"9");
+        assert_eq!(m.body.of(r), b"abc");
+    }
+
+    #[test]
+    fn body_is_cut_at_content_length() {
+        // rsip 0.4 keeps everything after the blank line as body.
+        let r = b"MESSAGE sip:bob@x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:bob@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhellotrailing garbage";
+        let m = scan(r).unwrap();
+        assert_eq!(m.body.of(r), b"hello");
+        assert_eq!(m.end(), r.len() - b"trailing garbage".len());
+    }
+
+    #[test]
+    fn short_body_and_bad_content_length_are_refused() {
+        let short = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 50\r\n\r\nhello";
+        assert_eq!(scan(short), Err(ScanError::BodyShort));
+        let bad = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(scan(bad), Err(ScanError::ContentLength));
+        let two = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nl: 0\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(scan(two), Err(ScanError::ContentLength));
+    }
+
+    #[test]
+    fn without_content_length_the_body_is_the_rest() {
+        let r = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\n\r\nhi";
+        assert_eq!(scan(r).unwrap().body.of(r), b"hi");
+    }
+
+    #[test]
+    fn extension_methods_are_requests() {
+        // rsip 0.4 rejects methods it does not know (BENOTIFY, SERVICE, anything new).
+        for method in ["BENOTIFY", "SERVICE", "X-FOO"] {
+            let r = format!("{method} sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 {method}\r\n\r\n");
+            let m = scan(r.as_bytes()).unwrap();
+            assert_eq!(m.method(r.as_bytes()), Some(method.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn folded_lines_belong_to_their_header() {
+        let r = b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1,\r\n SIP/2.0/UDP b;branch=z9hG4bK2\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let m = scan(r).unwrap();
+        let via = m.via.unwrap();
+        assert_eq!(
+            via.value.of(r),
+            b"SIP/2.0/UDP a;branch=z9hG4bK1,\r\n SIP/2.0/UDP b;branch=z9hG4bK2"
+        );
+        assert!(via.line.of(r).ends_with(b"z9hG4bK2\r\n"));
+        assert!(m.via2.is_none());
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_accepted() {
+        let r = b"OPTIONS sip:b@x SIP/2.0\nVia: SIP/2.0/UDP a\nFrom: <sip:a@x>\nTo: <sip:b@x>\nCall-ID: 1\nCSeq: 1 OPTIONS\n\n";
+        let m = scan(r).unwrap();
+        assert_eq!(hv(r, m.call_id), b"1");
+        assert_eq!(m.headers_end, r.len() - 1);
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        assert_eq!(scan(b""), Err(ScanError::Empty));
+        assert_eq!(scan(b"\r\n\r\n"), Err(ScanError::Empty));
+        assert_eq!(scan(b"HELLO\r\n\r\n"), Err(ScanError::StartLine));
+        assert_eq!(
+            scan(b"INVITE sip:a SIP/3.0\r\n\r\n"),
+            Err(ScanError::StartLine)
+        );
+        assert_eq!(scan(b"SIP/2.0 2000 OK\r\n\r\n"), Err(ScanError::StartLine));
+        assert_eq!(scan(b"SIP/2.0 099 OK\r\n\r\n"), Err(ScanError::StartLine));
+        assert_eq!(
+            scan(b"INV(TE sip:a SIP/2.0\r\n\r\n"),
+            Err(ScanError::StartLine)
+        );
+        assert!(matches!(
+            scan(b"INVITE sip:a SIP/2.0\r\nnocolon\r\n\r\n"),
+            Err(ScanError::HeaderLine(_))
+        ));
+        assert!(matches!(
+            scan(b"INVITE sip:a SIP/2.0\r\n folded-first\r\n\r\n"),
+            Err(ScanError::HeaderLine(_))
+        ));
+        assert_eq!(
+            scan(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n"),
+            Err(ScanError::Unterminated)
+        );
+        assert_eq!(
+            scan(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n\r\n"),
+            Err(ScanError::Missing("From"))
+        );
+    }
+
+    #[test]
+    fn never_panics_on_any_prefix() {
+        for cut in 0..REGISTER.len() {
+            let _ = scan(&REGISTER[..cut]);
+        }
+    }
+
+    #[test]
+    fn parse_uint_reads_digits_only() {
+        assert_eq!(parse_uint(b" 70 "), Some(70));
+        assert_eq!(parse_uint(b"7a"), None);
+        assert_eq!(parse_uint(b""), None);
+        assert_eq!(parse_uint(b"99999999999999999999"), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! The command line contract of the `siplb` binary (DESIGN.md "Command line contract"):
+//! `siplb check` validates a config (exit 0 and a summary, or every error as
+//! `path:line: key: message` and exit 1), and `siplb route` says where a request would go.
+//!
+//! Being an integration test of the `siplb` package, this file also makes `cargo test
+//! --workspace` build the binary the end-to-end suite (`tests/`) runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn siplb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_siplb"))
+        .args(args)
+        .output()
+        .expect("run siplb")
+}
+
+/// stdout and stderr together, for messages whose stream the contract does not fix.
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A config file in a fresh temporary directory (kept alive by the returned guard).
+fn write_config(name: &str, text: &str) -> (tempdir::Guard, PathBuf) {
+    let guard = tempdir::Guard::new(name);
+    let path = guard.0.join("siplb.toml");
+    std::fs::write(&path, text).expect("write config");
+    (guard, path)
+}
+
+/// A minimal self-cleaning temporary directory (no dev-dependency needed).
+mod tempdir {
+    use std::path::PathBuf;
+
+    pub struct Guard(pub PathBuf);
+
+    impl Guard {
+        pub fn new(name: &str) -> Guard {
+            let dir = std::env::temp_dir().join(format!("siplb-cli-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temporary directory");
+            Guard(dir)
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn check_accepts_the_example_config_and_prints_a_summary() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+    let out = siplb(&["check", "--config", &arg(&example)]);
+    assert!(out.status.success(), "siplb check failed:\n{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "siplb check printed no summary"
+    );
+}
+
+const GOOD: &str = r#"[listen]
+udp = ["127.0.0.1:0"]
+
+[[pool]]
+name = "fe"
+role = "front-end"
+servers = [ { id = "fe1", address = "127.0.0.1:5071", transport = "udp" } ]
+"#;
+
+#[test]
+fn check_names_the_line_and_key_of_an_unknown_key() {
+    // Line 8 holds the unknown key.
+    let config = format!("{GOOD}colour = \"blue\"\n");
+    let (_dir, path) = write_config("unknown-key", &config);
+    let out = siplb(&["check", "--config", &arg(&path)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:8: ", path.display())))
+        .unwrap_or_else(|| panic!("no `{}:8: ` error in:\n{all}", path.display()));
+    assert!(line.contains("colour"), "the error does not name the key: {line}");
+}
+
+#[test]
+fn check_names_the_line_and_key_of_a_route_to_an_unknown_pool() {
+    // Line 10 names a pool that does not exist.
+    let config = format!("{GOOD}\n[[route]]\npool = \"nope\"\n");
+    let (_dir, path) = write_config("unknown-pool", &config);
+    let out = siplb(&["check", "--config", &arg(&path)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:10: ", path.display())))
+        .unwrap_or_else(|| panic!("no `{}:10: ` error in:\n{all}", path.display()));
+    assert!(line.contains("route[0].pool"), "the error does not name the key: {line}");
+}
+
+/// `siplb route` output as (key, rest of the line) pairs.
+fn fields(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let key = words.next()?.to_string();
+            Some((key, words.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+fn field(out: &Output, key: &str) -> String {
+    fields(out)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no `{key}` line in:\n{}", text(out)))
+}
+
+#[test]
+fn route_prints_route_home_serving_and_server() {
+    let config = format!(
+        "{GOOD}\n[[pool]]\nname = \"fab\"\nrole = \"front-end\"\nservers = [ {{ id = \"fab1\", address = \"127.0.0.1:5081\" }} ]\n\n[[route]]\ndomain = \"fabrikam.com\"\npool = \"fab\"\n\n[[route]]\npool = \"fe\"\n"
+    );
+    let (_dir, path) = write_config("route", &config);
+
+    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:alice@contoso.com"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(field(&out, "route"), "1");
+    assert_eq!(field(&out, "home"), "fe");
+    assert_eq!(field(&out, "serving"), "fe");
+    assert_eq!(field(&out, "server"), "fe1 127.0.0.1:5071 udp");
+
+    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:bob@fabrikam.com"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(field(&out, "route"), "0");
+    assert_eq!(field(&out, "home"), "fab");
+    assert_eq!(field(&out, "server"), "fab1 127.0.0.1:5081 udp");
+}
+
+#[test]
+fn route_exits_1_when_nothing_routes() {
+    let config = format!("{GOOD}\n[[route]]\ndomain = \"contoso.com\"\npool = \"fe\"\n");
+    let (_dir, path) = write_config("no-route", &config);
+    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:bob@fabrikam.com"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty(), "no error message");
+}
