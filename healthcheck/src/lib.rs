@@ -1,9 +1,21 @@
-//! Backend health for siplb: what state a server is in and why.
+//! Backend health for siplb: what state a server is in and why, and where a pool's users are
+//! served.
 //!
-//! This crate knows nothing about routing or the proxy's wire path; the proxy reads the state
-//! of each server from here when it builds a routing table. Probers and the fall/rise state
-//! machine live here too.
+//! - [`server`]: the per-server fall/rise state machine, with the reason of every transition;
+//! - [`pool`]: pool failover to the paired pool, automatic with a failback hold time, or manual;
+//! - [`probe`]: SIP OPTIONS and TCP connect probers.
+//!
+//! The state machines are plain data with time passed in, so they are tested without clocks or
+//! sockets. This crate knows nothing about routing or the proxy's wire path.
 #![forbid(unsafe_code)]
+
+pub mod pool;
+pub mod probe;
+pub mod server;
+
+pub use pool::{FailoverChange, FailoverReason, Mode, PoolFailover};
+pub use probe::{ProbeKind, ProbeSettings};
+pub use server::{Failure, Outcome, Reason, ServerHealth, Thresholds, Transition};
 
 /// Whether a server takes part in hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use healthcheck::ServerState;
 use tokio::net::UdpSocket;
 
 use crate::config::{self, Config};
+use crate::health::Op;
 use crate::server::Proxy;
 use crate::sip::scan::{header_lines, scan};
-use crate::table::{ConfigHealth, HealthView};
 
 /// The shipped configuration, built in so the demo runs from anywhere.
 pub const CONFIG: &str = include_str!("../../config.toml");
@@ -123,16 +122,8 @@ async fn sign_in(
     placed
 }
 
-/// One server taken out of hashing.
-struct Drained(String);
-
-impl HealthView for Drained {
-    fn server_state(&self, id: &str) -> Option<ServerState> {
-        (id == self.0).then_some(ServerState::Drained)
-    }
-    fn failed_over(&self, _: &str) -> bool {
-        false
-    }
+fn say(out: &mut impl std::io::Write, what: &str) -> std::io::Result<()> {
+    writeln!(out, "   [operator] {what}")
 }
 
 /// Runs the demo until Ctrl-C.
@@ -161,7 +152,7 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(responder(socket, s.id.clone()));
         }
     }
-    let proxy = Arc::new(Proxy::start(cfg, &ConfigHealth)?);
+    let proxy = Arc::new(Proxy::start(cfg, true)?);
     let addr = proxy.udp[0];
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     let t = proxy.tables.load_full();
@@ -218,12 +209,19 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
     for s in home.values() {
         *load.entry(s).or_default() += 1;
     }
-    let victim = load.iter().max_by_key(|(_, n)| **n).map(|(s, _)| (*s).clone()).unwrap_or_default();
-    proxy.rebuild(&Drained(victim.clone()));
+    let victim = load
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(s, _)| (*s).clone())
+        .unwrap_or_default();
+    say(
+        &mut out,
+        &proxy.control.op(Op::Drain(victim.clone())).await?,
+    )?;
     let moved = sign_in(&client, addr, &users, 3).await;
     writeln!(
         out,
-        "\n3. Server {victim} is taken out of the table (a new table is swapped in):"
+        "\n3. An operator drains {victim} (a new routing table is swapped in):"
     )?;
     for (u, s) in &moved {
         let before = &home[u];
@@ -235,15 +233,59 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         .iter()
         .filter(|(u, s)| **s != victim && moved.get(*u) != Some(s))
         .count();
-    writeln!(out, "   only {victim}'s users moved ({others_moved} others did), spread over the rest of the pool.")?;
-
-    proxy.rebuild(&ConfigHealth);
+    writeln!(
+        out,
+        "   only {victim}'s users moved ({others_moved} others did)."
+    )?;
+    say(
+        &mut out,
+        &proxy.control.op(Op::Undrain(victim.clone())).await?,
+    )?;
     let back = sign_in(&client, addr, &users, 4).await;
     let home_again = home.iter().filter(|(u, s)| back.get(*u) == Some(s)).count();
     writeln!(
         out,
-        "\n4. {victim} is back: {home_again} of {} users are on their original server again.",
+        "   undrained: {home_again} of {} users are on their original server again.",
         users.len()
+    )?;
+
+    let pool = t
+        .pools
+        .iter()
+        .find(|p| p.pair.is_some())
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "\n4. An operator fails pool {pool} over to its pair (Invoke-CsPoolFailOver):"
+    )?;
+    say(
+        &mut out,
+        &proxy.control.op(Op::Failover(pool.clone())).await?,
+    )?;
+    let failed_over = sign_in(&client, addr, &users, 5).await;
+    for (u, s) in &failed_over {
+        if &home[u] != s {
+            writeln!(out, "   {u:<24} {} -> {s}", home[u])?;
+        }
+    }
+    say(
+        &mut out,
+        &proxy.control.op(Op::Failback(pool.clone())).await?,
+    )?;
+    let after = sign_in(&client, addr, &users, 6).await;
+    let home_again = home
+        .iter()
+        .filter(|(u, s)| after.get(*u) == Some(s))
+        .count();
+    writeln!(
+        out,
+        "   failed back: {home_again} of {} users are home, on the server they had.",
+        users.len()
+    )?;
+    writeln!(
+        out,
+        "\n   Health probes (SIP OPTIONS) run all along: stop a server and its users move within\n   fall x interval + timeout; stop a whole pool and its users are served by the pair."
     )?;
     writeln!(
         out,

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod health;
 pub mod hrw;
 pub mod logging;
 pub mod server;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use siplb::config::{self, Config};
 use siplb::core::Worker;
 use siplb::server::Proxy;
-use siplb::table::{ConfigHealth, RoutingTable};
+use siplb::table::RoutingTable;
 
 /// siplb: a SIP-aware, stateless load-balancing proxy that routes each user to one server of
 /// its home pool.
@@ -141,7 +141,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let runtime = siplb::runtime(cfg.listen.workers)?;
     runtime.block_on(async {
-        let proxy = Proxy::start(cfg, &ConfigHealth)?;
+        let proxy = Proxy::start(cfg, true)?;
         announce(&proxy);
         siplb::shutdown_signal().await;
         tracing::info!("stopping");

@@ -1,32 +1,35 @@
-//! A running proxy: bound listeners, the current routing table, and the worker tasks.
+//! A running proxy: bound listeners, the current routing table, the health supervisor and the
+//! worker tasks.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, HostPort};
-use crate::table::{HealthView, RoutingTable};
+use crate::config::{Config, HostPort, Transport};
+use crate::health::{self, Control};
+use crate::table::{ConfigHealth, RoutingTable};
 use crate::udp;
 
-/// A started proxy. Dropping it stops its workers.
+/// A started proxy. Dropping it stops its workers, its probes and its supervisor.
 pub struct Proxy {
-    /// The table every worker routes against; swap a new one in to change routing.
+    /// The table every worker routes against; only the supervisor swaps it.
     pub tables: Arc<ArcSwap<RoutingTable>>,
     /// The UDP addresses actually bound, one per configured address.
     pub udp: Vec<SocketAddr>,
     pub config: Arc<Config>,
-    versions: AtomicU64,
+    /// Operator commands and passive health signals.
+    pub control: Control,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Binds every listener of `cfg`, builds the first routing table and starts the workers.
-    /// Must run inside a tokio runtime.
-    pub fn start(cfg: Config, health: &dyn HealthView) -> anyhow::Result<Proxy> {
+    /// Binds every listener of `cfg`, builds the first routing table, starts the health
+    /// supervisor (with probes when `probe` is true) and the workers. Must run inside a tokio
+    /// runtime.
+    pub fn start(cfg: Config, probe: bool) -> anyhow::Result<Proxy> {
         if cfg.listen.udp.is_empty() {
             anyhow::bail!(
                 "{}: [listen] udp is empty; this release serves SIP over UDP",
@@ -38,6 +41,11 @@ impl Proxy {
         }
         for tls in &cfg.listen.tls {
             tracing::warn!(addr = %tls.address, "[listen] tls is not served by this release yet; ignored");
+        }
+        for p in &cfg.pools {
+            for s in p.servers.iter().filter(|s| s.transport != Transport::Udp) {
+                tracing::warn!(server = %s.id, pool = %p.name, transport = s.transport.as_str(), "this release forwards over UDP only; the server is reached over UDP");
+            }
         }
         let mut sockets = Vec::new();
         let mut bound = Vec::new();
@@ -52,36 +60,27 @@ impl Proxy {
             .advertise
             .clone()
             .unwrap_or_else(|| advertise_of(bound[0]));
-        let table = RoutingTable::build(&cfg, advertise, bound.clone(), 1, health);
+        let table = RoutingTable::build(&cfg, advertise, bound.clone(), 1, &ConfigHealth);
         let tables = Arc::new(ArcSwap::from_pointee(table));
-        let mut tasks = Vec::new();
+        let config = Arc::new(cfg);
+        let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
+        let mut tasks = vec![supervisor];
         for s in sockets {
             let socket =
                 tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?;
-            tasks.push(tokio::spawn(udp::serve(socket, tables.clone())));
+            tasks.push(tokio::spawn(udp::serve(
+                socket,
+                tables.clone(),
+                control.clone(),
+            )));
         }
         Ok(Proxy {
             tables,
             udp: bound,
-            config: Arc::new(cfg),
-            versions: AtomicU64::new(1),
+            config,
+            control,
             tasks,
         })
-    }
-
-    /// Builds a new table from the current config and `health`, and swaps it in.
-    pub fn rebuild(&self, health: &dyn HealthView) -> u64 {
-        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = self.tables.load();
-        let table = RoutingTable::build(
-            &self.config,
-            old.advertise.clone(),
-            self.udp.clone(),
-            version,
-            health,
-        );
-        self.tables.store(Arc::new(table));
-        version
     }
 }
 

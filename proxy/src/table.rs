@@ -289,6 +289,11 @@ impl RoutingTable {
         }
     }
 
+    /// The addresses siplb listens on.
+    pub fn local(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
     /// The server at `(pool, server)` indices.
     pub fn server(&self, pool: usize, server: usize) -> &Server {
         &self.pools[pool].servers[server]

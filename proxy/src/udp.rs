@@ -3,6 +3,10 @@
 //! Each listen address gets one socket per worker, all bound with `SO_REUSEPORT` so the kernel
 //! spreads datagrams over them by flow; each socket has its own task and its own [`Worker`]
 //! buffers. A message is routed against whatever table is current when it arrives.
+//!
+//! The sockets ask for ICMP errors (`IP_RECVERR`): when a forward to a server draws a port
+//! unreachable, the next receive fails with `ECONNREFUSED`, the error queue names the server,
+//! and the health supervisor hears of it before the server's next probe.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +16,10 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use healthcheck::Failure;
+
 use crate::core::{Action, Worker};
+use crate::health::Control;
 use crate::table::RoutingTable;
 
 /// Kernel buffer size asked for each socket; bursts of REGISTERs after a failover are absorbed
@@ -33,7 +40,10 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let socket: std::net::UdpSocket = socket.into();
+    // ICMP errors are a hint, not a requirement: carry on without them where refused.
+    let _ = icmp::enable(&socket, addr.is_ipv6());
+    Ok(socket)
 }
 
 /// Binds `workers` sockets to `addr` (port 0 picks one port for all of them). Returns the
@@ -52,12 +62,19 @@ pub fn bind(
 }
 
 /// Serves one socket until the task is dropped.
-pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>) {
+pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, control: Control) {
     let mut worker = Worker::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, src) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                while let Some(to) = icmp::refused_destination(&socket) {
+                    tracing::debug!(%to, "port unreachable on forward");
+                    control.passive(to, Failure::PassiveRefused);
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "udp receive failed");
                 continue;
@@ -66,6 +83,9 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>) {
         let table = tables.load();
         match worker.handle(&table, &buf[..n], src) {
             Action::Forward(to) | Action::Reply(to) => {
+                if let Some((server, failure)) = worker.passive {
+                    control.passive(server, failure);
+                }
                 if let Err(e) = socket.send_to(&worker.out, to).await {
                     metrics::counter!("siplb_send_errors_total").increment(1);
                     tracing::debug!(error = %e, %to, "udp send failed");
@@ -76,5 +96,63 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>) {
                 tracing::debug!(reason = reason.as_str(), %src, len = n, "dropped");
             }
         }
+    }
+}
+
+/// ICMP errors on UDP sockets (Linux `IP_RECVERR` / `IPV6_RECVERR` and the error queue).
+#[cfg(target_os = "linux")]
+mod icmp {
+    use std::io::{self, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recvmsg, setsockopt, sockopt, MsgFlags, SockaddrLike, SockaddrStorage};
+
+    /// Asks the kernel to report ICMP errors on this (unconnected) socket.
+    pub fn enable(socket: &impl std::os::fd::AsFd, v6: bool) -> io::Result<()> {
+        if v6 {
+            setsockopt(socket, sockopt::Ipv6RecvErr, &true)?;
+        } else {
+            setsockopt(socket, sockopt::Ipv4RecvErr, &true)?;
+        }
+        Ok(())
+    }
+
+    /// Pops one queued ICMP error and returns the destination of the datagram that drew it.
+    pub fn refused_destination(socket: &impl AsRawFd) -> Option<SocketAddr> {
+        let mut data = [0u8; 512];
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let mut cmsg = nix::cmsg_space!([u8; 128]);
+        let msg = recvmsg::<SockaddrStorage>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+        )
+        .ok()?;
+        let addr = msg.address?;
+        match addr.family()? {
+            nix::sys::socket::AddressFamily::Inet => {
+                addr.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+            }
+            nix::sys::socket::AddressFamily::Inet6 => {
+                addr.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod icmp {
+    use std::io;
+    use std::net::SocketAddr;
+
+    pub fn enable(_: &impl std::os::fd::AsFd, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub fn refused_destination(_: &impl std::os::fd::AsRawFd) -> Option<SocketAddr> {
+        None
     }
 }

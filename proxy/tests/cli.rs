@@ -90,7 +90,10 @@ fn check_names_the_line_and_key_of_an_unknown_key() {
         .lines()
         .find(|l| l.starts_with(&format!("{}:8: ", path.display())))
         .unwrap_or_else(|| panic!("no `{}:8: ` error in:\n{all}", path.display()));
-    assert!(line.contains("colour"), "the error does not name the key: {line}");
+    assert!(
+        line.contains("colour"),
+        "the error does not name the key: {line}"
+    );
 }
 
 #[test]
@@ -105,7 +108,10 @@ fn check_names_the_line_and_key_of_a_route_to_an_unknown_pool() {
         .lines()
         .find(|l| l.starts_with(&format!("{}:10: ", path.display())))
         .unwrap_or_else(|| panic!("no `{}:10: ` error in:\n{all}", path.display()));
-    assert!(line.contains("route[0].pool"), "the error does not name the key: {line}");
+    assert!(
+        line.contains("route[0].pool"),
+        "the error does not name the key: {line}"
+    );
 }
 
 /// `siplb route` output as (key, rest of the line) pairs.
@@ -135,14 +141,26 @@ fn route_prints_route_home_serving_and_server() {
     );
     let (_dir, path) = write_config("route", &config);
 
-    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:alice@contoso.com"]);
+    let out = siplb(&[
+        "route",
+        "--config",
+        &arg(&path),
+        "REGISTER",
+        "sip:alice@contoso.com",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(field(&out, "route"), "1");
     assert_eq!(field(&out, "home"), "fe");
     assert_eq!(field(&out, "serving"), "fe");
     assert_eq!(field(&out, "server"), "fe1 127.0.0.1:5071 udp");
 
-    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:bob@fabrikam.com"]);
+    let out = siplb(&[
+        "route",
+        "--config",
+        &arg(&path),
+        "REGISTER",
+        "sip:bob@fabrikam.com",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(field(&out, "route"), "0");
     assert_eq!(field(&out, "home"), "fab");
@@ -153,7 +171,16 @@ fn route_prints_route_home_serving_and_server() {
 fn route_exits_1_when_nothing_routes() {
     let config = format!("{GOOD}\n[[route]]\ndomain = \"contoso.com\"\npool = \"fe\"\n");
     let (_dir, path) = write_config("no-route", &config);
-    let out = siplb(&["route", "--config", &arg(&path), "REGISTER", "sip:bob@fabrikam.com"]);
+    let out = siplb(&[
+        "route",
+        "--config",
+        &arg(&path),
+        "REGISTER",
+        "sip:bob@fabrikam.com",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty(), "no error message");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "no error message"
+    );
 }

@@ -15,6 +15,7 @@
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use healthcheck::Failure;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::KeyKind;
@@ -72,6 +73,9 @@ impl DropReason {
 pub struct Worker {
     /// The bytes of the last [`Action::Forward`] or [`Action::Reply`].
     pub out: Vec<u8>,
+    /// Set by [`Worker::handle`] when the message says something about a server's health:
+    /// a 503 answer from it (RFC 3261 §21.5.4).
+    pub passive: Option<(SocketAddr, Failure)>,
     scratch: Vec<u8>,
     key: Vec<u8>,
 }
@@ -90,6 +94,7 @@ impl Worker {
     pub fn new() -> Self {
         Worker {
             out: Vec::with_capacity(4096),
+            passive: None,
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(128),
         }
@@ -97,6 +102,7 @@ impl Worker {
 
     /// Decides what to do with one datagram `buf` received from `src`.
     pub fn handle(&mut self, table: &RoutingTable, buf: &[u8], src: SocketAddr) -> Action {
+        self.passive = None;
         let msg = match scan::scan(buf) {
             Ok(m) => m,
             Err(scan::ScanError::Empty) => return Action::Drop(DropReason::KeepAlive),
@@ -345,6 +351,9 @@ impl Worker {
     ) -> Action {
         if !table.is_server_ip(src.ip()) {
             return Action::Drop(DropReason::UnknownSender);
+        }
+        if msg.start == (StartLine::Response { code: 503 }) {
+            self.passive = Some((src, Failure::Passive503));
         }
         let Some(top_line) = msg.via else {
             return Action::Drop(DropReason::Malformed);

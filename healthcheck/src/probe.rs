@@ -1,0 +1,302 @@
+//! Probers: SIP OPTIONS over UDP, and a TCP connect (the check Microsoft's load-balancer
+//! guidance uses on a Front End's port 5061).
+//!
+//! A prober only measures; it does not decide. [`probe_loop`] probes one server every
+//! `interval` and hands each [`Outcome`] to the caller, whose state machine decides.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::server::{Failure, Outcome};
+
+/// How a server is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// SIP OPTIONS over UDP; any final answer but 500, 503 and 504 means alive.
+    Options,
+    /// A TCP connect; an accepted connection means alive.
+    TcpConnect,
+}
+
+/// What to probe and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Maps an I/O error of a probe to why it failed.
+fn failure_of(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Failure::Refused,
+        io::ErrorKind::TimedOut => Failure::Timeout,
+        _ => Failure::Unreachable,
+    }
+}
+
+/// One TCP connect probe.
+pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(_stream)) => Outcome::Alive {
+            rtt: start.elapsed(),
+            code: None,
+        },
+        Ok(Err(e)) => Outcome::Failed(failure_of(&e)),
+        Err(_) => Outcome::Failed(Failure::Timeout),
+    }
+}
+
+/// SIP OPTIONS probes to one server over a UDP socket connected to it, so that an ICMP port
+/// unreachable comes back as "refused" at once instead of waiting for the timeout.
+pub struct OptionsProber {
+    socket: UdpSocket,
+    target: SocketAddr,
+    local: SocketAddr,
+    seq: u64,
+    tag: u64,
+}
+
+/// Status codes of an OPTIONS answer that mean the server is not serving.
+fn is_failure_code(code: u16) -> bool {
+    matches!(code, 500 | 503 | 504)
+}
+
+impl OptionsProber {
+    /// Opens the probe socket for `target`.
+    pub async fn new(target: SocketAddr) -> io::Result<Self> {
+        let bind: SocketAddr = if target.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(io::Error::other)?;
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(target).await?;
+        let local = socket.local_addr()?;
+        let tag = u64::from(local.port()) << 32 | u64::from(std::process::id());
+        Ok(OptionsProber {
+            socket,
+            target,
+            local,
+            seq: 0,
+            tag,
+        })
+    }
+
+    /// The OPTIONS request of probe number `seq`.
+    fn request(&self, call_id: &str) -> String {
+        let (target, local, seq, tag) = (self.target, self.local, self.seq, self.tag);
+        format!(
+            "OPTIONS sip:{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-probe-{tag:x}-{seq};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:siplb@{local}>;tag=probe{tag:x}\r\n\
+             To: <sip:{target}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {seq} OPTIONS\r\n\
+             User-Agent: siplb-probe\r\n\
+             Accept: application/sdp\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// Sends one OPTIONS and waits up to `timeout` for its final answer.
+    pub async fn probe(&mut self, timeout: Duration) -> Outcome {
+        self.seq += 1;
+        let call_id = format!("probe-{:x}-{}@siplb", self.tag, self.seq);
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Err(e) = self.socket.send(self.request(&call_id).as_bytes()).await {
+            return Outcome::Failed(failure_of(&e));
+        }
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = match tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
+                Err(_) => return Outcome::Failed(Failure::Timeout),
+                Ok(Err(e)) => return Outcome::Failed(failure_of(&e)),
+                Ok(Ok(n)) => n,
+            };
+            // Answers to earlier, timed-out probes (or anything else) are not this probe's.
+            let Some(code) = answer_code(&buf[..n], &call_id) else {
+                continue;
+            };
+            if code < 200 {
+                continue;
+            }
+            return if is_failure_code(code) {
+                Outcome::Failed(Failure::Reply(code))
+            } else {
+                Outcome::Alive {
+                    rtt: start.elapsed(),
+                    code: Some(code),
+                }
+            };
+        }
+    }
+}
+
+/// The status code of `msg` if it is a response carrying `call_id`.
+fn answer_code(msg: &[u8], call_id: &str) -> Option<u16> {
+    let text = std::str::from_utf8(msg).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.strip_prefix("SIP/2.0 ")?;
+    let code: u16 = status.get(..3)?.parse().ok()?;
+    let ours = lines.take_while(|l| !l.is_empty()).any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            let name = name.trim();
+            (name.eq_ignore_ascii_case("call-id") || name.eq_ignore_ascii_case("i"))
+                && value.trim() == call_id
+        })
+    });
+    ours.then_some(code)
+}
+
+/// Probes `target` every `settings.interval` for as long as the task lives, handing each
+/// outcome to `report`. Probing starts at once.
+pub async fn probe_loop(
+    target: SocketAddr,
+    settings: ProbeSettings,
+    mut report: impl FnMut(Outcome),
+) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut options: Option<OptionsProber> = None;
+    loop {
+        tick.tick().await;
+        let outcome = match settings.kind {
+            ProbeKind::TcpConnect => probe_tcp(target, settings.timeout).await,
+            ProbeKind::Options => {
+                if options.is_none() {
+                    match OptionsProber::new(target).await {
+                        Ok(p) => options = Some(p),
+                        Err(e) => {
+                            report(Outcome::Failed(failure_of(&e)));
+                            continue;
+                        }
+                    }
+                }
+                match options.as_mut() {
+                    Some(p) => p.probe(settings.timeout).await,
+                    None => continue,
+                }
+            }
+        };
+        report(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UDP SIP server that answers OPTIONS with `code` (or not at all).
+    async fn sip_server(code: Option<u16>) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let Some(code) = code else { continue };
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let call_id = req
+                    .lines()
+                    .find(|l| l.starts_with("Call-ID:"))
+                    .unwrap_or_default();
+                // A stale answer first (another Call-ID), a 100 Trying, then the final answer.
+                let stale = "SIP/2.0 200 OK\r\nCall-ID: other\r\n\r\n".to_string();
+                let trying = format!("SIP/2.0 100 Trying\r\n{call_id}\r\n\r\n");
+                let fin =
+                    format!("SIP/2.0 {code} Whatever\r\n{call_id}\r\nContent-Length: 0\r\n\r\n");
+                for m in [stale, trying, fin] {
+                    let _ = s.send_to(m.as_bytes(), from).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn options_reads_the_final_answer_of_its_own_probe() {
+        let addr = sip_server(Some(200)).await;
+        let mut p = OptionsProber::new(addr).await.unwrap();
+        for _ in 0..3 {
+            match p.probe(Duration::from_secs(2)).await {
+                Outcome::Alive { code, .. } => assert_eq!(code, Some(200)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let addr = sip_server(Some(404)).await;
+        let mut p = OptionsProber::new(addr).await.unwrap();
+        assert!(matches!(
+            p.probe(Duration::from_secs(2)).await,
+            Outcome::Alive {
+                code: Some(404),
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn options_tells_timeout_refused_and_503_apart() {
+        let silent = sip_server(None).await;
+        let mut p = OptionsProber::new(silent).await.unwrap();
+        assert_eq!(
+            p.probe(Duration::from_millis(200)).await,
+            Outcome::Failed(Failure::Timeout)
+        );
+
+        let busy = sip_server(Some(503)).await;
+        let mut p = OptionsProber::new(busy).await.unwrap();
+        assert_eq!(
+            p.probe(Duration::from_secs(2)).await,
+            Outcome::Failed(Failure::Reply(503))
+        );
+
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let mut p = OptionsProber::new(closed).await.unwrap();
+        assert_eq!(
+            p.probe(Duration::from_secs(2)).await,
+            Outcome::Failed(Failure::Refused)
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_connect_tells_open_from_refused() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = l.local_addr().unwrap();
+        assert!(matches!(
+            probe_tcp(open, Duration::from_secs(2)).await,
+            Outcome::Alive { code: None, .. }
+        ));
+        drop(l);
+        assert_eq!(
+            probe_tcp(open, Duration::from_secs(2)).await,
+            Outcome::Failed(Failure::Refused)
+        );
+    }
+
+    #[test]
+    fn answer_code_matches_call_id_in_any_form() {
+        assert_eq!(
+            answer_code(b"SIP/2.0 200 OK\r\ni: abc\r\n\r\n", "abc"),
+            Some(200)
+        );
+        assert_eq!(
+            answer_code(b"SIP/2.0 200 OK\r\nCall-ID: abcd\r\n\r\n", "abc"),
+            None
+        );
+        assert_eq!(
+            answer_code(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: abc\r\n\r\n", "abc"),
+            None
+        );
+        assert_eq!(answer_code(b"SIP/2.0 2", "abc"), None);
+    }
+}

@@ -1,0 +1,275 @@
+//! One server's health: the fall/rise state machine (sans-io: time is passed in).
+//!
+//! A server starts up. `fall` failures in a row take it down, `rise` successes in a row bring
+//! it back; anything in between changes nothing, so a server that flaps on every probe keeps
+//! its state instead of dragging its pool along. Every transition keeps its reason — a
+//! timeout is a timeout, a refused port is a refused port, a reply code is a reply code (a
+//! timeout is never reported as a 408) — with when it happened and the last probe's RTT.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::ServerState;
+
+/// Why a probe (or a passive signal) says a server is not serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Failure {
+    /// No answer within the probe timeout.
+    Timeout,
+    /// The port is closed: a TCP RST, or an ICMP port unreachable for UDP.
+    Refused,
+    /// The server answered with this failure status (5xx).
+    Reply(u16),
+    /// The network said no in another way (no route, host unreachable…).
+    Unreachable,
+    /// The wire path saw the server answer a request with 503.
+    Passive503,
+    /// The wire path's send to the server drew an ICMP port unreachable.
+    PassiveRefused,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("probe timed out"),
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::Reply(code) => write!(f, "probe answered {code}"),
+            Failure::Unreachable => f.write_str("unreachable"),
+            Failure::Passive503 => f.write_str("answered a request with 503"),
+            Failure::PassiveRefused => f.write_str("port unreachable on forward"),
+        }
+    }
+}
+
+/// The result of one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered: in `rtt`, with `code` for SIP probes (`None` for a connect).
+    Alive {
+        rtt: Duration,
+        code: Option<u16>,
+    },
+    Failed(Failure),
+}
+
+/// Why a server is in its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Reason {
+    /// Never probed yet: servers start up.
+    Start,
+    /// `rise` probes in a row succeeded (the last one's code, for SIP probes).
+    Probes { code: Option<u16> },
+    /// `fall` failures in a row; the last one's cause.
+    Failed(Failure),
+    /// An operator drained or undrained it.
+    Operator,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Start => f.write_str("starting"),
+            Reason::Probes { code: Some(c) } => write!(f, "probes answered {c}"),
+            Reason::Probes { code: None } => f.write_str("probes connected"),
+            Reason::Failed(fail) => fail.fmt(f),
+            Reason::Operator => f.write_str("operator"),
+        }
+    }
+}
+
+/// A change of state, to log and to rebuild the routing table on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: ServerState,
+    pub to: ServerState,
+    pub reason: Reason,
+}
+
+/// How many results in a row change a server's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub fall: u32,
+    pub rise: u32,
+}
+
+/// One server's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerHealth {
+    up: bool,
+    drained: bool,
+    ok_run: u32,
+    fail_run: u32,
+    /// When the current state began.
+    pub since: Instant,
+    pub reason: Reason,
+    /// The last successful probe's round-trip time.
+    pub last_rtt: Option<Duration>,
+    /// The last probe's result, good or bad.
+    pub last_outcome: Option<Outcome>,
+}
+
+impl ServerHealth {
+    /// A server as it starts: up (or drained, when its config says so).
+    pub fn new(now: Instant, drained: bool) -> Self {
+        ServerHealth {
+            up: true,
+            drained,
+            ok_run: 0,
+            fail_run: 0,
+            since: now,
+            reason: if drained {
+                Reason::Operator
+            } else {
+                Reason::Start
+            },
+            last_rtt: None,
+            last_outcome: None,
+        }
+    }
+
+    /// The state routing sees: drained wins over up/down.
+    pub fn state(&self) -> ServerState {
+        match (self.drained, self.up) {
+            (true, _) => ServerState::Drained,
+            (false, true) => ServerState::Up,
+            (false, false) => ServerState::Down,
+        }
+    }
+
+    /// Whether probes say the server answers (whatever the operator says).
+    pub fn probes_up(&self) -> bool {
+        self.up
+    }
+
+    /// Records one probe result or passive signal.
+    pub fn record(&mut self, outcome: Outcome, th: Thresholds, now: Instant) -> Option<Transition> {
+        self.last_outcome = Some(outcome);
+        let before = self.state();
+        match outcome {
+            Outcome::Alive { rtt, code } => {
+                self.last_rtt = Some(rtt);
+                self.fail_run = 0;
+                self.ok_run = self.ok_run.saturating_add(1);
+                if !self.up && self.ok_run >= th.rise {
+                    self.up = true;
+                    return self.changed(before, Reason::Probes { code }, now);
+                }
+            }
+            Outcome::Failed(failure) => {
+                self.ok_run = 0;
+                self.fail_run = self.fail_run.saturating_add(1);
+                if self.up && self.fail_run >= th.fall {
+                    self.up = false;
+                    return self.changed(before, Reason::Failed(failure), now);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the server out of hashing (`true`) or puts it back.
+    pub fn set_drained(&mut self, drained: bool, now: Instant) -> Option<Transition> {
+        let before = self.state();
+        self.drained = drained;
+        self.changed(before, Reason::Operator, now)
+    }
+
+    fn changed(&mut self, before: ServerState, reason: Reason, now: Instant) -> Option<Transition> {
+        let after = self.state();
+        if after == before {
+            return None;
+        }
+        self.since = now;
+        self.reason = reason;
+        Some(Transition {
+            from: before,
+            to: after,
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TH: Thresholds = Thresholds { fall: 2, rise: 3 };
+    const OK: Outcome = Outcome::Alive {
+        rtt: Duration::from_millis(3),
+        code: Some(200),
+    };
+    const TIMEOUT: Outcome = Outcome::Failed(Failure::Timeout);
+
+    #[test]
+    fn falls_after_fall_failures_and_rises_after_rise_successes() {
+        let t0 = Instant::now();
+        let mut h = ServerHealth::new(t0, false);
+        assert_eq!(h.state(), ServerState::Up);
+        assert_eq!(h.record(TIMEOUT, TH, t0), None);
+        let down = h
+            .record(
+                Outcome::Failed(Failure::Refused),
+                TH,
+                t0 + Duration::from_secs(1),
+            )
+            .unwrap();
+        assert_eq!((down.from, down.to), (ServerState::Up, ServerState::Down));
+        assert_eq!(
+            down.reason,
+            Reason::Failed(Failure::Refused),
+            "the cause is the last failure, not a 408"
+        );
+        assert_eq!(h.since, t0 + Duration::from_secs(1));
+        assert_eq!(h.record(OK, TH, t0), None);
+        assert_eq!(h.record(OK, TH, t0), None);
+        let up = h.record(OK, TH, t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (up.to, up.reason),
+            (ServerState::Up, Reason::Probes { code: Some(200) })
+        );
+        assert_eq!(h.last_rtt, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn a_flapping_server_keeps_its_state() {
+        let t0 = Instant::now();
+        let mut h = ServerHealth::new(t0, false);
+        for _ in 0..50 {
+            assert_eq!(h.record(TIMEOUT, TH, t0), None);
+            assert_eq!(h.record(OK, TH, t0), None);
+        }
+        assert_eq!(h.state(), ServerState::Up);
+        h.record(TIMEOUT, TH, t0);
+        h.record(TIMEOUT, TH, t0);
+        for _ in 0..50 {
+            assert_eq!(h.record(OK, TH, t0), None);
+            assert_eq!(h.record(OK, TH, t0), None);
+            assert_eq!(h.record(Outcome::Failed(Failure::Reply(503)), TH, t0), None);
+        }
+        assert_eq!(h.state(), ServerState::Down);
+    }
+
+    #[test]
+    fn drained_wins_and_probes_go_on_underneath() {
+        let t0 = Instant::now();
+        let mut h = ServerHealth::new(t0, false);
+        let t = h.set_drained(true, t0).unwrap();
+        assert_eq!((t.to, t.reason), (ServerState::Drained, Reason::Operator));
+        assert_eq!(h.set_drained(true, t0), None);
+        h.record(TIMEOUT, TH, t0);
+        assert_eq!(
+            h.record(TIMEOUT, TH, t0),
+            None,
+            "no visible change while drained"
+        );
+        assert!(!h.probes_up());
+        let t = h.set_drained(false, t0).unwrap();
+        assert_eq!(
+            t.to,
+            ServerState::Down,
+            "undrained into what the probes say"
+        );
+    }
+}
