@@ -30,6 +30,17 @@ pub enum FailoverReason {
     Operator,
 }
 
+impl std::fmt::Display for FailoverReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailoverReason::PoolDown => "pool down, pair up",
+            FailoverReason::PoolRecovered => "pool up for failback_after",
+            FailoverReason::PairDown => "pair down, pool up",
+            FailoverReason::Operator => "operator",
+        })
+    }
+}
+
 /// A change of where a pool's users are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverChange {

@@ -128,7 +128,6 @@ fn say(out: &mut impl std::io::Write, what: &str) -> std::io::Result<()> {
 
 /// Runs the demo until Ctrl-C.
 pub fn run() -> anyhow::Result<std::process::ExitCode> {
-    crate::logging::init();
     let cfg: Config =
         config::parse(Path::new("config.toml (built in)"), CONFIG).map_err(|errors| {
             anyhow::anyhow!(errors
@@ -137,6 +136,7 @@ pub fn run() -> anyhow::Result<std::process::ExitCode> {
                 .collect::<Vec<_>>()
                 .join("\n"))
         })?;
+    crate::logging::init(&cfg.log);
     let runtime = crate::runtime(cfg.listen.workers)?;
     runtime.block_on(demo(cfg))?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -153,7 +153,7 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let proxy = Arc::new(Proxy::start(cfg, true)?);
-    let addr = proxy.udp[0];
+    let addr = proxy.udp()[0];
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     let t = proxy.tables.load_full();
     writeln!(

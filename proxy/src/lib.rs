@@ -16,6 +16,8 @@ pub mod demo;
 pub mod health;
 pub mod hrw;
 pub mod logging;
+pub mod ops;
+pub mod reload;
 pub mod server;
 pub mod sip;
 pub mod table;

@@ -1,11 +1,18 @@
-//! Structured logs on stderr (`tracing`); the level comes from `RUST_LOG` (default `info`).
+//! Structured logs on stderr (`tracing`): text or one JSON object per line, as `[log]` says;
+//! `RUST_LOG`, when set, overrides `[log] level`.
+
+use crate::config::{Log, LogFormat};
 
 /// Installs the global subscriber once; later calls do nothing.
-pub fn init() {
+pub fn init(log: &Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

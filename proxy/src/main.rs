@@ -5,10 +5,10 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use siplb::config::{self, Config};
-use siplb::core::Worker;
 use siplb::server::Proxy;
 use siplb::table::RoutingTable;
 
@@ -88,31 +88,20 @@ fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
-        siplb::server::advertise_of(
-            cfg.listen
-                .udp
-                .first()
-                .copied()
-                .unwrap_or(([127, 0, 0, 1], 5060).into()),
-        )
+        let first = cfg.listen.udp.first().copied();
+        siplb::server::advertise_of(first.unwrap_or(([127, 0, 0, 1], 5060).into()))
     });
     let table = RoutingTable::build(&cfg, advertise, cfg.listen.udp.clone(), 1, &AllUp);
-    let request = siplb::demo::request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
-    let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
-    match Worker::new().explain(&table, request.as_bytes(), src) {
+    match siplb::ops::explain(&table, method, aor) {
         Ok(d) => {
-            let r = &table.routes[d.route];
             println!("route   {}", d.route);
-            println!("home    {}", table.pools[d.home].name);
-            println!("serving {}", table.pools[d.serving].name);
+            println!("home    {}", d.home);
+            println!("serving {}", d.serving);
             match d.server {
-                Some(s) => {
-                    let s = table.server(d.serving, s);
-                    println!("server  {} {} {}", s.id, s.address, s.transport.as_str());
-                }
+                Some(s) => println!("server  {} {} {}", s.id, s.address, s.transport),
                 None => println!("server  none (503)"),
             }
-            println!("key     {}", r.key_for(method.as_bytes()).as_str());
+            println!("key     {}", d.key);
             Ok(ExitCode::SUCCESS)
         }
         Err(code) => {
@@ -135,14 +124,32 @@ impl siplb::table::HealthView for AllUp {
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    siplb::logging::init();
     let Some(cfg) = load(path) else {
         return Ok(ExitCode::FAILURE);
     };
+    siplb::logging::init(&cfg.log);
+    let token = siplb::ops::Token::load(&cfg)?;
     let runtime = siplb::runtime(cfg.listen.workers)?;
     runtime.block_on(async {
-        let proxy = Proxy::start(cfg, true)?;
-        announce(&proxy);
+        let metrics = siplb::ops::install_metrics()?;
+        let ops_listen = cfg.ops.listen;
+        let proxy = Arc::new(Proxy::start(cfg, true)?);
+        let mut ops_addr = None;
+        if let Some(addr) = ops_listen {
+            let listener = siplb::ops::bind(addr).await?;
+            ops_addr = Some(listener.local_addr()?);
+            let ops = siplb::ops::Ops {
+                proxy: proxy.clone(),
+                metrics: Some(metrics),
+                token: token.clone(),
+            };
+            if !token.is_configured() {
+                tracing::info!("no admin token configured: the admin API is off");
+            }
+            tokio::spawn(siplb::ops::serve(listener, ops));
+        }
+        let _watch = siplb::reload::spawn_watchers(proxy.clone(), token)?;
+        announce(&proxy, ops_addr);
         siplb::shutdown_signal().await;
         tracing::info!("stopping");
         Ok(ExitCode::SUCCESS)
@@ -150,13 +157,16 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// The lines scripts and tests wait for on stdout.
-fn announce(proxy: &Proxy) {
+fn announce(proxy: &Proxy, ops: Option<SocketAddr>) {
     let mut out = std::io::stdout().lock();
-    for addr in &proxy.udp {
+    for addr in &proxy.udp() {
         let _ = writeln!(out, "listening udp {addr}");
+    }
+    if let Some(addr) = ops {
+        let _ = writeln!(out, "listening ops {addr}");
     }
     let _ = writeln!(out, "ready");
     let _ = out.flush();
     let t = proxy.tables.load();
-    tracing::info!(config = %proxy.config.path.display(), pools = t.pools.len(), routes = t.routes.len(), advertise = %t.advertise, "siplb ready");
+    tracing::info!(config = %proxy.config().path.display(), pools = t.pools.len(), routes = t.routes.len(), advertise = %t.advertise, "siplb ready");
 }

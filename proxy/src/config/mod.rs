@@ -29,6 +29,7 @@ pub struct Config {
     pub health: Health,
     /// `[routing]`: answers when siplb cannot route.
     pub routing: Routing,
+    pub log: Log,
     /// `[[pool]]` in file order.
     pub pools: Vec<PoolConfig>,
     /// `[[route]]` in file order; the first that matches wins.
@@ -129,6 +130,23 @@ pub struct Routing {
     pub no_route: u16,
     /// `Retry-After` in the 503 sent when no server of the serving pool is up.
     pub retry_after: Duration,
+}
+
+/// `[log]`: how siplb logs. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// A `tracing` filter: a level (`error` … `trace`) or directives such as `siplb=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// Lync server roles a pool can have.

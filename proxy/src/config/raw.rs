@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub ops: Option<RawOps>,
     pub health: Option<Spanned<RawHealth>>,
     pub routing: Option<RawRouting>,
+    pub log: Option<RawLog>,
     /// `[[pool]]` tables, in file order.
     #[serde(default)]
     pub pool: Vec<Spanned<RawPool>>,
@@ -81,6 +82,14 @@ pub struct RawHealth {
 pub struct RawRouting {
     pub no_route: Option<Int>,
     pub retry_after: Option<Str>,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Str>,
+    pub format: Option<Str>,
 }
 
 /// One `[[pool]]`.

@@ -24,8 +24,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawHealth, RawListen, RawOps, RawRouting};
-use super::{Config, ConfigError, Health, Listen, Ops, ProbeKind, Routing};
+use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
+use super::{Config, ConfigError, Health, Listen, Log, LogFormat, Ops, ProbeKind, Routing};
 
 pub use summary::summary;
 
@@ -146,6 +146,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         None => DEFAULT_HEALTH,
     };
     let routing = routing(ctx, raw.routing.as_ref());
+    let log = log(ctx, raw.log.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
     let routes = routes::routes(ctx, &raw.route, &pools);
     Config {
@@ -154,9 +155,40 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         ops,
         health,
         routing,
+        log,
         pools,
         routes,
     }
+}
+
+/// `[log]`: a filter `tracing` accepts, and `text` or `json`.
+fn log(ctx: &mut Ctx<'_>, raw: Option<&RawLog>) -> Log {
+    let mut log = Log {
+        level: "info".into(),
+        format: LogFormat::Text,
+    };
+    let Some(raw) = raw else { return log };
+    if let Some(level) = &raw.level {
+        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) if !level.get_ref().trim().is_empty() => log.level = level.get_ref().clone(),
+            _ => ctx.error(
+                level.span(),
+                "log.level",
+                format!(
+                    "\"{}\" is not a log filter; use a level (error, warn, info, debug, trace) or \
+                     directives such as \"siplb=debug,info\"",
+                    level.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(format) = &raw.format {
+        let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+        if let Some(f) = values::choice(ctx, format, "log.format", "log format", &formats) {
+            log.format = f;
+        }
+    }
+    log
 }
 
 /// `[listen]`: at least one listener, no address twice on the same protocol.

@@ -124,6 +124,10 @@ rise = 4
 no_route = 403
 retry_after = "1m"
 
+[log]
+level = "siplb=debug,info"
+format = "json"
+
 [[pool]]
 name = "fe-dc1"
 role = "front-end"
@@ -188,6 +192,10 @@ fn full_config_becomes_the_expected_config() {
         routing: Routing {
             no_route: 403,
             retry_after: Duration::from_secs(60),
+        },
+        log: Log {
+            level: "siplb=debug,info".into(),
+            format: LogFormat::Json,
         },
         pools: vec![
             PoolConfig {

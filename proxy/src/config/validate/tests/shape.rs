@@ -205,3 +205,21 @@ fn bad_enum_values() {
         assert_error(&e, line, key, &[says]);
     }
 }
+
+#[test]
+fn bad_log_level_and_format() {
+    let e = errors(&plus("[log]\nlevel = \"siplb=loud\"\nformat = \"xml\"\n"));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_error(
+        &e[0],
+        11,
+        "log.level",
+        &["is not a log filter", "error, warn, info, debug, trace"],
+    );
+    assert_error(
+        &e[1],
+        12,
+        "log.format",
+        &["unknown log format \"xml\"", "text, json"],
+    );
+}

@@ -1,0 +1,129 @@
+//! What `/status` shows of health: each pool with its state, the pool serving its users and its
+//! failover mode, and each server with its state, since when, why, and its last probe.
+
+use std::time::{Instant, SystemTime};
+
+use healthcheck::{Outcome, ServerState};
+use serde::Serialize;
+
+use super::supervisor::Supervisor;
+use crate::config::FailoverMode;
+
+/// Health of every pool and server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The version of the routing table in use.
+    pub table_version: u64,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub role: &'static str,
+    pub pair: Option<String>,
+    /// `up` while at least `min_up` servers are up.
+    pub state: &'static str,
+    /// The pool serving this pool's users now: itself, or its pair when failed over.
+    pub serving: String,
+    /// `auto` or `manual`.
+    pub mode: &'static str,
+    /// An operator holds the pool failed over.
+    pub operator_failover: bool,
+    /// When the pool's users were last moved (or when siplb started).
+    pub since: String,
+    pub reason: Option<String>,
+    pub min_up: usize,
+    pub servers_up: usize,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub id: String,
+    pub address: String,
+    pub transport: &'static str,
+    pub weight: u32,
+    /// `up`, `down` or `drained`.
+    pub state: &'static str,
+    pub since: String,
+    /// Why the server is in its state.
+    pub reason: String,
+    /// Round-trip time of the last successful probe, in milliseconds.
+    pub last_rtt_ms: Option<f64>,
+    /// The last probe's result.
+    pub last_probe: Option<String>,
+}
+
+/// An `Instant` as an RFC 3339 UTC timestamp.
+pub fn wall_clock(at: Instant, now: Instant) -> String {
+    let t = SystemTime::now() - now.saturating_duration_since(at);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn probe_text(o: &Outcome) -> String {
+    match o {
+        Outcome::Alive { code: Some(c), .. } => format!("answered {c}"),
+        Outcome::Alive { code: None, .. } => "connected".into(),
+        Outcome::Failed(f) => f.to_string(),
+    }
+}
+
+pub(super) fn build(sup: &Supervisor, now: Instant) -> Status {
+    let pools = sup
+        .cfg
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let fo = &sup.pools[i];
+            let servers: Vec<ServerStatus> = p
+                .servers
+                .iter()
+                .filter_map(|s| {
+                    let e = sup.servers.get(s.id.as_str())?;
+                    Some(ServerStatus {
+                        id: s.id.clone(),
+                        address: s.address.to_string(),
+                        transport: s.transport.as_str(),
+                        weight: s.weight,
+                        state: e.health.state().as_str(),
+                        since: wall_clock(e.health.since, now),
+                        reason: e.health.reason.to_string(),
+                        last_rtt_ms: e.health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                        last_probe: e.health.last_outcome.as_ref().map(probe_text),
+                    })
+                })
+                .collect();
+            let servers_up = servers
+                .iter()
+                .filter(|s| s.state == ServerState::Up.as_str())
+                .count();
+            let serving = match (fo.failed_over(), sup.pair_of(i)) {
+                (true, Some(j)) => sup.cfg.pools[j].name.clone(),
+                _ => p.name.clone(),
+            };
+            PoolStatus {
+                name: p.name.clone(),
+                role: p.role.as_str(),
+                pair: p.pair.clone(),
+                state: if sup.pool_up(i) { "up" } else { "down" },
+                serving,
+                mode: match p.failover {
+                    FailoverMode::Auto => "auto",
+                    FailoverMode::Manual => "manual",
+                },
+                operator_failover: fo.forced(),
+                since: wall_clock(fo.since, now),
+                reason: fo.reason.map(|r| r.to_string()),
+                min_up: p.min_up,
+                servers_up,
+                servers,
+            }
+        })
+        .collect();
+    Status {
+        table_version: sup.version(),
+        pools,
+    }
+}

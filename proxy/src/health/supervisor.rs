@@ -1,0 +1,394 @@
+//! The supervisor task: server and pool state, probe tasks, and the table it swaps in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use healthcheck::probe::{probe_loop, ProbeKind as Kind, ProbeSettings};
+use healthcheck::{
+    FailoverChange, Mode, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{status, Event, Op, OpError, Reload};
+use crate::config::{Config, FailoverMode, HostPort, PoolConfig, ProbeKind};
+use crate::table::{HealthView, RoutingTable};
+
+/// Settings of one server's probes.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) struct ProbePlan {
+    settings: ProbeSettings,
+    thresholds: Thresholds,
+}
+
+fn plan(pool: &PoolConfig) -> ProbePlan {
+    let h = &pool.health;
+    let kind = match h.probe {
+        ProbeKind::Options => Kind::Options,
+        ProbeKind::TcpConnect => Kind::TcpConnect,
+    };
+    ProbePlan {
+        settings: ProbeSettings {
+            kind,
+            interval: h.interval,
+            timeout: h.timeout,
+        },
+        thresholds: Thresholds {
+            fall: h.fall,
+            rise: h.rise,
+        },
+    }
+}
+
+fn mode(p: &PoolConfig) -> Mode {
+    match p.failover {
+        FailoverMode::Auto => Mode::Auto,
+        FailoverMode::Manual => Mode::Manual,
+    }
+}
+
+pub(super) struct ServerEntry {
+    pub pool: usize,
+    pub address: SocketAddr,
+    pub health: ServerHealth,
+    plan: ProbePlan,
+    probe: Option<JoinHandle<()>>,
+}
+
+impl Drop for ServerEntry {
+    fn drop(&mut self) {
+        if let Some(p) = &self.probe {
+            p.abort();
+        }
+    }
+}
+
+pub(super) struct Supervisor {
+    pub cfg: Arc<Config>,
+    advertise: HostPort,
+    local: Vec<SocketAddr>,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    version: u64,
+    pub servers: HashMap<Arc<str>, ServerEntry>,
+    by_addr: HashMap<SocketAddr, Arc<str>>,
+    /// Failover state, in the order of `cfg.pools`.
+    pub pools: Vec<PoolFailover>,
+    probing: bool,
+    tx: mpsc::WeakSender<Event>,
+}
+
+impl HealthView for Supervisor {
+    fn server_state(&self, id: &str) -> Option<ServerState> {
+        self.servers.get(id).map(|s| s.health.state())
+    }
+    fn failed_over(&self, pool: &str) -> bool {
+        let i = self.cfg.pools.iter().position(|p| p.name == pool);
+        i.is_some_and(|i| self.pools[i].failed_over())
+    }
+}
+
+impl Supervisor {
+    pub fn new(
+        cfg: Arc<Config>,
+        tables: Arc<ArcSwap<RoutingTable>>,
+        probing: bool,
+        tx: mpsc::WeakSender<Event>,
+    ) -> Self {
+        let table = tables.load_full();
+        let mut sup = Supervisor {
+            cfg: cfg.clone(),
+            advertise: table.advertise.clone(),
+            local: table.local().to_vec(),
+            version: table.version,
+            tables,
+            servers: HashMap::new(),
+            by_addr: HashMap::new(),
+            pools: Vec::new(),
+            probing,
+            tx,
+        };
+        sup.reconcile(cfg, Instant::now());
+        sup
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        self.publish_gauges();
+        loop {
+            let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
+            let wake = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut changed = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                _ = wake => false,
+            };
+            changed |= self.evaluate_pools(Instant::now());
+            if changed {
+                self.swap();
+            }
+        }
+    }
+
+    /// Applies one event; true when routing may have changed.
+    fn on_event(&mut self, ev: Event) -> bool {
+        let now = Instant::now();
+        match ev {
+            Event::Probe { id, outcome } => self.record(&id, outcome, now),
+            Event::Passive { addr, failure } => match self.by_addr.get(&addr).cloned() {
+                Some(id) => self.record(&id, Outcome::Failed(failure), now),
+                None => false,
+            },
+            Event::Op(op, reply) => {
+                let result = self.operate(op, now);
+                let changed = result.is_ok();
+                let _ = reply.send(result);
+                changed
+            }
+            Event::Reload(reload, reply) => {
+                let Reload {
+                    config,
+                    advertise,
+                    local,
+                } = reload;
+                self.advertise = advertise;
+                self.local = local;
+                self.reconcile(config, now);
+                self.evaluate_pools(now);
+                self.swap();
+                let _ = reply.send(self.version);
+                false
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(status::build(self, now));
+                false
+            }
+        }
+    }
+
+    /// Adopts `cfg`: servers keep their health by id and pools their failover state by name;
+    /// new servers start up, removed ones stop being probed.
+    fn reconcile(&mut self, cfg: Arc<Config>, now: Instant) {
+        let old_cfg = std::mem::replace(&mut self.cfg, cfg.clone());
+        let mut old_pools: HashMap<String, PoolFailover> = old_cfg
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(std::mem::take(&mut self.pools))
+            .collect();
+        let old_drained: HashMap<&str, bool> = old_cfg
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.iter().map(|s| (s.id.as_str(), s.drained)))
+            .collect();
+        let mut old_servers = std::mem::take(&mut self.servers);
+        self.by_addr.clear();
+        for (pi, p) in cfg.pools.iter().enumerate() {
+            let mut failover = old_pools
+                .remove(&p.name)
+                .unwrap_or_else(|| PoolFailover::new(mode(p), p.failback_after, now));
+            failover.mode = mode(p);
+            failover.failback_after = p.failback_after;
+            self.pools.push(failover);
+            let plan = plan(p);
+            for s in &p.servers {
+                let id: Arc<str> = Arc::from(s.id.as_str());
+                self.by_addr.insert(s.address, id.clone());
+                let mut entry = match old_servers.remove(&id) {
+                    Some(mut e) => {
+                        if old_drained
+                            .get(s.id.as_str())
+                            .is_some_and(|&d| d != s.drained)
+                        {
+                            e.health.set_drained(s.drained, now);
+                        }
+                        e
+                    }
+                    None => ServerEntry {
+                        pool: pi,
+                        address: s.address,
+                        health: ServerHealth::new(now, s.drained),
+                        plan,
+                        probe: None,
+                    },
+                };
+                let stale = entry.address != s.address || entry.plan != plan;
+                entry.pool = pi;
+                entry.address = s.address;
+                entry.plan = plan;
+                if stale || entry.probe.is_none() {
+                    self.spawn_probe(&id, &mut entry);
+                }
+                self.servers.insert(id, entry);
+            }
+        }
+        // What is left in old_servers was removed from the config: dropping it stops its probe.
+    }
+
+    fn spawn_probe(&self, id: &Arc<str>, entry: &mut ServerEntry) {
+        if let Some(p) = entry.probe.take() {
+            p.abort();
+        }
+        if !self.probing {
+            return;
+        }
+        let Some(tx) = self.tx.upgrade() else { return };
+        let (target, settings, id) = (entry.address, entry.plan.settings, id.clone());
+        entry.probe = Some(tokio::spawn(probe_loop(target, settings, move |outcome| {
+            let _ = tx.try_send(Event::Probe {
+                id: id.clone(),
+                outcome,
+            });
+        })));
+    }
+
+    fn record(&mut self, id: &Arc<str>, outcome: Outcome, now: Instant) -> bool {
+        let Some(entry) = self.servers.get_mut(id) else {
+            return false;
+        };
+        let pool = &self.cfg.pools[entry.pool].name;
+        if let Outcome::Alive { rtt, .. } = outcome {
+            metrics::histogram!("siplb_probe_rtt_seconds", "pool" => pool.clone())
+                .record(rtt.as_secs_f64());
+        }
+        let Some(t) = entry.health.record(outcome, entry.plan.thresholds, now) else {
+            return false;
+        };
+        tracing::warn!(server = %id, pool = %pool, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
+        true
+    }
+
+    fn operate(&mut self, op: Op, now: Instant) -> Result<String, OpError> {
+        let pool_index = |name: &str| {
+            self.cfg
+                .pools
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| OpError::UnknownPool(name.into()))
+        };
+        let answer = match op {
+            Op::Failover(name) => {
+                let i = pool_index(&name)?;
+                let pair = self.cfg.pools[i]
+                    .pair
+                    .clone()
+                    .ok_or_else(|| OpError::NoPair(name.clone()))?;
+                let change = self.pools[i].operator_failover(now);
+                self.log_failover(i, change);
+                format!("pool {name} is served by {pair}")
+            }
+            Op::Failback(name) => {
+                let i = pool_index(&name)?;
+                let change = self.pools[i].operator_failback(now);
+                self.log_failover(i, change);
+                format!("pool {name} is served at home")
+            }
+            Op::Drain(id) => self.set_drained(&id, true, now)?,
+            Op::Undrain(id) => self.set_drained(&id, false, now)?,
+        };
+        tracing::info!(answer = %answer, "operator command");
+        Ok(answer)
+    }
+
+    fn set_drained(&mut self, id: &str, drained: bool, now: Instant) -> Result<String, OpError> {
+        let entry = self
+            .servers
+            .get_mut(id)
+            .ok_or_else(|| OpError::UnknownServer(id.into()))?;
+        if let Some(t) = entry.health.set_drained(drained, now) {
+            tracing::warn!(server = %id, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
+        }
+        Ok(format!("server {id} is {}", entry.health.state().as_str()))
+    }
+
+    /// The version of the table in use.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether pool `i` has at least `min_up` servers up.
+    pub fn pool_up(&self, i: usize) -> bool {
+        let up = self
+            .servers
+            .values()
+            .filter(|s| s.pool == i && s.health.state().takes_traffic())
+            .count();
+        up >= self.cfg.pools[i].min_up
+    }
+
+    /// The index of pool `i`'s pair.
+    pub fn pair_of(&self, i: usize) -> Option<usize> {
+        let name = self.cfg.pools[i].pair.as_deref()?;
+        self.cfg.pools.iter().position(|p| p.name == name)
+    }
+
+    /// Re-evaluates every pool's failover; true when any pool moved.
+    fn evaluate_pools(&mut self, now: Instant) -> bool {
+        let up: Vec<bool> = (0..self.cfg.pools.len()).map(|i| self.pool_up(i)).collect();
+        let mut changed = false;
+        for i in 0..self.pools.len() {
+            let pair_up = self.pair_of(i).is_some_and(|j| up[j]);
+            let change = self.pools[i].evaluate(up[i], pair_up, now);
+            changed |= change.is_some();
+            self.log_failover(i, change);
+        }
+        changed
+    }
+
+    fn log_failover(&self, i: usize, change: Option<FailoverChange>) {
+        let Some(c) = change else { return };
+        let pool = &self.cfg.pools[i];
+        let serving = if c.failed_over {
+            pool.pair.as_deref().unwrap_or("none")
+        } else {
+            pool.name.as_str()
+        };
+        tracing::warn!(pool = %pool.name, serving, reason = %c.reason, "pool failover changed");
+    }
+
+    fn swap(&mut self) {
+        self.version += 1;
+        let table = RoutingTable::build(
+            &self.cfg,
+            self.advertise.clone(),
+            self.local.clone(),
+            self.version,
+            self,
+        );
+        self.tables.store(Arc::new(table));
+        metrics::counter!("siplb_table_swaps_total").increment(1);
+        tracing::debug!(version = self.version, "routing table swapped");
+        self.publish_gauges();
+    }
+
+    /// Server up, pool up and failover gauges, labelled by configured names only.
+    fn publish_gauges(&self) {
+        for (i, p) in self.cfg.pools.iter().enumerate() {
+            let up = if self.pool_up(i) { 1.0 } else { 0.0 };
+            metrics::gauge!("siplb_pool_up", "pool" => p.name.clone()).set(up);
+            let failed = if self.pools[i].failed_over() {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!("siplb_pool_failed_over", "pool" => p.name.clone()).set(failed);
+            for s in &p.servers {
+                let state = self.servers.get(s.id.as_str()).map(|e| e.health.state());
+                let up = if state == Some(ServerState::Up) {
+                    1.0
+                } else {
+                    0.0
+                };
+                metrics::gauge!("siplb_server_up", "pool" => p.name.clone(), "server" => s.id.clone()).set(up);
+            }
+        }
+    }
+}
