@@ -20,6 +20,7 @@ pub mod ops;
 pub mod reload;
 pub mod server;
 pub mod sip;
+pub mod stats;
 pub mod table;
 pub mod udp;
 

@@ -13,6 +13,7 @@ use healthcheck::ServerState;
 use crate::config::{Config, FailoverMode, HostPort, KeyKind, Role, Transport};
 use crate::hrw;
 use crate::sip::uri::UriFacts;
+use crate::stats::PoolCounters;
 
 /// One backend server as routing sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +28,7 @@ pub struct Server {
 }
 
 /// One pool: its servers and where its users are served now.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
     pub role: Role,
@@ -39,6 +40,8 @@ pub struct Pool {
     pub id_hash: u64,
     /// This pool's users are served by its pair.
     pub failed_over: bool,
+    /// Requests forwarded to this pool, by method.
+    pub counters: PoolCounters,
 }
 
 impl Pool {
@@ -216,6 +219,7 @@ impl RoutingTable {
                     servers,
                     id_hash: hrw::id_hash(&p.name),
                     failed_over: health.failed_over(&p.name),
+                    counters: PoolCounters::new(&p.name),
                 }
             })
             .collect();

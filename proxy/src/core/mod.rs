@@ -23,6 +23,7 @@ use crate::hrw;
 use crate::sip::edit::{Edits, Insert};
 use crate::sip::scan::{self, parse_uint, Hdr, Message, Span, StartLine};
 use crate::sip::{response, uri, via};
+use crate::stats;
 use crate::table::{Decision, RoutingTable, BRANCH_PREFIX};
 
 /// What to do with a datagram. The bytes to send are in [`Worker::out`].
@@ -165,20 +166,20 @@ impl Worker {
                     .and_then(|u| u.socket_addr())
                     .and_then(|a| table.server_at(a));
                 match server {
-                    Some((p, s)) => next_hop = Some(table.server(p, s).address),
+                    Some((p, s)) => next_hop = Some((p, table.server(p, s).address)),
                     None => return self.answer(table, req, 403, branch),
                 }
             }
         }
 
-        let dest = match next_hop {
-            Some(addr) => addr,
+        let (pool, dest) = match next_hop {
+            Some(hop) => hop,
             None => match self.choose(table, req) {
                 Ok(Decision {
                     serving,
                     server: Some(s),
                     ..
-                }) => table.server(serving, s).address,
+                }) => (serving, table.server(serving, s).address),
                 Ok(_) => return self.answer(table, req, 503, branch),
                 Err(code) => return self.answer(table, req, code, branch),
             },
@@ -245,6 +246,7 @@ impl Worker {
             _ => edits.push(msg.headers_end, 0, Insert::Static(b"Max-Forwards: 70\r\n")),
         }
         edits.apply(buf, msg.end(), &self.scratch, &mut self.out);
+        table.pools[pool].counters.request(req.method);
         Action::Forward(dest)
     }
 
@@ -331,6 +333,7 @@ impl Worker {
         if req.method == b"ACK" {
             return Action::Drop(DropReason::AckUnroutable);
         }
+        stats::reply(code);
         let retry_after = (code == 503).then_some(table.retry_after_secs);
         let tag = format!("lb{branch:016x}");
         response::build(req.buf, &req.msg, code, retry_after, &tag, &mut self.out);
@@ -388,6 +391,9 @@ impl Worker {
             return Action::Drop(DropReason::NoReturnPath);
         };
         edits.apply(buf, msg.end(), &[], &mut self.out);
+        if let StartLine::Response { code } = msg.start {
+            stats::response(code);
+        }
         Action::Forward(dest)
     }
 }
