@@ -1,1 +1,39 @@
-//! End-to-end tests live in `tests/tests/`; this library holds their shared harness.
+//! The end-to-end harness of siplb: the built binary as a child process, and SIP peers written
+//! here from scratch (plain `std::net::UdpSocket`, no code shared with the proxy, so the tests
+//! cannot share its bugs).
+//!
+//! - [`process`] starts `siplb --config FILE` and waits for `ready`, or runs its CLI;
+//! - [`config`] writes configs in the words of DESIGN.md's configuration contract;
+//! - [`backend`] is a server peer that records what it received and answers like a registrar;
+//! - [`client`] is a user agent that sends raw requests and collects responses;
+//! - [`request`] builds the exact request bytes; [`sip`] reads messages for assertions;
+//! - [`edits`] undoes the edits siplb is allowed to make, to prove every other byte survived;
+//! - [`testbed`] is farm + siplb + client, and runs one request through checking both
+//!   directions that way;
+//! - [`farm`] groups backends and answers "which server got which user";
+//! - [`fuzz`] generates the seeded flood of hostile datagrams.
+//!
+//! Nothing binds a fixed port (everything is `127.0.0.1:0`), every wait has a deadline, and every
+//! load loop is bounded in count and time.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod edits;
+pub mod farm;
+pub mod fuzz;
+pub mod process;
+pub mod request;
+pub mod sip;
+pub mod testbed;
+
+pub use backend::{Backend, Behaviour, Datagram};
+pub use client::Client;
+pub use config::{Config, Route, Server};
+pub use edits::{assert_forwarded_intact, assert_response_intact, Hop};
+pub use farm::Farm;
+pub use process::{ConfigFile, Siplb};
+pub use request::Request;
+pub use sip::Msg;
+pub use testbed::{Exchange, Testbed};

@@ -1,0 +1,311 @@
+//! A SIP server peer standing where a Front End would: it records every datagram it receives and
+//! answers the way a registrar does.
+//!
+//! Answers go back to the **source address of the datagram** (that is, siplb), never to a Via:
+//! a stateless proxy's next hop for a response is itself. The answer copies every Via line in
+//! order, From, To (plus a tag), Call-ID and CSeq, as RFC 3261 §8.2.6.2 asks.
+//!
+//! siplb probes its servers with OPTIONS. A probe is siplb's own request, so it carries only
+//! siplb's Via; forwarded requests carry the client's Via too. [`Backend::requests`] leaves the
+//! probes out, so tests count client traffic only.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::request::unique;
+use crate::sip::Msg;
+
+/// `ms-keep-alive` of a Lync Front End's 200 to REGISTER.
+pub const MS_KEEP_ALIVE: &str = "ms-keep-alive: UAS; tcp=no; hop-hop=yes; end-end=no; timeout=300";
+
+/// How a backend answers requests. ACK and BENOTIFY are never answered; siplb's OPTIONS probes
+/// always get a 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// `200 OK` to everything.
+    Accept,
+    /// INVITE gets this final status (e.g. 486); everything else 200.
+    RejectInvites(u16),
+    /// Lync sign-in: a REGISTER without `Authorization`/`Proxy-Authorization` gets a `401` with an
+    /// NTLM challenge naming this server in `targetname`; with credentials, `200` with
+    /// `Authentication-Info`.
+    LyncAuth,
+    /// `200 OK` to everything, with every Via value written on one `Via:` line (RFC 3261 §7.3.1
+    /// allows it), so siplb must pop its value from a shared line.
+    CombineVias,
+}
+
+/// One datagram as a peer saw it.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub bytes: Vec<u8>,
+    /// Who sent it (received) or where it went (sent).
+    pub peer: SocketAddr,
+}
+
+impl Datagram {
+    pub fn msg(&self) -> Option<Msg> {
+        Msg::parse(&self.bytes)
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    received: Vec<Datagram>,
+    sent: Vec<Datagram>,
+}
+
+struct Shared {
+    log: Mutex<Log>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panic elsewhere must not hide the recorded traffic.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A SIP server on `127.0.0.1:0`, answering from its own thread until dropped.
+pub struct Backend {
+    id: String,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Binds and starts answering. `id` is the server id given to siplb (and the Lync
+    /// `targetname`).
+    pub fn start(id: &str, behaviour: Behaviour) -> Backend {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind backend socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("set read timeout");
+        let addr = socket.local_addr().expect("backend address");
+        let shared = Arc::new(Shared {
+            log: Mutex::new(Log::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let responder = Responder {
+            id: id.to_string(),
+            behaviour,
+        };
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("backend-{id}"))
+                .spawn(move || serve(&socket, &responder, &shared))
+                .expect("spawn backend thread")
+        };
+        Backend {
+            id: id.to_string(),
+            addr,
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every datagram received, probes included.
+    pub fn received_all(&self) -> Vec<Datagram> {
+        self.shared.log().received.clone()
+    }
+
+    /// Every datagram received except siplb's health probes.
+    pub fn requests(&self) -> Vec<Datagram> {
+        self.shared
+            .log()
+            .received
+            .iter()
+            .filter(|d| !is_probe(&d.bytes))
+            .cloned()
+            .collect()
+    }
+
+    /// The received datagrams of one Call-ID, in arrival order.
+    pub fn with_call_id(&self, call_id: &str) -> Vec<Datagram> {
+        with_call_id(&self.shared.log().received, call_id)
+    }
+
+    /// The datagrams this backend sent for one Call-ID, in order.
+    pub fn sent_with_call_id(&self, call_id: &str) -> Vec<Datagram> {
+        with_call_id(&self.shared.log().sent, call_id)
+    }
+
+    /// Waits until this backend has received `n` datagrams of `call_id`; returns them (possibly
+    /// fewer if the deadline passed).
+    pub fn wait_call_id(&self, call_id: &str, n: usize, within: Duration) -> Vec<Datagram> {
+        let deadline = Instant::now() + within;
+        let mut log = self.shared.log();
+        loop {
+            let got = with_call_id(&log.received, call_id);
+            let now = Instant::now();
+            if got.len() >= n || now >= deadline {
+                return got;
+            }
+            log = self
+                .shared
+                .changed
+                .wait_timeout(log, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// How many non-probe requests were received per default key (To AOR for REGISTER, From
+    /// AOR otherwise).
+    pub fn count_by_aor(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for d in self.requests() {
+            if let Some(aor) = d.msg().and_then(|m| m.default_key()) {
+                *counts.entry(aor).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// How many non-probe requests of `method` were received.
+    pub fn count_method(&self, method: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|d| d.msg().is_some_and(|m| m.method() == Some(method)))
+            .count()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn with_call_id(log: &[Datagram], call_id: &str) -> Vec<Datagram> {
+    log.iter()
+        .filter(|d| d.msg().is_some_and(|m| m.call_id() == Some(call_id)))
+        .cloned()
+        .collect()
+}
+
+/// A probe is siplb's own OPTIONS: it has a single Via (siplb's). Forwarded requests have two.
+pub fn is_probe(bytes: &[u8]) -> bool {
+    Msg::parse(bytes).is_some_and(|m| m.method() == Some("OPTIONS") && m.vias().len() < 2)
+}
+
+fn serve(socket: &UdpSocket, responder: &Responder, shared: &Shared) {
+    let mut buf = vec![0u8; 70_000];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(_) => continue, // timeout: look at the stop flag again
+        };
+        let bytes = buf[..n].to_vec();
+        let answer = Msg::parse(&bytes).and_then(|m| responder.answer(&m));
+        let mut log = shared.log();
+        log.received.push(Datagram { bytes, peer: from });
+        if let Some(answer) = answer {
+            // Recorded before it leaves, so a test that saw the answer also sees the record.
+            log.sent.push(Datagram {
+                bytes: answer.clone(),
+                peer: from,
+            });
+            drop(log);
+            let _ = socket.send_to(&answer, from);
+        } else {
+            drop(log);
+        }
+        shared.changed.notify_all();
+    }
+}
+
+struct Responder {
+    id: String,
+    behaviour: Behaviour,
+}
+
+impl Responder {
+    fn answer(&self, req: &Msg) -> Option<Vec<u8>> {
+        let method = req.method()?;
+        if method == "ACK" || method == "BENOTIFY" {
+            return None;
+        }
+        let (status, extra): (String, Vec<String>) = match (self.behaviour, method) {
+            (Behaviour::RejectInvites(code), "INVITE") => (format!("{code} {}", reason(code)), Vec::new()),
+            (Behaviour::LyncAuth, "REGISTER")
+                if req.header("proxy-authorization").is_none()
+                    && req.header("authorization").is_none() =>
+            {
+                ("401 Unauthorized".to_string(), vec![
+                    format!(
+                        "WWW-Authenticate: NTLM realm=\"SIP Communications Service\", targetname=\"{}\", version=4",
+                        self.id
+                    ),
+                    format!(
+                        "WWW-Authenticate: Kerberos realm=\"SIP Communications Service\", targetname=\"sip/{}\", version=4",
+                        self.id
+                    ),
+                ])
+            }
+            (Behaviour::LyncAuth, "REGISTER") => ("200 OK".to_string(), vec![
+                format!(
+                    "Authentication-Info: NTLM rspauth=\"01000000000000005A3F2C0B1D8E9A70\", srand=\"3C4A2B1F\", snum=\"1\", opaque=\"B6D2E1A0\", qop=\"auth\", targetname=\"{}\", realm=\"SIP Communications Service\"",
+                    self.id
+                ),
+                MS_KEEP_ALIVE.to_string(),
+            ]),
+            (_, "REGISTER") => ("200 OK".to_string(), vec![MS_KEEP_ALIVE.to_string()]),
+            _ => ("200 OK".to_string(), Vec::new()),
+        };
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        if self.behaviour == Behaviour::CombineVias {
+            out.push_str(&format!("Via: {}\r\n", req.vias().join(", ")));
+        } else {
+            for h in req.header_lines("via") {
+                out.push_str(&h.raw);
+                out.push_str("\r\n");
+            }
+        }
+        for name in ["from", "to", "call-id", "cseq"] {
+            let Some(h) = req.header_lines(name).next() else {
+                continue;
+            };
+            out.push_str(&h.raw);
+            if name == "to" && crate::sip::param(&h.value, "tag").is_none() {
+                out.push_str(&format!(";tag={}", unique("be")));
+            }
+            out.push_str("\r\n");
+        }
+        for line in extra {
+            out.push_str(&line);
+            out.push_str("\r\n");
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        Some(out.into_bytes())
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        486 => "Busy Here",
+        480 => "Temporarily Unavailable",
+        603 => "Decline",
+        _ => "Failure",
+    }
+}

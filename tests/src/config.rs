@@ -1,0 +1,218 @@
+//! Builds siplb configurations as TOML text, in the words of DESIGN.md's configuration contract.
+//!
+//! Every config listens on `127.0.0.1:0` with no `advertise` (siplb advertises the bound address)
+//! and no `[ops]`. Probes are frequent and tolerant (`fall` high), so a backend busy answering a
+//! load run is never taken for dead.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use crate::backend::Backend;
+
+/// A `[[pool]] servers` entry.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub id: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub drained: bool,
+}
+
+impl Server {
+    pub fn of(backend: &Backend) -> Server {
+        Server {
+            id: backend.id().to_string(),
+            address: backend.addr(),
+            weight: 1,
+            drained: false,
+        }
+    }
+
+    pub fn weight(mut self, weight: u32) -> Server {
+        self.weight = weight;
+        self
+    }
+
+    pub fn drained(mut self) -> Server {
+        self.drained = true;
+        self
+    }
+}
+
+/// A `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub methods: Option<Vec<String>>,
+    pub domain: Option<String>,
+    pub pools: Vec<String>,
+    pub key: Option<String>,
+}
+
+impl Route {
+    /// A route to one pool (`pool = "..."`).
+    pub fn to(pool: &str) -> Route {
+        Route::over(&[pool])
+    }
+
+    /// A route whose home pool is chosen by HRW among `pools` (`pools = [...]`).
+    pub fn over(pools: &[&str]) -> Route {
+        Route {
+            methods: None,
+            domain: None,
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            key: None,
+        }
+    }
+
+    pub fn domain(mut self, domain: &str) -> Route {
+        self.domain = Some(domain.to_string());
+        self
+    }
+
+    pub fn methods(mut self, methods: &[&str]) -> Route {
+        self.methods = Some(methods.iter().map(|m| m.to_string()).collect());
+        self
+    }
+
+    /// `to-aor | from-aor | ruri-aor | call-id | source-ip`.
+    pub fn key(mut self, key: &str) -> Route {
+        self.key = Some(key.to_string());
+        self
+    }
+}
+
+/// A whole siplb config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    workers: usize,
+    no_route: Option<u16>,
+    retry_after: Option<String>,
+    pools: Vec<(String, Vec<Server>)>,
+    routes: Vec<Route>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}
+
+impl Config {
+    /// One UDP worker (messages from one client are handled in order), nothing else yet.
+    pub fn new() -> Config {
+        Config {
+            workers: 1,
+            no_route: None,
+            retry_after: None,
+            pools: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// The common case: one pool `fe` of these backends, one catch-all route to it.
+    pub fn single_pool(backends: &[Backend]) -> Config {
+        Config::new()
+            .pool("fe", backends.iter().map(Server::of).collect())
+            .route(Route::to("fe"))
+    }
+
+    pub fn workers(mut self, n: usize) -> Config {
+        self.workers = n;
+        self
+    }
+
+    pub fn no_route(mut self, status: u16) -> Config {
+        self.no_route = Some(status);
+        self
+    }
+
+    pub fn retry_after(mut self, duration: &str) -> Config {
+        self.retry_after = Some(duration.to_string());
+        self
+    }
+
+    pub fn pool(mut self, name: &str, servers: Vec<Server>) -> Config {
+        self.pools.push((name.to_string(), servers));
+        self
+    }
+
+    pub fn route(mut self, route: Route) -> Config {
+        self.routes.push(route);
+        self
+    }
+
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "[listen]\nudp = [\"127.0.0.1:0\"]\nworkers = {}\n",
+            self.workers
+        );
+        t.push_str(
+            "[health]\nprobe = \"options\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 25\nrise = 1\n\n",
+        );
+        if self.no_route.is_some() || self.retry_after.is_some() {
+            t.push_str("[routing]\n");
+            if let Some(s) = self.no_route {
+                let _ = writeln!(t, "no_route = {s}");
+            }
+            if let Some(d) = &self.retry_after {
+                let _ = writeln!(t, "retry_after = {}", quote(d));
+            }
+            t.push('\n');
+        }
+        for (name, servers) in &self.pools {
+            let _ = writeln!(
+                t,
+                "[[pool]]\nname = {}\nrole = \"front-end\"\nservers = [",
+                quote(name)
+            );
+            for s in servers {
+                let _ = write!(
+                    t,
+                    "  {{ id = {}, address = \"{}\", transport = \"udp\", weight = {}",
+                    quote(&s.id),
+                    s.address,
+                    s.weight
+                );
+                if s.drained {
+                    t.push_str(", drained = true");
+                }
+                t.push_str(" },\n");
+            }
+            t.push_str("]\n\n");
+        }
+        for r in &self.routes {
+            t.push_str("[[route]]\n");
+            if let Some(m) = &r.methods {
+                let _ = writeln!(t, "methods = {}", list(m));
+            }
+            if let Some(d) = &r.domain {
+                let _ = writeln!(t, "domain = {}", quote(d));
+            }
+            match r.pools.as_slice() {
+                [one] => {
+                    let _ = writeln!(t, "pool = {}", quote(one));
+                }
+                many => {
+                    let _ = writeln!(t, "pools = {}", list(many));
+                }
+            }
+            if let Some(k) = &r.key {
+                let _ = writeln!(t, "key = {}", quote(k));
+            }
+            t.push('\n');
+        }
+        t
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
+    format!("[{}]", quoted.join(", "))
+}
