@@ -1,8 +1,9 @@
 //! Builds siplb configurations as TOML text, in the words of DESIGN.md's configuration contract.
 //!
-//! Every config listens on `127.0.0.1:0` with no `advertise` (siplb advertises the bound address)
-//! and no `[ops]`. Probes are frequent and tolerant (`fall` high), so a backend busy answering a
-//! load run is never taken for dead.
+//! Every config listens on `127.0.0.1:0` with no `advertise` (siplb advertises the bound address).
+//! By default there is no `[ops]`, and probes are frequent and tolerant (`fall` high), so a
+//! backend busy answering a load run is never taken for dead; health and failover tests set
+//! their own `[health]` and pool options.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -81,13 +82,83 @@ impl Route {
     }
 }
 
+/// `[health]` settings.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub probe: String,
+    pub interval: String,
+    pub timeout: String,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+impl Health {
+    /// OPTIONS probes with these settings.
+    pub fn options(interval: &str, timeout: &str, fall: u32, rise: u32) -> Health {
+        Health {
+            probe: "options".into(),
+            interval: interval.into(),
+            timeout: timeout.into(),
+            fall,
+            rise,
+        }
+    }
+}
+
+/// A `[[pool]]`: its servers and, optionally, its pair and failover settings.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub servers: Vec<Server>,
+    pub pair: Option<String>,
+    /// `auto` or `manual`.
+    pub failover: Option<String>,
+    pub failback_after: Option<String>,
+    pub min_up: Option<usize>,
+}
+
+impl Pool {
+    pub fn new(name: &str, servers: Vec<Server>) -> Pool {
+        Pool {
+            name: name.into(),
+            servers,
+            pair: None,
+            failover: None,
+            failback_after: None,
+            min_up: None,
+        }
+    }
+
+    pub fn pair(mut self, pair: &str) -> Pool {
+        self.pair = Some(pair.into());
+        self
+    }
+
+    pub fn manual(mut self) -> Pool {
+        self.failover = Some("manual".into());
+        self
+    }
+
+    pub fn failback_after(mut self, d: &str) -> Pool {
+        self.failback_after = Some(d.into());
+        self
+    }
+
+    pub fn min_up(mut self, n: usize) -> Pool {
+        self.min_up = Some(n);
+        self
+    }
+}
+
 /// A whole siplb config.
 #[derive(Debug, Clone)]
 pub struct Config {
     workers: usize,
     no_route: Option<u16>,
     retry_after: Option<String>,
-    pools: Vec<(String, Vec<Server>)>,
+    health: Health,
+    ops: bool,
+    pools: Vec<Pool>,
     routes: Vec<Route>,
 }
 
@@ -104,6 +175,8 @@ impl Config {
             workers: 1,
             no_route: None,
             retry_after: None,
+            health: Health::options("200ms", "150ms", 25, 1),
+            ops: false,
             pools: Vec::new(),
             routes: Vec::new(),
         }
@@ -131,8 +204,23 @@ impl Config {
         self
     }
 
-    pub fn pool(mut self, name: &str, servers: Vec<Server>) -> Config {
-        self.pools.push((name.to_string(), servers));
+    pub fn pool(self, name: &str, servers: Vec<Server>) -> Config {
+        self.pool_with(Pool::new(name, servers))
+    }
+
+    pub fn pool_with(mut self, pool: Pool) -> Config {
+        self.pools.push(pool);
+        self
+    }
+
+    pub fn health(mut self, health: Health) -> Config {
+        self.health = health;
+        self
+    }
+
+    /// Turns on the ops endpoint on `127.0.0.1:0` (its address is printed as `listening ops`).
+    pub fn ops(mut self) -> Config {
+        self.ops = true;
         self
     }
 
@@ -149,9 +237,19 @@ impl Config {
             "[listen]\nudp = [\"127.0.0.1:0\"]\nworkers = {}\n",
             self.workers
         );
-        t.push_str(
-            "[health]\nprobe = \"options\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 25\nrise = 1\n\n",
+        let h = &self.health;
+        let _ = writeln!(
+            t,
+            "[health]\nprobe = {}\ninterval = {}\ntimeout = {}\nfall = {}\nrise = {}\n",
+            quote(&h.probe),
+            quote(&h.interval),
+            quote(&h.timeout),
+            h.fall,
+            h.rise
         );
+        if self.ops {
+            t.push_str("[ops]\nlisten = \"127.0.0.1:0\"\n\n");
+        }
         if self.no_route.is_some() || self.retry_after.is_some() {
             t.push_str("[routing]\n");
             if let Some(s) = self.no_route {
@@ -162,13 +260,26 @@ impl Config {
             }
             t.push('\n');
         }
-        for (name, servers) in &self.pools {
+        for p in &self.pools {
             let _ = writeln!(
                 t,
-                "[[pool]]\nname = {}\nrole = \"front-end\"\nservers = [",
-                quote(name)
+                "[[pool]]\nname = {}\nrole = \"front-end\"",
+                quote(&p.name)
             );
-            for s in servers {
+            if let Some(pair) = &p.pair {
+                let _ = writeln!(t, "pair = {}", quote(pair));
+            }
+            if let Some(f) = &p.failover {
+                let _ = writeln!(t, "failover = {}", quote(f));
+            }
+            if let Some(d) = &p.failback_after {
+                let _ = writeln!(t, "failback_after = {}", quote(d));
+            }
+            if let Some(n) = p.min_up {
+                let _ = writeln!(t, "min_up = {n}");
+            }
+            t.push_str("servers = [\n");
+            for s in &p.servers {
                 let _ = write!(
                     t,
                     "  {{ id = {}, address = \"{}\", transport = \"udp\", weight = {}",

@@ -23,6 +23,7 @@ pub mod config;
 pub mod edits;
 pub mod farm;
 pub mod fuzz;
+pub mod http;
 pub mod process;
 pub mod request;
 pub mod sip;

@@ -60,7 +60,8 @@ impl ConfigFile {
         &self.path
     }
 
-    fn dir(&self) -> &Path {
+    /// The directory the config file lives in (removed with it).
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -125,6 +126,7 @@ impl RouteAnswer {
 pub struct Siplb {
     child: Child,
     udp: Vec<SocketAddr>,
+    ops: Option<SocketAddr>,
     config: ConfigFile,
     stderr_path: PathBuf,
 }
@@ -132,12 +134,19 @@ pub struct Siplb {
 impl Siplb {
     /// Starts `siplb --config <file with config_text>` and waits for `ready`.
     pub fn start(config_text: &str) -> Siplb {
+        Siplb::start_with_env(config_text, &[])
+    }
+
+    /// Like [`Siplb::start`], with extra environment variables (e.g. `SIPLB_ADMIN_TOKEN`).
+    pub fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> Siplb {
         let config = ConfigFile::write(config_text);
         let stderr_path = config.dir().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
         let mut child = Command::new(siplb_bin())
             .arg("--config")
             .arg(config.path())
+            .env_remove("SIPLB_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -158,6 +167,7 @@ impl Siplb {
         let mut siplb = Siplb {
             child,
             udp: Vec::new(),
+            ops: None,
             config,
             stderr_path,
         };
@@ -167,6 +177,9 @@ impl Siplb {
             match rx.recv_timeout(left) {
                 Ok(line) if line.trim() == "ready" => break,
                 Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("listening ops ") {
+                        siplb.ops = addr.trim().parse().ok();
+                    }
                     if let Some(addr) = line.trim().strip_prefix("listening udp ") {
                         let addr = addr
                             .trim()
@@ -193,6 +206,17 @@ impl Siplb {
     /// `advertise`).
     pub fn addr(&self) -> SocketAddr {
         self.udp[0]
+    }
+
+    /// The ops endpoint's address (the config must have `[ops]`, see `Config::ops`).
+    pub fn ops(&self) -> SocketAddr {
+        self.ops
+            .expect("siplb printed no `listening ops` line: is [ops] in the config?")
+    }
+
+    /// The process id (for signals such as SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The config file this siplb runs with (for `siplb route` against the same config).
