@@ -152,8 +152,29 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(responder(socket, s.id.clone()));
         }
     }
+    let metrics = crate::ops::install_metrics()?;
+    let ops_listen = cfg.ops.listen;
     let proxy = Arc::new(Proxy::start(cfg, true)?);
     let addr = proxy.udp()[0];
+    // The ops endpoint too, with a one-off admin token, so the status page and the admin API
+    // can be tried while the demo runs.
+    let token = crate::ops::Token::fixed(&format!(
+        "demo-{:x}",
+        crate::hrw::key_hash(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
+        )
+    ));
+    let mut ops_addr = None;
+    if let Some(listen) = ops_listen {
+        let listener = crate::ops::bind(listen).await?;
+        ops_addr = Some(listener.local_addr()?);
+        let ops = crate::ops::Ops {
+            proxy: proxy.clone(),
+            metrics: Some(metrics),
+            token: token.clone(),
+        };
+        tokio::spawn(crate::ops::serve(listener, ops));
+    }
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     let t = proxy.tables.load_full();
     writeln!(
@@ -291,6 +312,12 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         out,
         "\nsiplb keeps routing on udp {addr}. Try:\n  siplb route --config config.toml REGISTER sip:you@contoso.com\n  sipp {addr} -sn uac -m 10   (any SIP client works; Ctrl-C stops the demo)"
     )?;
+    if let (Some(ops), Some(secret)) = (ops_addr, token.secret()) {
+        writeln!(
+            out,
+            "  http://{ops}/ (status page), http://{ops}/status, http://{ops}/metrics\n  curl -X POST -H 'Authorization: Bearer {secret}' http://{ops}/admin/pools/fe-dc1/failover"
+        )?;
+    }
     out.flush()?;
     crate::shutdown_signal().await;
     Ok(())

@@ -32,6 +32,18 @@ impl Token {
         Ok(t)
     }
 
+    /// A token fixed by the program (the demo's), not read from the config.
+    pub fn fixed(token: &str) -> Token {
+        let t = Token::default();
+        t.0.store(Some(Arc::new(token.to_string())));
+        t
+    }
+
+    /// The token itself, to show to the person who runs the demo.
+    pub fn secret(&self) -> Option<String> {
+        self.0.load_full().map(|t| t.to_string())
+    }
+
     /// Reads the token again (after a config reload).
     pub fn refresh(&self, cfg: &Config) -> anyhow::Result<()> {
         let token = match &cfg.ops.admin_token_file {
