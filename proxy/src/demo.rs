@@ -153,7 +153,6 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let metrics = crate::ops::install_metrics()?;
-    let ops_listen = cfg.ops.listen;
     let proxy = Arc::new(Proxy::start(cfg, true)?);
     let addr = proxy.udp()[0];
     // The ops endpoint too, with a one-off admin token, so the status page and the admin API
@@ -164,17 +163,12 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
             format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
         )
     ));
-    let mut ops_addr = None;
-    if let Some(listen) = ops_listen {
-        let listener = crate::ops::bind(listen).await?;
-        ops_addr = Some(listener.local_addr()?);
-        let ops = crate::ops::Ops {
-            proxy: proxy.clone(),
-            metrics: Some(metrics),
-            token: token.clone(),
-        };
-        tokio::spawn(crate::ops::serve(listener, ops));
-    }
+    let ops = crate::ops::Ops {
+        proxy: proxy.clone(),
+        metrics: Some(metrics),
+        token: token.clone(),
+    };
+    let ops_addr = crate::ops::start(ops).await?;
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     let t = proxy.tables.load_full();
     writeln!(

@@ -132,22 +132,13 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = siplb::runtime(cfg.listen.workers)?;
     runtime.block_on(async {
         let metrics = siplb::ops::install_metrics()?;
-        let ops_listen = cfg.ops.listen;
         let proxy = Arc::new(Proxy::start(cfg, true)?);
-        let mut ops_addr = None;
-        if let Some(addr) = ops_listen {
-            let listener = siplb::ops::bind(addr).await?;
-            ops_addr = Some(listener.local_addr()?);
-            let ops = siplb::ops::Ops {
-                proxy: proxy.clone(),
-                metrics: Some(metrics),
-                token: token.clone(),
-            };
-            if !token.is_configured() {
-                tracing::info!("no admin token configured: the admin API is off");
-            }
-            tokio::spawn(siplb::ops::serve(listener, ops));
-        }
+        let ops = siplb::ops::Ops {
+            proxy: proxy.clone(),
+            metrics: Some(metrics),
+            token: token.clone(),
+        };
+        let ops_addr = siplb::ops::start(ops).await?;
         let _watch = siplb::reload::spawn_watchers(proxy.clone(), token)?;
         announce(&proxy, ops_addr);
         siplb::shutdown_signal().await;

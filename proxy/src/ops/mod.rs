@@ -77,19 +77,26 @@ pub fn router(ops: Ops) -> Router {
     r.with_state(ops)
 }
 
-/// Serves the ops endpoint on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, ops: Ops) {
-    if let Err(e) = axum::serve(listener, router(ops)).await {
-        tracing::error!(error = %e, "ops endpoint stopped");
-    }
-}
-
-/// Binds the ops listener.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds the ops endpoint at `[ops] listen` (when the config has one) and serves it in a task.
+/// Returns the address bound.
+pub async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
     use anyhow::Context as _;
-    tokio::net::TcpListener::bind(addr)
+    let Some(listen) = ops.proxy.config().ops.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot bind ops endpoint {addr}"))
+        .with_context(|| format!("cannot bind ops endpoint {listen}"))?;
+    let bound = listener.local_addr()?;
+    if !ops.token.is_configured() {
+        tracing::info!("no admin token configured: the admin API is off");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(ops)).await {
+            tracing::error!(error = %e, "ops endpoint stopped");
+        }
+    });
+    Ok(Some(bound))
 }
 
 /// Why siplb is not ready, or `None` when it is: every pool a route can choose must have a
