@@ -57,7 +57,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
 pub enum Reason {
-    /// Never probed yet: servers start up.
+    /// Not probed yet: servers start up.
     Start,
     /// `rise` probes in a row succeeded (the last one's code, for SIP probes).
     Probes { code: Option<u16> },
@@ -70,7 +70,7 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Start => f.write_str("starting"),
+            Reason::Start => f.write_str("not probed yet"),
             Reason::Probes { code: Some(c) } => write!(f, "probes answered {c}"),
             Reason::Probes { code: None } => f.write_str("probes connected"),
             Reason::Failed(fail) => fail.fmt(f),
@@ -152,6 +152,10 @@ impl ServerHealth {
                 self.last_rtt = Some(rtt);
                 self.fail_run = 0;
                 self.ok_run = self.ok_run.saturating_add(1);
+                // Up since start, and now the probes say why.
+                if self.up && self.reason == Reason::Start {
+                    self.reason = Reason::Probes { code };
+                }
                 if !self.up && self.ok_run >= th.rise {
                     self.up = true;
                     return self.changed(before, Reason::Probes { code }, now);

@@ -13,6 +13,7 @@ use notify::RecursiveMode;
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::config;
 use crate::ops::Token;
 use crate::server::Proxy;
 
@@ -45,6 +46,7 @@ pub fn spawn_watchers(
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let file_tx = tx.clone();
+    let tx_start = tx.clone();
     let mut debouncer =
         notify_debouncer_mini::new_debouncer(Duration::from_millis(200), move |res| {
             if let Ok(events) = res {
@@ -72,9 +74,17 @@ pub fn spawn_watchers(
         });
     }
 
+    // The file may have changed between siplb reading it and the watch starting: compare what
+    // is there now with the config that runs, and reload at once if they differ.
+    let mut last = std::fs::read_to_string(&path).ok().and_then(|text| {
+        let same = config::parse(&path, &text).is_ok_and(|c| c == *proxy.config());
+        same.then(|| xxh3_64(text.as_bytes()))
+    });
+    if last.is_none() {
+        let _ = tx_start.send(false);
+    }
     Ok(tokio::spawn(async move {
         let _keep_watching = debouncer;
-        let mut last = content_hash(&path);
         while let Some(forced) = rx.recv().await {
             let now = content_hash(&path);
             if !forced && (now.is_none() || now == last) {

@@ -222,8 +222,12 @@ impl Proxy {
     }
 
     async fn apply(&self, cfg: Config) -> Result<u64, Vec<ConfigError>> {
-        if cfg.listen.workers != self.config.load().listen.workers {
+        let running = self.config.load();
+        if cfg.listen.workers != running.listen.workers {
             tracing::warn!("[listen] workers changes take effect at the next start");
+        }
+        if cfg.ops.listen != running.ops.listen {
+            tracing::warn!("[ops] listen changes take effect at the next start; the ops endpoint stays where it is");
         }
         warn_unserved(&cfg);
         let bound = self.rebind(&cfg).map_err(|e| {

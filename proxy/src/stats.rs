@@ -80,8 +80,9 @@ pub fn reply(code: u16) {
     metrics::counter!("siplb_replies_total", "code" => code).increment(1);
 }
 
-/// HELP texts for every metric siplb exports.
-pub fn describe() {
+/// Registers every metric siplb exports, with its HELP text; counters start at 0 so that rates
+/// and alerts work before the first event.
+pub fn register() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "siplb_requests_total",
@@ -119,6 +120,14 @@ pub fn describe() {
         "Routing tables built and swapped in"
     );
     describe_counter!("siplb_config_reloads_total", "Config reloads, by result");
+    for reason in crate::core::DropReason::ALL {
+        metrics::counter!("siplb_drops_total", "reason" => reason.as_str()).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!("siplb_config_reloads_total", "result" => result).increment(0);
+    }
+    metrics::counter!("siplb_table_swaps_total").increment(0);
+    metrics::counter!("siplb_send_errors_total").increment(0);
 }
 
 #[cfg(test)]

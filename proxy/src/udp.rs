@@ -69,10 +69,7 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
         let (n, src) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                while let Some(to) = icmp::refused_destination(&socket) {
-                    tracing::debug!(%to, "port unreachable on forward");
-                    control.passive(to, Failure::PassiveRefused);
-                }
+                report_refused(&socket, &control);
                 continue;
             }
             Err(e) => {
@@ -86,7 +83,16 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
                 if let Some((server, failure)) = worker.passive {
                     control.passive(server, failure);
                 }
-                if let Err(e) = socket.send_to(&worker.out, to).await {
+                let mut sent = socket.send_to(&worker.out, to).await;
+                if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+                    // A pending ICMP error from an earlier forward (to some other server) is
+                    // reported by whatever syscall comes next — here, this send, which the
+                    // kernel then refuses. The error is consumed by that: note who it was
+                    // about, and send this message again.
+                    report_refused(&socket, &control);
+                    sent = socket.send_to(&worker.out, to).await;
+                }
+                if let Err(e) = sent {
                     metrics::counter!("siplb_send_errors_total").increment(1);
                     tracing::debug!(error = %e, %to, "udp send failed");
                 }
@@ -96,6 +102,14 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
                 tracing::debug!(reason = reason.as_str(), %src, len = n, "dropped");
             }
         }
+    }
+}
+
+/// Passes every queued ICMP port unreachable to the health supervisor.
+fn report_refused(socket: &UdpSocket, control: &Control) {
+    while let Some(to) = icmp::refused_destination(socket) {
+        tracing::debug!(%to, "port unreachable on forward");
+        control.passive(to, Failure::PassiveRefused);
     }
 }
 

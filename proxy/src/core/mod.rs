@@ -56,6 +56,16 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, for registering the metric.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Malformed,
+        DropReason::KeepAlive,
+        DropReason::NotOurs,
+        DropReason::UnknownSender,
+        DropReason::NoReturnPath,
+        DropReason::AckUnroutable,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -24,6 +24,7 @@ use crate::config::{Config, HostPort};
 use crate::table::RoutingTable;
 
 pub use status::{PoolStatus, ServerStatus, Status};
+pub use supervisor::GAUGE_REFRESH;
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,9 @@ use super::{status, Event, Op, OpError, Reload};
 use crate::config::{Config, FailoverMode, HostPort, PoolConfig, ProbeKind};
 use crate::table::{HealthView, RoutingTable};
 
+/// How often gauges are published even when nothing changed.
+pub const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Settings of one server's probes.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) struct ProbePlan {
@@ -115,7 +118,11 @@ impl Supervisor {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        self.publish_gauges();
+        // Gauges are published on every change and refreshed on this tick; the exporter drops
+        // a gauge nobody refreshed for a while, which is how a server or pool removed by a
+        // reload leaves /metrics.
+        let mut gauges = tokio::time::interval(GAUGE_REFRESH);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
             let wake = async {
@@ -130,6 +137,10 @@ impl Supervisor {
                     None => break,
                 },
                 _ = wake => false,
+                _ = gauges.tick() => {
+                    self.publish_gauges();
+                    false
+                }
             };
             changed |= self.evaluate_pools(Instant::now());
             if changed {

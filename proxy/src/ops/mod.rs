@@ -38,6 +38,10 @@ pub struct Ops {
 /// Call once, before the proxy starts, inside the runtime.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(crate::health::GAUGE_REFRESH * 3),
+        )
         .set_buckets_for_metric(
             Matcher::Full("siplb_probe_rtt_seconds".into()),
             &[
@@ -45,7 +49,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
-    crate::stats::describe();
+    crate::stats::register();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -132,6 +136,9 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 /// The `/status` document.
 #[derive(Serialize)]
 pub struct StatusDoc {
+    /// What `/readyz` says.
+    pub ready: bool,
+    pub not_ready_reason: Option<String>,
     pub config: ConfigMeta,
     pub listen_udp: Vec<String>,
     pub advertise: String,
@@ -144,7 +151,10 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         ops.proxy.control.status().await.ok_or_else(|| {
             (StatusCode::SERVICE_UNAVAILABLE, "siplb is stopping\n").into_response()
         })?;
+    let not_ready_reason = not_ready(&ops.proxy);
     Ok(StatusDoc {
+        ready: not_ready_reason.is_none(),
+        not_ready_reason,
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
         advertise: ops.proxy.tables.load().advertise.to_string(),

@@ -22,7 +22,9 @@ pub fn render(doc: &StatusDoc) -> String {
          table{border-collapse:collapse;margin:.3em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
          th{background:#f3f3f3}.up{color:#0a0;font-weight:600}.down{color:#c00;font-weight:600}\
          .drained{color:#a60;font-weight:600}.moved{background:#fff3cd}h2{margin-bottom:.2em}\
-         .meta{color:#666}</style></head><body><h1>siplb</h1>",
+         .meta{color:#666}\
+         .badge{background:#c00;color:#fff;font-size:.7em;padding:.15em .5em;border-radius:.3em;vertical-align:middle}\
+         .verdict{font-size:1.1em}</style></head><body><h1>siplb</h1>",
     );
     let c = &doc.config;
     let _ = write!(
@@ -35,6 +37,12 @@ pub fn render(doc: &StatusDoc) -> String {
         esc(&doc.advertise),
         esc(&doc.listen_udp.join(", "))
     );
+    match &doc.not_ready_reason {
+        None => h.push_str("<p class=\"verdict up\">ready: every routed pool has a server up</p>"),
+        Some(why) => {
+            let _ = write!(h, "<p class=\"verdict down\">not ready: {}</p>", esc(why));
+        }
+    }
     if let Some(err) = &c.last_error {
         let _ = write!(
             h,
@@ -43,17 +51,36 @@ pub fn render(doc: &StatusDoc) -> String {
         );
     }
     for p in &doc.health.pools {
-        let moved = if p.serving != p.name {
-            " class=\"moved\""
+        let failed_over = p.serving != p.name;
+        let moved = if failed_over { " class=\"moved\"" } else { "" };
+        let badge = if failed_over {
+            format!(
+                " <span class=\"badge\">FAILED OVER → {}</span>",
+                esc(&p.serving)
+            )
         } else {
-            ""
+            String::new()
         };
+        let _ = write!(h, "<h2 id=\"pool-{0}\">pool {0}{badge}</h2>", esc(&p.name));
+        let guests: Vec<&str> = doc
+            .health
+            .pools
+            .iter()
+            .filter(|q| q.name != p.name && q.serving == p.name)
+            .map(|q| q.name.as_str())
+            .collect();
+        if !guests.is_empty() {
+            let _ = write!(
+                h,
+                "<p class=\"moved\">also serving the users of {}</p>",
+                esc(&guests.join(", "))
+            );
+        }
         let _ = write!(
             h,
-            "<h2 id=\"pool-{name}\">pool {name}</h2><p{moved}>{role} · <span class=\"{state}\">{state}</span> \
+            "<p{moved}>{role} · <span class=\"{state}\">{state}</span> \
              ({up}/{total} servers up, min {min}) · pair {pair} · users served by <b>{serving}</b> · \
              failover {mode}{forced} · since {since}</p>",
-            name = esc(&p.name),
             role = p.role,
             state = p.state,
             up = p.servers_up,
