@@ -8,10 +8,17 @@
 //! siplb probes its servers with OPTIONS. A probe is siplb's own request, so it carries only
 //! siplb's Via; forwarded requests carry the client's Via too. [`Backend::requests`] leaves the
 //! probes out, so tests count client traffic only.
+//!
+//! Health tests need a server that dies and comes back: [`Backend::stop`] closes its socket (the
+//! port is closed, so the kernel answers a datagram to it with an ICMP port unreachable) and
+//! [`Backend::restart`] binds the same address again, keeping what was recorded. How probes are
+//! answered can be switched while the backend runs ([`ProbeAnswer`]), and
+//! [`Backend::set_silent`] keeps the socket open but answers nothing. Every datagram is stamped
+//! with the moment it was received or sent, so a test can ask what arrived after a given instant.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,12 +46,29 @@ pub enum Behaviour {
     CombineVias,
 }
 
+/// How a backend answers siplb's OPTIONS probes; switchable while it runs
+/// ([`Backend::set_probe_answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeAnswer {
+    /// `200 OK` (the default).
+    Ok,
+    /// This final status, e.g. `503`.
+    Status(u16),
+    /// No answer: the probe times out.
+    Ignore,
+    /// `200 OK` to one probe, nothing to the next, and so on: a server that flaps on every
+    /// probe.
+    Alternate,
+}
+
 /// One datagram as a peer saw it.
 #[derive(Debug, Clone)]
 pub struct Datagram {
     pub bytes: Vec<u8>,
     /// Who sent it (received) or where it went (sent).
     pub peer: SocketAddr,
+    /// When it was received (or sent).
+    pub at: Instant,
 }
 
 impl Datagram {
@@ -63,6 +87,10 @@ struct Shared {
     log: Mutex<Log>,
     changed: Condvar,
     stop: AtomicBool,
+    probe_answer: Mutex<ProbeAnswer>,
+    /// Probes received so far (for [`ProbeAnswer::Alternate`]).
+    probes: AtomicU64,
+    silent: AtomicBool,
 }
 
 impl Shared {
@@ -70,12 +98,17 @@ impl Shared {
         // A panic elsewhere must not hide the recorded traffic.
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn probe_answer(&self) -> ProbeAnswer {
+        *self.probe_answer.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// A SIP server on `127.0.0.1:0`, answering from its own thread until dropped.
+/// A SIP server on `127.0.0.1:0`, answering from its own thread until dropped (or stopped).
 pub struct Backend {
     id: String,
     addr: SocketAddr,
+    behaviour: Behaviour,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -84,33 +117,84 @@ impl Backend {
     /// Binds and starts answering. `id` is the server id given to siplb (and the Lync
     /// `targetname`).
     pub fn start(id: &str, behaviour: Behaviour) -> Backend {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind backend socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("set read timeout");
-        let addr = socket.local_addr().expect("backend address");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Backend::start_on(id, behaviour, any).expect("bind backend socket")
+    }
+
+    /// Like [`Backend::start`], bound to `addr` (e.g. an address of a network namespace).
+    pub fn start_on(id: &str, behaviour: Behaviour, addr: SocketAddr) -> std::io::Result<Backend> {
         let shared = Arc::new(Shared {
             log: Mutex::new(Log::default()),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            probe_answer: Mutex::new(ProbeAnswer::Ok),
+            probes: AtomicU64::new(0),
+            silent: AtomicBool::new(false),
         });
-        let responder = Responder {
-            id: id.to_string(),
-            behaviour,
-        };
-        let thread = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name(format!("backend-{id}"))
-                .spawn(move || serve(&socket, &responder, &shared))
-                .expect("spawn backend thread")
-        };
-        Backend {
+        let mut backend = Backend {
             id: id.to_string(),
             addr,
+            behaviour,
             shared,
-            thread: Some(thread),
+            thread: None,
+        };
+        backend.bind_and_serve(addr)?;
+        Ok(backend)
+    }
+
+    fn bind_and_serve(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let socket = UdpSocket::bind(addr)?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        self.addr = socket.local_addr()?;
+        self.shared.stop.store(false, Ordering::Relaxed);
+        let responder = Responder {
+            id: self.id.clone(),
+            behaviour: self.behaviour,
+        };
+        let shared = Arc::clone(&self.shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("backend-{}", self.id))
+            .spawn(move || serve(&socket, &responder, &shared))?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// Stops answering and closes the socket: once this returns, the port is closed, and a
+    /// datagram sent to it draws an ICMP port unreachable. What was recorded is kept.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
+    }
+
+    /// Binds the same address again and answers as before (the records go on accumulating).
+    /// Panics if the port was taken meanwhile.
+    pub fn restart(&mut self) {
+        assert!(self.thread.is_none(), "backend {} is running", self.id);
+        let addr = self.addr;
+        self.bind_and_serve(addr)
+            .unwrap_or_else(|e| panic!("backend {} cannot bind {addr} again: {e}", self.id));
+    }
+
+    /// Whether the socket is open (not [`Backend::stop`]ped).
+    pub fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+
+    /// How probes are answered from now on.
+    pub fn set_probe_answer(&self, answer: ProbeAnswer) {
+        *self
+            .shared
+            .probe_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = answer;
+    }
+
+    /// A silent backend keeps its socket open and records what arrives, but answers nothing
+    /// (neither requests nor probes): a hung server, as opposed to a stopped one.
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.silent.store(silent, Ordering::Relaxed);
     }
 
     pub fn id(&self) -> &str {
@@ -124,6 +208,63 @@ impl Backend {
     /// Every datagram received, probes included.
     pub fn received_all(&self) -> Vec<Datagram> {
         self.shared.log().received.clone()
+    }
+
+    /// Every datagram received at or after `since`, except siplb's health probes.
+    pub fn requests_since(&self, since: Instant) -> Vec<Datagram> {
+        self.shared
+            .log()
+            .received
+            .iter()
+            .filter(|d| d.at >= since && !is_probe(&d.bytes))
+            .cloned()
+            .collect()
+    }
+
+    /// siplb's health probes received at or after `since`.
+    pub fn probes_since(&self, since: Instant) -> Vec<Datagram> {
+        self.shared
+            .log()
+            .received
+            .iter()
+            .filter(|d| d.at >= since && is_probe(&d.bytes))
+            .cloned()
+            .collect()
+    }
+
+    /// This backend's answers to probes sent at or after `since`, in order.
+    pub fn probe_answers_since(&self, since: Instant) -> Vec<Datagram> {
+        self.shared
+            .log()
+            .sent
+            .iter()
+            .filter(|d| d.at >= since && is_probe_answer(&d.bytes))
+            .cloned()
+            .collect()
+    }
+
+    /// How many datagrams were received so far, probes included.
+    pub fn received_count(&self) -> usize {
+        self.shared.log().received.len()
+    }
+
+    /// Waits until more than `seen` datagrams were received (or `within` passed) and returns
+    /// those after the first `seen`, probes included: for following the traffic as it comes.
+    pub fn wait_received_after(&self, seen: usize, within: Duration) -> Vec<Datagram> {
+        let deadline = Instant::now() + within;
+        let mut log = self.shared.log();
+        loop {
+            let now = Instant::now();
+            if log.received.len() > seen || now >= deadline {
+                return log.received.get(seen..).unwrap_or_default().to_vec();
+            }
+            log = self
+                .shared
+                .changed
+                .wait_timeout(log, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Every datagram received except siplb's health probes.
@@ -190,10 +331,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -209,6 +347,13 @@ pub fn is_probe(bytes: &[u8]) -> bool {
     Msg::parse(bytes).is_some_and(|m| m.method() == Some("OPTIONS") && m.vias().len() < 2)
 }
 
+/// An answer to a probe: a response to OPTIONS with a single Via (siplb's).
+pub fn is_probe_answer(bytes: &[u8]) -> bool {
+    Msg::parse(bytes).is_some_and(|m| {
+        m.is_response() && m.cseq_method() == Some("OPTIONS") && m.vias().len() < 2
+    })
+}
+
 fn serve(socket: &UdpSocket, responder: &Responder, shared: &Shared) {
     let mut buf = vec![0u8; 70_000];
     while !shared.stop.load(Ordering::Relaxed) {
@@ -216,15 +361,28 @@ fn serve(socket: &UdpSocket, responder: &Responder, shared: &Shared) {
             Ok(x) => x,
             Err(_) => continue, // timeout: look at the stop flag again
         };
+        let at = Instant::now();
         let bytes = buf[..n].to_vec();
-        let answer = Msg::parse(&bytes).and_then(|m| responder.answer(&m));
+        let answer = if shared.silent.load(Ordering::Relaxed) {
+            None
+        } else if is_probe(&bytes) {
+            let nth = shared.probes.fetch_add(1, Ordering::Relaxed);
+            Msg::parse(&bytes).and_then(|m| responder.answer_probe(&m, shared.probe_answer(), nth))
+        } else {
+            Msg::parse(&bytes).and_then(|m| responder.answer(&m))
+        };
         let mut log = shared.log();
-        log.received.push(Datagram { bytes, peer: from });
+        log.received.push(Datagram {
+            bytes,
+            peer: from,
+            at,
+        });
         if let Some(answer) = answer {
             // Recorded before it leaves, so a test that saw the answer also sees the record.
             log.sent.push(Datagram {
                 bytes: answer.clone(),
                 peer: from,
+                at: Instant::now(),
             });
             drop(log);
             let _ = socket.send_to(&answer, from);
@@ -241,6 +399,18 @@ struct Responder {
 }
 
 impl Responder {
+    /// The answer to the `nth` probe (counting from 0) under `how`.
+    fn answer_probe(&self, req: &Msg, how: ProbeAnswer, nth: u64) -> Option<Vec<u8>> {
+        let status = match how {
+            ProbeAnswer::Ok => "200 OK".to_string(),
+            ProbeAnswer::Status(code) => format!("{code} {}", reason(code)),
+            ProbeAnswer::Ignore => return None,
+            ProbeAnswer::Alternate if nth % 2 == 1 => return None,
+            ProbeAnswer::Alternate => "200 OK".to_string(),
+        };
+        Some(self.response(req, &status, Vec::new()))
+    }
+
     fn answer(&self, req: &Msg) -> Option<Vec<u8>> {
         let method = req.method()?;
         if method == "ACK" || method == "BENOTIFY" {
@@ -273,6 +443,11 @@ impl Responder {
             (_, "REGISTER") => ("200 OK".to_string(), vec![MS_KEEP_ALIVE.to_string()]),
             _ => ("200 OK".to_string(), Vec::new()),
         };
+        Some(self.response(req, &status, extra))
+    }
+
+    /// A response to `req` with `status` ("200 OK") and `extra` header lines.
+    fn response(&self, req: &Msg, status: &str, extra: Vec<String>) -> Vec<u8> {
         let mut out = format!("SIP/2.0 {status}\r\n");
         if self.behaviour == Behaviour::CombineVias {
             out.push_str(&format!("Via: {}\r\n", req.vias().join(", ")));
@@ -297,7 +472,7 @@ impl Responder {
             out.push_str("\r\n");
         }
         out.push_str("Content-Length: 0\r\n\r\n");
-        Some(out.into_bytes())
+        out.into_bytes()
     }
 }
 
@@ -305,6 +480,9 @@ fn reason(code: u16) -> &'static str {
     match code {
         486 => "Busy Here",
         480 => "Temporarily Unavailable",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
         603 => "Decline",
         _ => "Failure",
     }

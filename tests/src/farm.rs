@@ -133,3 +133,33 @@ pub fn assert_near(what: &str, got: usize, expected: f64, tolerance: f64) {
         off * 100.0
     );
 }
+
+impl Farm {
+    /// Backends for several pools at once: for `[("a", 2), ("b", 2)]`, `a1 a2 b1 b2`.
+    pub fn pools(pools: &[(&str, usize)], behaviour: Behaviour) -> Farm {
+        Farm {
+            backends: pools
+                .iter()
+                .flat_map(|(prefix, n)| Farm::start(prefix, *n, behaviour).backends)
+                .collect(),
+        }
+    }
+
+    /// The servers entries of the backends whose ids start with `prefix` (one pool of a farm
+    /// made by [`Farm::pools`]).
+    pub fn servers_of(&self, prefix: &str) -> Vec<Server> {
+        self.backends
+            .iter()
+            .filter(|b| b.id().starts_with(prefix))
+            .map(Server::of)
+            .collect()
+    }
+
+    /// The backend `id`, to stop, restart or reconfigure it.
+    pub fn get_mut(&mut self, id: &str) -> &mut Backend {
+        self.backends
+            .iter_mut()
+            .find(|b| b.id() == id)
+            .unwrap_or_else(|| panic!("no backend {id}"))
+    }
+}

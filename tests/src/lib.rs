@@ -11,25 +11,45 @@
 //! - [`testbed`] is farm + siplb + client, and runs one request through checking both
 //!   directions that way;
 //! - [`farm`] groups backends and answers "which server got which user";
-//! - [`fuzz`] generates the seeded flood of hostile datagrams.
+//! - [`fuzz`] generates the seeded flood of hostile datagrams;
+//! - [`load`] keeps registering users at a steady pace and records what was lost;
+//! - [`placement`] sweeps every user once and compares where they landed;
+//! - [`health`] reads siplb's health transition log lines and waits for `/status` to show a
+//!   server or pool state; [`netns`] builds network namespaces ("datacenters") joined by veth
+//!   links;
+//! - [`ops`] reads `/status` and `/metrics` and drives the admin API;
+//! - [`reload`] hands siplb a new config the ways operators and platforms do (in place,
+//!   rename, ConfigMap symlink swap, SIGHUP);
+//! - [`ports`] finds free loopback ports for the few things that must name one;
+//! - [`sipp`] runs sipp peers (the real-peer suites); [`chromium`] loads a page in headless
+//!   Chromium (the status page suite).
 //!
 //! Nothing binds a fixed port (everything is `127.0.0.1:0`), every wait has a deadline, and every
 //! load loop is bounded in count and time.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod chromium;
 pub mod client;
 pub mod config;
 pub mod edits;
 pub mod farm;
 pub mod fuzz;
+pub mod health;
 pub mod http;
+pub mod load;
+pub mod netns;
+pub mod ops;
+pub mod placement;
+pub mod ports;
 pub mod process;
+pub mod reload;
 pub mod request;
 pub mod sip;
+pub mod sipp;
 pub mod testbed;
 
-pub use backend::{Backend, Behaviour, Datagram};
+pub use backend::{Backend, Behaviour, Datagram, ProbeAnswer};
 pub use client::Client;
 pub use config::{Config, Route, Server};
 pub use edits::{assert_forwarded_intact, assert_response_intact, Hop};

@@ -56,6 +56,12 @@ impl ConfigFile {
         ConfigFile { dir, path }
     }
 
+    /// A config file laid out by the caller: `path` (a file, or a symlink to one) inside `dir`,
+    /// which is removed on drop. For layouts such as a Kubernetes ConfigMap volume.
+    pub fn at(dir: TempDir, path: PathBuf) -> ConfigFile {
+        ConfigFile { dir, path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -139,7 +145,13 @@ impl Siplb {
 
     /// Like [`Siplb::start`], with extra environment variables (e.g. `SIPLB_ADMIN_TOKEN`).
     pub fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> Siplb {
-        let config = ConfigFile::write(config_text);
+        Siplb::start_with_file(ConfigFile::write(config_text), env)
+    }
+
+    /// Starts `siplb --config <config's path>` with extra environment variables and waits for
+    /// `ready`: for a config file the test laid out itself (see [`ConfigFile::at`]).
+    pub fn start_with_file(config: ConfigFile, env: &[(&str, &str)]) -> Siplb {
+        let config_text = std::fs::read_to_string(config.path()).unwrap_or_default();
         let stderr_path = config.dir().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
         let mut child = Command::new(siplb_bin())

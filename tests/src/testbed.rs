@@ -5,6 +5,7 @@
 //! request (by Call-ID and CSeq), proves the forwarded copy is the original plus siplb's allowed
 //! edits, and proves the response the client got is the backend's response less siplb's Via.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Behaviour, Datagram};
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::edits::{assert_forwarded_intact, assert_response_intact, Hop};
 use crate::farm::Farm;
 use crate::process::Siplb;
+use crate::request::Request;
 use crate::sip::{show, Msg};
 
 /// What one exchange showed.
@@ -112,6 +114,35 @@ impl Testbed {
             forwarded,
             response,
         }
+    }
+}
+
+impl Testbed {
+    /// Registers `aor` through siplb (its first listener); see [`Testbed::register_via`].
+    pub fn register(&mut self, aor: &str) -> (u16, Option<String>) {
+        self.register_via(self.siplb.addr(), aor)
+    }
+
+    /// Registers `aor` through siplb's listener `to`; returns the final status and the id of
+    /// the server that received the REGISTER (`None` when none did: siplb answered itself).
+    /// Panics if two servers received it.
+    pub fn register_via(&mut self, to: SocketAddr, aor: &str) -> (u16, Option<String>) {
+        let req = Request::register(aor);
+        let answer = self.client.transact(to, &req);
+        let call_id = req.call_id();
+        // A backend records a request before it answers, so the record is there by now.
+        let reached: Vec<&str> = self
+            .farm
+            .backends
+            .iter()
+            .filter(|b| !b.with_call_id(&call_id).is_empty())
+            .map(|b| b.id())
+            .collect();
+        assert!(reached.len() <= 1, "REGISTER {aor} reached {reached:?}");
+        (
+            answer.status().unwrap_or_default(),
+            reached.first().map(|id| id.to_string()),
+        )
     }
 }
 

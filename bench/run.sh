@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# siplb benchmark: REGISTER + 200 OK through a proxy on loopback, driven by sipp.
+#
+#   sipp UAC ──▶ proxy ──▶ 4 × sipp UAS          (proxy = siplb, or Kamailio 5.6 + dispatcher)
+#   sipp UAC ──────────▶ 4 × sipp UAS            ("direct": the baseline, no proxy)
+#
+# It measures, in one run so that the noise of a shared machine hits all of them alike:
+#   1. CPU per forwarded pair: the proxy's utime+stime (/proc/PID/stat, summed over its
+#      processes) over a fixed-count run at a fixed rate, divided by the successful calls
+#      (one call = one REGISTER forwarded + one 200 OK forwarded back). Alternating runs of
+#      siplb and Kamailio, REPEAT times each, and the ratio siplb / Kamailio.
+#   2. The highest rate sipp sustains through each target: rates stepped up, a fixed number
+#      of calls per step, until a step loses pairs (failed calls + retransmissions ≥ 0.1% of
+#      the calls) or sipp starts the calls at < 90% of the asked rate.
+# The result is a markdown table printed and written to bench/out/ (gitignored).
+#
+# Usage: bench/run.sh [--quick]
+#   --quick                    a short run (fewer calls, two rate steps) to check the setup
+# Environment (defaults in brackets):
+#   SIPLB_BIN                  proxy binary [target/release/siplb]; build it with
+#                              `cargo build --release -p siplb`
+#   BENCH_TARGETS              which targets to measure ["direct siplb kamailio"]
+#   WORKERS                    siplb [listen] workers = Kamailio children (-n) [2]
+#   FIXED_RATE, FIXED_CALLS    the CPU-per-pair runs [2000 calls/s, 60000 calls]
+#   REPEAT                     fixed-rate runs per proxy, alternating [2]
+#   STEP_RATES, STEP_CALLS     the rate steps [2000 4000 8000 12000 16000 20000 24000], [20000]
+#   BUDGET_US                  CPU budget per pair for siplb [30]
+# Needs: sipp (apt-get install -y sip-tester), kamailio (apt-get install -y kamailio) unless
+# BENCH_TARGETS leaves it out. Talks to 127.0.0.1 only; every sipp run is bounded by -m and
+# -timeout; every process it starts is stopped on exit, by the PID it started.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+scenarios=$root/tests/sipp
+users=$scenarios/users.csv
+
+SIPLB_BIN=${SIPLB_BIN:-$root/target/release/siplb}
+BENCH_TARGETS=${BENCH_TARGETS:-direct siplb kamailio}
+WORKERS=${WORKERS:-2}
+FIXED_RATE=${FIXED_RATE:-2000}
+FIXED_CALLS=${FIXED_CALLS:-60000}
+REPEAT=${REPEAT:-2}
+STEP_RATES=${STEP_RATES:-2000 4000 8000 12000 16000 20000 24000}
+STEP_CALLS=${STEP_CALLS:-20000}
+BUDGET_US=${BUDGET_US:-30}
+BACKENDS=4
+MAX_LOST_PCT=0.1
+MIN_ACHIEVED_PCT=90
+
+if [[ ${1:-} == --quick ]]; then
+    FIXED_CALLS=10000 REPEAT=1 STEP_RATES="2000 4000" STEP_CALLS=5000
+elif [[ $# -gt 0 ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 2
+fi
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=$root/bench/out/$stamp
+mkdir -p "$out"
+report=$out/results.md
+clk_tck=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Processes we start, stopped on exit (and only those).
+
+started_pids=()
+kamailio_pid=
+cleanup() {
+    local pid
+    if [[ -n $kamailio_pid ]]; then stop_kamailio; fi
+    for pid in "${started_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${started_pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# Ports and CPU accounting, from /proc (no extra tools needed).
+
+declare -A taken_ports=()
+# free_udp_port VAR: sets VAR to a UDP port on which nothing listens now (per /proc/net/udp*)
+# and that was not handed out before (a variable, not $(...), so the record survives).
+free_udp_port() {
+    local busy candidate
+    busy=$(awk 'NR > 1 { split($2, a, ":"); h = a[2]; n = 0
+                for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1
+                print n }' /proc/net/udp /proc/net/udp6 2>/dev/null || true)
+    for _ in $(seq 1 200); do
+        candidate=$((20000 + RANDOM % 30000))
+        if [[ -z ${taken_ports[$candidate]:-} ]] && ! grep -qx "$candidate" <<<"$busy"; then
+            taken_ports[$candidate]=1
+            printf -v "$1" '%s' "$candidate"
+            return 0
+        fi
+    done
+    die "no free UDP port found"
+}
+
+# utime+stime in clock ticks of PID and all its descendants (Kamailio forks its workers;
+# siplb is one process whose threads are all counted in its own /proc/PID/stat).
+cpu_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" '
+        { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+          ppid[pid] = f[2]; ticks[pid] = f[12] + f[13] }
+        END {
+            in_tree[root] = 1; changed = 1
+            while (changed) { changed = 0
+                for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
+            sum = 0; for (p in in_tree) sum += ticks[p]; print sum
+        }'
+}
+
+now_ns() { date +%s%N; }
+
+# ---------------------------------------------------------------------------------------------
+# sipp
+
+uas_addrs=()
+start_backends() {
+    local i port
+    for ((i = 0; i < BACKENDS; i++)); do
+        free_udp_port port
+        sipp -sf "$scenarios/uas.xml" -i 127.0.0.1 -p "$port" -nostdin \
+            -m 100000000 -timeout 3600s >"$out/backend$i.out" 2>&1 &
+        started_pids+=($!)
+        uas_addrs+=("127.0.0.1:$port")
+    done
+    for i in "${!uas_addrs[@]}"; do
+        wait_answering "${uas_addrs[$i]}" "backend $i" 1 ||
+            die "sipp backend $i at ${uas_addrs[$i]} does not answer (see $out/backend$i.out)"
+    done
+    # The baseline's injection file: the same users, each sent straight to a backend, in turn.
+    awk -F';' -v backends="${uas_addrs[*]}" '
+        BEGIN { n = split(backends, b, " ") }
+        NR == 1 { print; next }
+        { split(b[(NR - 2) % n + 1], hp, ":"); print $1 ";" $2 ";" hp[1] ";" hp[2] ";" }' \
+        "$users" >"$out/users-direct.csv"
+}
+
+# One sipp client run: run_uac NAME ADDR RATE CALLS [SCENARIO INJECTION_FILE]
+# → "successful failed retransmissions wall_s sending_s rc" on stdout, where sending_s is how
+# long sipp took to start all CALLS calls (from its statistics, dumped every 200 ms, with the
+# moment the last call started interpolated): CALLS / sending_s is the rate sipp achieved,
+# whatever the wait for the last answers. sipp's statistics and screen go to $out/NAME.csv
+# and $out/NAME.out.
+run_uac() {
+    local name=$1 addr=$2 rate=$3 calls=$4 port limit t0 t1 rc=0
+    local scenario=${5:-$scenarios/uac_register.xml} inf=${6:-$users}
+    free_udp_port port
+    limit=$((calls / rate + 30))
+    t0=$(now_ns)
+    timeout $((limit + 30)) sipp "$addr" -sf "$scenario" -inf "$inf" \
+        -i 127.0.0.1 -p "$port" -m "$calls" -r "$rate" -nostdin \
+        -timeout "${limit}s" -timeout_error -trace_stat -stf "$out/$name.csv" -fd 200ms \
+        >"$out/$name.out" 2>&1 || rc=$?
+    t1=$(now_ns)
+    if [[ ! -s $out/$name.csv ]]; then
+        awk -v n="$calls" -v ns=$((t1 - t0)) -v rc=$rc 'BEGIN { printf "0 %d 0 %.3f %.3f %d\n", n, ns / 1e9, ns / 1e9, rc }'
+        return 0
+    fi
+    awk -F';' -v wall_ns=$((t1 - t0)) -v rc=$rc -v calls="$calls" '
+        function epoch(field, parts) { split(field, parts, "\t"); return parts[3] + 0 }
+        NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        NF > 1 {
+            last = $0
+            if (start == "") { start = epoch($col["StartTime"]); prev_t = start; prev_created = 0 }
+            created = $col["TotalCallCreated"] + 0; t = epoch($col["CurrentTime"])
+            if (sent == "" && created >= calls) {
+                sent = (created > prev_created) ? prev_t + (calls - prev_created) * (t - prev_t) / (created - prev_created) : t
+            }
+            prev_created = created; prev_t = t
+        }
+        END {
+            split(last, v, ";")
+            sending = (sent == "") ? wall_ns / 1e9 : sent - start
+            printf "%d %d %d %.3f %.3f %d\n", v[col["SuccessfulCall(C)"]], v[col["FailedCall(C)"]],
+                   v[col["Retransmissions(C)"]], wall_ns / 1e9, sending, rc }' "$out/$name.csv"
+}
+
+# wait_answering ADDR WHAT [CALLS]: succeeds once a run of CALLS registrations (at 200/s)
+# through ADDR has no failure; tries for about 20 runs.
+wait_answering() {
+    local addr=$1 what=$2 calls=${3:-1} i ok failed
+    for ((i = 0; i < 20; i++)); do
+        read -r ok failed _ <<<"$(run_uac "warmup-${what// /-}-$i" "$addr" 200 "$calls")"
+        if [[ $ok -eq $calls && $failed -eq 0 ]]; then return 0; fi
+        sleep 0.5
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# The proxies
+
+siplb_pid=
+siplb_addr=
+start_siplb() {
+    local port cfg servers="" a i
+    [[ -x $SIPLB_BIN ]] || die "no siplb binary at $SIPLB_BIN: run \`cargo build --release -p siplb\` or set SIPLB_BIN"
+    free_udp_port port
+    cfg=$out/siplb.toml
+    for a in "${uas_addrs[@]}"; do
+        servers+="  { address = \"$a\", transport = \"udp\" },"$'\n'
+    done
+    cat >"$cfg" <<EOF
+# written by bench/run.sh
+[listen]
+udp = ["127.0.0.1:$port"]
+workers = $WORKERS
+
+[health]
+probe = "options"
+interval = "1s"
+timeout = "500ms"
+fall = 2
+rise = 2
+
+[[pool]]
+name = "fe"
+role = "front-end"
+servers = [
+$servers]
+
+[[route]]
+domain = "contoso.com"
+pool = "fe"
+key = "to-aor"
+EOF
+    "$SIPLB_BIN" --config "$cfg" >"$out/siplb.stdout" 2>"$out/siplb.stderr" &
+    siplb_pid=$!
+    started_pids+=("$siplb_pid")
+    for ((i = 0; i < 150; i++)); do
+        grep -qx ready "$out/siplb.stdout" 2>/dev/null && break
+        kill -0 "$siplb_pid" 2>/dev/null || die "siplb exited at start (see $out/siplb.stderr)"
+        sleep 0.1
+    done
+    grep -qx ready "$out/siplb.stdout" || die "siplb did not print ready within 15 s (see $out/siplb.stderr)"
+    siplb_addr=$(awk '$1 == "listening" && $2 == "udp" { print $3; exit }' "$out/siplb.stdout")
+    siplb_addr=${siplb_addr:-127.0.0.1:$port}
+    # Health starts from probes: a warm-up with no failure means every backend is in use.
+    wait_answering "$siplb_addr" "siplb warm-up" 1000 ||
+        die "siplb at $siplb_addr does not forward REGISTERs (see $out/siplb.stderr)"
+}
+
+kamailio_addr=
+start_kamailio() {
+    local port i a
+    command -v kamailio >/dev/null || die "kamailio not found: apt-get install -y kamailio (or BENCH_TARGETS without kamailio)"
+    free_udp_port port
+    : >"$out/dispatcher.list"
+    for a in "${uas_addrs[@]}"; do echo "1 sip:$a" >>"$out/dispatcher.list"; done
+    kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E -n "$WORKERS" \
+        -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$out/dispatcher.list\"" \
+        -P "$out/kamailio.pid" >"$out/kamailio.out" 2>&1 &
+    kamailio_pid=$!
+    kamailio_addr=127.0.0.1:$port
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $out/kamailio.pid ]] && break
+        kill -0 "$kamailio_pid" 2>/dev/null || die "kamailio exited at start (see $out/kamailio.out)"
+        sleep 0.1
+    done
+    wait_answering "$kamailio_addr" "kamailio warm-up" 1000 ||
+        die "kamailio at $kamailio_addr does not forward REGISTERs (see $out/kamailio.out)"
+}
+
+# Kamailio's main process stops its children on SIGTERM; any child left after 5 s (they are
+# ours: forked by the process we started) is killed by PID.
+stop_kamailio() {
+    local children i
+    children=$(cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$kamailio_pid" '{ r = $0; sub(/^.*\) /, "", r); split(r, f, " "); if (f[2] == p) print $1 }')
+    kill "$kamailio_pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$kamailio_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    wait "$kamailio_pid" 2>/dev/null || true
+    for i in $children; do kill -9 "$i" 2>/dev/null || true; done
+    kamailio_pid=
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+# measure TARGET NAME RATE CALLS
+# → "successful failed retransmissions wall_s sending_s rc cpu_s us_per_pair"
+measure() {
+    local target=$1 name=$2 rate=$3 calls=$4 pid c0=0 c1=0 res
+    pid=$(target_pid "$target")
+    [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
+    if [[ $target == direct ]]; then
+        res=$(run_uac "$name" "${uas_addrs[0]}" "$rate" "$calls" \
+            "$root/bench/sipp/uac_register_direct.xml" "$out/users-direct.csv")
+    else
+        res=$(run_uac "$name" "$(target_addr "$target")" "$rate" "$calls")
+    fi
+    [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
+    awk -v r="$res" -v d=$((c1 - c0)) -v hz="$clk_tck" -v has_pid="${pid:+1}" 'BEGIN {
+        split(r, v, " "); cpu = d / hz
+        per = (has_pid && v[1] > 0) ? sprintf("%.1f", cpu * 1e6 / v[1]) : "-"
+        printf "%s %.2f %s\n", r, cpu, per }'
+}
+
+target_addr() {
+    case $1 in
+    siplb) echo "$siplb_addr" ;;
+    kamailio) echo "$kamailio_addr" ;;
+    esac
+}
+target_pid() {
+    case $1 in
+    siplb) echo "$siplb_pid" ;;
+    kamailio) echo "$kamailio_pid" ;;
+    *) echo "" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# Run
+
+command -v sipp >/dev/null || die "sipp not found: apt-get install -y sip-tester"
+machine="$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
+memory="$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+versions="$(sipp -v 2>/dev/null | grep -o 'SIPp v[0-9.]*[0-9]' | head -n 1 || true)"
+if has_target kamailio; then versions+=", $(kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }')"; fi
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+log "machine: $machine, $memory, load average $load_at_start"
+log "output in $out"
+
+start_backends
+log "backends: ${uas_addrs[*]}"
+if has_target siplb; then start_siplb; log "siplb $siplb_addr (pid $siplb_pid, $WORKERS workers)"; fi
+if has_target kamailio; then start_kamailio; log "kamailio $kamailio_addr (pid $kamailio_pid, $WORKERS children)"; fi
+
+proxies=()
+for t in siplb kamailio; do has_target "$t" && proxies+=("$t"); done
+
+# 0. What the proxies burn with no traffic (timers, siplb's probes), over one 10 s window.
+declare -A idle_ms=() idle0=()
+if [[ ${#proxies[@]} -gt 0 ]]; then
+    log "idle CPU: 10 s without traffic"
+    for t in "${proxies[@]}"; do idle0[$t]=$(cpu_ticks "$(target_pid "$t")"); done
+    sleep 10
+    for t in "${proxies[@]}"; do
+        idle_ms[$t]=$(awk -v d=$(($(cpu_ticks "$(target_pid "$t")") - ${idle0[$t]})) -v hz="$clk_tck" \
+            'BEGIN { printf "%.0f", d * 1000 / hz / 10 }')
+        log "  $t: ${idle_ms[$t]} ms CPU per second"
+    done
+fi
+
+# 1. CPU per pair at a fixed rate, proxies alternating.
+declare -A cpu_sum=() ok_sum=()
+fixed_rows=()
+for ((run = 1; run <= REPEAT; run++)); do
+    for t in "${proxies[@]}"; do
+        log "fixed rate: $t run $run: $FIXED_CALLS calls at $FIXED_RATE/s"
+        read -r ok failed retrans wall _ _ cpu per <<<"$(measure "$t" "fixed-$t-$run" "$FIXED_RATE" "$FIXED_CALLS")"
+        log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair"
+        fixed_rows+=("| $t | $run | $ok | $failed | $retrans | $wall | $cpu | $per |")
+        cpu_sum[$t]=$(awk -v a="${cpu_sum[$t]:-0}" -v b="$cpu" 'BEGIN { print a + b }')
+        ok_sum[$t]=$((${ok_sum[$t]:-0} + ok))
+    done
+done
+declare -A per_pair=()
+for t in "${proxies[@]}"; do
+    per_pair[$t]=$(awk -v c="${cpu_sum[$t]}" -v n="${ok_sum[$t]}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
+done
+
+# 2. Highest sustained rate per target. Each rate is tried on every target still in the race
+# before the next rate, so a noisy moment of the machine falls on neighbouring rows.
+declare -A best=() out_of_race=()
+step_rows=()
+for t in $BENCH_TARGETS; do best[$t]=none; done
+for rate in $STEP_RATES; do
+    for t in $BENCH_TARGETS; do
+        [[ -z ${out_of_race[$t]:-} ]] || continue
+        log "rate step: $t at $rate/s, $STEP_CALLS calls"
+        read -r ok failed retrans wall sending _ cpu per <<<"$(measure "$t" "step-$t-$rate" "$rate" "$STEP_CALLS")"
+        achieved=$(awk -v n="$STEP_CALLS" -v s="$sending" 'BEGIN { printf "%.0f", (s > 0) ? n / s : 0 }')
+        verdict=$(awk -v ok="$ok" -v f="$failed" -v re="$retrans" -v n="$STEP_CALLS" -v a="$achieved" \
+            -v r="$rate" -v maxl="$MAX_LOST_PCT" -v mina="$MIN_ACHIEVED_PCT" 'BEGIN {
+                if (ok + f < n) print "unfinished"
+                else if ((f + re) * 100 >= maxl * n) print "lost"
+                else if (a * 100 < mina * r) print "rate-not-reached"
+                else print "sustained" }')
+        log "  $ok ok, $failed failed, $retrans retransmissions, sent at ${achieved}/s, ${wall}s, $per µs/pair: $verdict"
+        step_rows+=("| $rate | $t | $achieved | $ok | $failed | $retrans | $per | $verdict |")
+        if [[ $verdict == sustained ]]; then best[$t]=$rate; else out_of_race[$t]=1; fi
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+ratio="-"
+if [[ -n ${per_pair[siplb]:-} && -n ${per_pair[kamailio]:-} ]]; then
+    ratio=$(awk -v s="${per_pair[siplb]}" -v k="${per_pair[kamailio]}" 'BEGIN { if (k > 0) printf "%.2f", s / k; else print "-" }')
+fi
+budget="not measured"
+if [[ -n ${per_pair[siplb]:-} && ${per_pair[siplb]} != - ]]; then
+    budget=$(awk -v s="${per_pair[siplb]}" -v b="$BUDGET_US" 'BEGIN { print (s <= b) ? "within budget" : "OVER BUDGET" }')
+fi
+
+{
+    echo "# siplb benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $machine, $memory; load average at start $load_at_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- peers: ${versions}; siplb at commit $commit ($SIPLB_BIN)"
+    echo "- topology: sipp UAC → proxy → $BACKENDS sipp UAS on 127.0.0.1; siplb workers = Kamailio children = $WORKERS;"
+    echo "  direct = the same client and backends with no proxy (each REGISTER sent to a backend in turn)"
+    echo "- scenario: REGISTER for users of tests/sipp/users.csv, 200 OK back (tests/sipp/*.xml)"
+    echo
+    echo "## CPU per forwarded REGISTER + 200 OK ($FIXED_CALLS calls at $FIXED_RATE/s per run)"
+    echo
+    echo "| proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair |"
+    echo "| --- | --: | --: | --: | --: | --: | --: | --: |"
+    printf '%s\n' "${fixed_rows[@]}"
+    echo
+    for t in "${proxies[@]}"; do
+        echo "- **$t: ${per_pair[$t]} µs CPU per pair** (all runs; idle, it uses ${idle_ms[$t]} ms CPU per second)"
+    done
+    echo "- **siplb / Kamailio CPU per pair: $ratio**"
+    echo "- siplb budget ≤ $BUDGET_US µs per pair: $budget"
+    echo
+    echo "## Highest sustained rate ($STEP_CALLS calls per step)"
+    echo
+    echo "Sustained: failed calls + retransmitted REGISTERs < $MAX_LOST_PCT% of the calls (a retransmission"
+    echo "means a REGISTER or its 200 was lost, or took over 500 ms), and sipp started the calls at"
+    echo "≥ $MIN_ACHIEVED_PCT% of the asked rate."
+    echo
+    echo "| asked /s | target | sent /s | successful | failed | retransmissions | µs CPU / pair | verdict |"
+    echo "| --: | --- | --: | --: | --: | --: | --: | --- |"
+    printf '%s\n' "${step_rows[@]}"
+    echo
+    for t in $BENCH_TARGETS; do echo "- $t: highest sustained step **${best[$t]}/s**"; done
+    if has_target direct && [[ ${best[direct]} != none ]]; then
+        for t in "${proxies[@]}"; do
+            if [[ ${best[$t]} == "${best[direct]}" ]]; then
+                echo "- $t sustained every rate the baseline did: its limit here is sipp's and the machine's, not its own"
+            fi
+        done
+    fi
+    echo
+    echo "CPU is utime+stime from /proc/PID/stat (all processes of the proxy) at ${clk_tck} Hz over"
+    echo "each sipp run, divided by its successful calls. The machine is shared: compare the rows"
+    echo "of one run, not runs of different days. Raw sipp statistics: bench/out/$stamp/."
+} >"$report"
+cp "$report" "$root/bench/out/latest.md"
+cat "$report"

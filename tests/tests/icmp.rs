@@ -1,0 +1,88 @@
+//! A server whose port is closed draws an ICMP port unreachable for every forward siplb sends
+//! it. Those errors must cost nothing to anyone else — every request for the users of the live
+//! servers is answered the first time it is sent (no client retransmission) — and they are a
+//! health signal: after `fall` of them the server is down and its users are served by the rest
+//! of the pool, long before the next probe.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use siplb_e2e::backend::{Backend, Behaviour};
+use siplb_e2e::client::Client;
+use siplb_e2e::config::{Config, Health, Server};
+use siplb_e2e::farm::users;
+use siplb_e2e::process::Siplb;
+use siplb_e2e::request::Request;
+
+/// A loopback UDP port nobody listens on.
+fn closed_port() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
+
+#[test]
+fn icmp_errors_from_a_dead_server_cost_other_users_nothing() {
+    let live = [
+        Backend::start("live-a", Behaviour::Accept),
+        Backend::start("live-b", Behaviour::Accept),
+    ];
+    let dead = closed_port();
+    let mut servers: Vec<Server> = live.iter().map(Server::of).collect();
+    servers.push(Server { id: "dead".into(), address: dead, weight: 1, drained: false });
+    // Probes so slow that only the wire path's ICMP signal can take the dead server out: its
+    // first probe went out at start-up, before anything was forwarded, and the next is 30 s away.
+    const FALL: usize = 100;
+    let cfg = Config::new()
+        .health(Health::options("30s", "1s", FALL as u32, 1))
+        .pool("fe", servers)
+        .route(siplb_e2e::config::Route::to("fe"));
+    let siplb = Siplb::start(&cfg.render());
+    let mut client = Client::new();
+
+    let aors = users(1500, "contoso.com");
+    let mut sent = Vec::new();
+    let mut answered = HashSet::new();
+    for chunk in aors.chunks(50) {
+        for aor in chunk {
+            let req = Request::register(aor);
+            client.send(siplb.addr(), &req);
+            sent.push((aor.clone(), req.call_id()));
+        }
+        // Read the batch's answers before the next one, so the client's socket never overflows;
+        // the batch is done when nothing more comes for a moment.
+        while let Some(m) = client.wait_for(Duration::from_millis(300), |m| m.status() == Some(200)) {
+            if let Some(id) = m.call_id() {
+                answered.insert(id.to_string());
+            }
+        }
+    }
+
+    let on_live: HashSet<String> = live
+        .iter()
+        .flat_map(|b| b.count_by_aor().into_keys())
+        .collect();
+    let to_dead = aors.len() - on_live.len();
+    // The first probe may already have seen the closed port: from then on `FALL` refusals
+    // (plus what was in flight in one batch) take the server out.
+    assert!(
+        to_dead <= FALL + 50,
+        "the dead server kept users after {FALL} ICMP errors: {to_dead} went unanswered"
+    );
+    let late_unanswered = sent[aors.len() - 500..]
+        .iter()
+        .filter(|(_, id)| !answered.contains(id))
+        .count();
+    assert_eq!(late_unanswered, 0, "once out, the dead server gets no users");
+    let lost: Vec<&String> = sent
+        .iter()
+        .filter(|(aor, id)| on_live.contains(aor) && !answered.contains(id))
+        .map(|(aor, _)| aor)
+        .collect();
+    assert!(lost.is_empty(), "{} live users' REGISTERs went unanswered, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert_eq!(answered.len(), on_live.len(), "exactly the live servers' users are answered");
+    assert!(
+        siplb.stderr().contains("port unreachable on forward"),
+        "the server went down by the ICMP signal:\n{}",
+        siplb.stderr()
+    );
+}
