@@ -28,7 +28,12 @@ fn icmp_errors_from_a_dead_server_cost_other_users_nothing() {
     ];
     let dead = closed_port();
     let mut servers: Vec<Server> = live.iter().map(Server::of).collect();
-    servers.push(Server { id: "dead".into(), address: dead, weight: 1, drained: false });
+    servers.push(Server {
+        id: "dead".into(),
+        address: dead,
+        weight: 1,
+        drained: false,
+    });
     // Probes so slow that only the wire path's ICMP signal can take the dead server out: its
     // first probe went out at start-up, before anything was forwarded, and the next is 30 s away.
     const FALL: usize = 100;
@@ -50,7 +55,8 @@ fn icmp_errors_from_a_dead_server_cost_other_users_nothing() {
         }
         // Read the batch's answers before the next one, so the client's socket never overflows;
         // the batch is done when nothing more comes for a moment.
-        while let Some(m) = client.wait_for(Duration::from_millis(300), |m| m.status() == Some(200)) {
+        while let Some(m) = client.wait_for(Duration::from_millis(300), |m| m.status() == Some(200))
+        {
             if let Some(id) = m.call_id() {
                 answered.insert(id.to_string());
             }
@@ -72,14 +78,26 @@ fn icmp_errors_from_a_dead_server_cost_other_users_nothing() {
         .iter()
         .filter(|(_, id)| !answered.contains(id))
         .count();
-    assert_eq!(late_unanswered, 0, "once out, the dead server gets no users");
+    assert_eq!(
+        late_unanswered, 0,
+        "once out, the dead server gets no users"
+    );
     let lost: Vec<&String> = sent
         .iter()
         .filter(|(aor, id)| on_live.contains(aor) && !answered.contains(id))
         .map(|(aor, _)| aor)
         .collect();
-    assert!(lost.is_empty(), "{} live users' REGISTERs went unanswered, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    assert_eq!(answered.len(), on_live.len(), "exactly the live servers' users are answered");
+    assert!(
+        lost.is_empty(),
+        "{} live users' REGISTERs went unanswered, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(
+        answered.len(),
+        on_live.len(),
+        "exactly the live servers' users are answered"
+    );
     assert!(
         siplb.stderr().contains("port unreachable on forward"),
         "the server went down by the ICMP signal:\n{}",
