@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use healthcheck::Failure;
@@ -61,19 +62,39 @@ pub fn bind(
     Ok((sockets, bound))
 }
 
+/// Whether a socket error is one an ICMP message put there (reported by whatever syscall comes
+/// next on the socket, whichever datagram drew it).
+fn is_icmp_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
 /// Serves one socket until the task is dropped.
 pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, control: Control) {
     let mut worker = Worker::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                report_refused(&socket, &control);
+        let received = tokio::select! {
+            biased;
+            r = socket.recv_from(&mut buf) => r,
+            // Queued ICMP errors take receive-buffer space: with nothing else arriving they
+            // would never be read, and enough of them leave no room for SIP.
+            _ = socket.ready(Interest::ERROR) => {
+                drain_errors(&socket, &control);
                 continue;
             }
+        };
+        let (n, src) = match received {
+            Ok(x) => x,
             Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
+                if !is_icmp_error(&e) {
+                    tracing::debug!(error = %e, "udp receive failed");
+                }
+                drain_errors(&socket, &control);
                 continue;
             }
         };
@@ -84,12 +105,12 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
                     control.passive(server, failure);
                 }
                 let mut sent = socket.send_to(&worker.out, to).await;
-                if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused) {
+                if matches!(&sent, Err(e) if is_icmp_error(e)) {
                     // A pending ICMP error from an earlier forward (to some other server) is
                     // reported by whatever syscall comes next — here, this send, which the
                     // kernel then refuses. The error is consumed by that: note who it was
                     // about, and send this message again.
-                    report_refused(&socket, &control);
+                    drain_errors(&socket, &control);
                     sent = socket.send_to(&worker.out, to).await;
                 }
                 if let Err(e) = sent {
@@ -105,12 +126,31 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
     }
 }
 
-/// Passes every queued ICMP port unreachable to the health supervisor.
-fn report_refused(socket: &UdpSocket, control: &Control) {
-    while let Some(to) = icmp::refused_destination(socket) {
-        tracing::debug!(%to, "port unreachable on forward");
-        control.passive(to, Failure::PassiveRefused);
+/// Reads every queued ICMP error and passes those about a forward to the health supervisor:
+/// a port unreachable says the server is not listening, a host or network unreachable that it
+/// cannot be reached.
+fn drain_errors(socket: &UdpSocket, control: &Control) {
+    // Bounded: the queue cannot hold more than the receive buffer, but never spin on it.
+    for _ in 0..100_000 {
+        let Some(err) = icmp::pop(socket) else { break };
+        let Some(to) = err.destination else { continue };
+        let failure = match err.kind {
+            io::ErrorKind::ConnectionRefused => Failure::PassiveRefused,
+            _ => Failure::Unreachable,
+        };
+        tracing::debug!(%to, error = ?err.kind, "ICMP error on forward");
+        control.passive(to, failure);
     }
+    // Readiness for errors is cleared only by an attempt that would block.
+    let _ = socket.try_io(Interest::ERROR, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+}
+
+/// One ICMP error read from a socket's error queue.
+struct QueuedError {
+    destination: Option<SocketAddr>,
+    kind: io::ErrorKind,
 }
 
 /// ICMP errors on UDP sockets (Linux `IP_RECVERR` / `IPV6_RECVERR` and the error queue).
@@ -120,7 +160,12 @@ mod icmp {
     use std::net::SocketAddr;
     use std::os::fd::AsRawFd;
 
-    use nix::sys::socket::{recvmsg, setsockopt, sockopt, MsgFlags, SockaddrLike, SockaddrStorage};
+    use nix::sys::socket::{
+        recvmsg, setsockopt, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockaddrLike,
+        SockaddrStorage,
+    };
+
+    use super::QueuedError;
 
     /// Asks the kernel to report ICMP errors on this (unconnected) socket.
     pub fn enable(socket: &impl std::os::fd::AsFd, v6: bool) -> io::Result<()> {
@@ -132,11 +177,12 @@ mod icmp {
         Ok(())
     }
 
-    /// Pops one queued ICMP error and returns the destination of the datagram that drew it.
-    pub fn refused_destination(socket: &impl AsRawFd) -> Option<SocketAddr> {
+    /// Pops one queued ICMP error: the destination of the datagram that drew it and what the
+    /// error was. `None` when the queue is empty.
+    pub fn pop(socket: &impl AsRawFd) -> Option<QueuedError> {
         let mut data = [0u8; 512];
         let mut iov = [IoSliceMut::new(&mut data)];
-        let mut cmsg = nix::cmsg_space!([u8; 128]);
+        let mut cmsg = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
         let msg = recvmsg::<SockaddrStorage>(
             socket.as_raw_fd(),
             &mut iov,
@@ -144,16 +190,27 @@ mod icmp {
             MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
         )
         .ok()?;
-        let addr = msg.address?;
-        match addr.family()? {
-            nix::sys::socket::AddressFamily::Inet => {
-                addr.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+        let mut errno = 0;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4RecvErr(e, _)
+                    | ControlMessageOwned::Ipv6RecvErr(e, _) => {
+                        errno = e.ee_errno as i32;
+                    }
+                    _ => {}
+                }
             }
-            nix::sys::socket::AddressFamily::Inet6 => {
-                addr.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
-            }
-            _ => None,
         }
+        let destination = msg.address.and_then(|addr| match addr.family()? {
+            AddressFamily::Inet => addr.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into())),
+            AddressFamily::Inet6 => addr.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into())),
+            _ => None,
+        });
+        Some(QueuedError {
+            destination,
+            kind: io::Error::from_raw_os_error(errno).kind(),
+        })
     }
 }
 
@@ -166,7 +223,7 @@ mod icmp {
         Ok(())
     }
 
-    pub fn refused_destination(_: &impl std::os::fd::AsRawFd) -> Option<SocketAddr> {
+    pub fn pop(_: &impl std::os::fd::AsRawFd) -> Option<super::QueuedError> {
         None
     }
 }

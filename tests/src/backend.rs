@@ -177,11 +177,6 @@ impl Backend {
             .unwrap_or_else(|e| panic!("backend {} cannot bind {addr} again: {e}", self.id));
     }
 
-    /// Whether the socket is open (not [`Backend::stop`]ped).
-    pub fn is_running(&self) -> bool {
-        self.thread.is_some()
-    }
-
     /// How probes are answered from now on.
     pub fn set_probe_answer(&self, answer: ProbeAnswer) {
         *self
@@ -241,11 +236,6 @@ impl Backend {
             .filter(|d| d.at >= since && is_probe_answer(&d.bytes))
             .cloned()
             .collect()
-    }
-
-    /// How many datagrams were received so far, probes included.
-    pub fn received_count(&self) -> usize {
-        self.shared.log().received.len()
     }
 
     /// Waits until more than `seen` datagrams were received (or `within` passed) and returns
