@@ -94,6 +94,25 @@ fn status_page_shows_pools_servers_a_drain_and_a_failover() {
         dc2.contains("served by fe-dc2"),
         "fe-dc2 serves its own users: {dc2:?}"
     );
+    let section = |pool: &str| page.section(pool).expect("section");
+    assert_eq!(
+        section("fe-dc1").badge,
+        "FAILED OVER → fe-dc2",
+        "the failover stands out"
+    );
+    assert_eq!(section("fe-dc2").badge, "", "fe-dc2 is not failed over");
+    assert!(
+        section("fe-dc2")
+            .notes
+            .iter()
+            .any(|n| n.contains("also serving the users of fe-dc1")),
+        "fe-dc2 says it carries fe-dc1's users: {:?}",
+        section("fe-dc2").notes
+    );
+    assert!(
+        dom.contains("not ready") || dom.contains("ready: every routed pool"),
+        "the page shows the readiness verdict"
+    );
 
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status_page.png");
     let _ = std::fs::remove_file(&png);
@@ -118,8 +137,12 @@ struct Page {
 struct Section {
     /// The pool name from the heading.
     name: String,
-    /// The text of the line under the heading.
+    /// What the heading says besides the name (a failover badge).
+    badge: String,
+    /// The pool's summary line (state, servers up, pair, serving pool, mode).
     summary: String,
+    /// Other lines of the section (e.g. which pools' users it also serves).
+    notes: Vec<String>,
     rows: Vec<Row>,
 }
 
@@ -137,10 +160,34 @@ impl Page {
             .skip(1)
             .map(|part| {
                 let heading = between(part, ">", "</h2>").map(text).unwrap_or_default();
-                let name = heading.trim_start_matches("pool ").to_string();
-                let summary = between(part, "<p", "</p>")
-                    .and_then(|p| p.split_once('>').map(|(_, t)| text(t)))
+                // "pool NAME", then a badge when the pool is failed over.
+                let name = heading
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let badge = heading
+                    .split_whitespace()
+                    .skip(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // The pool's summary line is the one that counts its servers; a pool serving
+                // its pair's users has a line saying so above it.
+                let lines: Vec<String> = part
+                    .split("<p")
+                    .skip(1)
+                    .filter_map(|p| p.split_once("</p>").map(|(p, _)| p))
+                    .filter_map(|p| p.split_once('>').map(|(_, t)| text(t)))
+                    .collect();
+                let summary = lines
+                    .iter()
+                    .find(|l| l.contains("servers up"))
+                    .cloned()
                     .unwrap_or_default();
+                let notes = lines
+                    .into_iter()
+                    .filter(|l| !l.contains("servers up"))
+                    .collect();
                 let rows = part
                     .split("<tr")
                     .skip(1)
@@ -155,7 +202,9 @@ impl Page {
                     .collect();
                 Section {
                     name,
+                    badge,
                     summary,
+                    notes,
                     rows,
                 }
             })
