@@ -27,6 +27,9 @@ pub struct ProbeSettings {
     pub kind: ProbeKind,
     pub interval: Duration,
     pub timeout: Duration,
+    /// How many probes confirm a failure back to back (`fall - 1`: the state machine needs
+    /// `fall` failures in a row).
+    pub confirm: u32,
 }
 
 /// Maps an I/O error of a probe to why it failed.
@@ -158,6 +161,11 @@ fn answer_code(msg: &[u8], call_id: &str) -> Option<u16> {
 
 /// Probes `target` every `settings.interval` for as long as the task lives, handing each
 /// outcome to `report`. Probing starts at once.
+///
+/// A failure is confirmed at once: up to `settings.confirm` further probes go out back to back
+/// (each still bounded by `timeout`) instead of one per interval. A hung server is then down
+/// within `interval + fall × timeout` rather than `fall × interval + timeout`, while a server
+/// that misses a single probe is back in good standing one probe later.
 pub async fn probe_loop(
     target: SocketAddr,
     settings: ProbeSettings,
@@ -166,26 +174,40 @@ pub async fn probe_loop(
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut options: Option<OptionsProber> = None;
+    let mut failures_in_a_row = 0u32;
     loop {
-        tick.tick().await;
+        let confirming = failures_in_a_row > 0 && failures_in_a_row <= settings.confirm;
+        if !confirming {
+            tick.tick().await;
+        }
         let outcome = match settings.kind {
             ProbeKind::TcpConnect => probe_tcp(target, settings.timeout).await,
             ProbeKind::Options => {
+                let mut opened = Ok(());
                 if options.is_none() {
                     match OptionsProber::new(target).await {
                         Ok(p) => options = Some(p),
-                        Err(e) => {
-                            report(Outcome::Failed(failure_of(&e)));
-                            continue;
-                        }
+                        Err(e) => opened = Err(failure_of(&e)),
                     }
                 }
-                match options.as_mut() {
-                    Some(p) => p.probe(settings.timeout).await,
-                    None => continue,
+                match (options.as_mut(), opened) {
+                    (Some(p), _) => p.probe(settings.timeout).await,
+                    (None, Err(f)) => Outcome::Failed(f),
+                    (None, Ok(())) => Outcome::Failed(Failure::Unreachable),
                 }
             }
         };
+        failures_in_a_row = match outcome {
+            Outcome::Alive { .. } => 0,
+            Outcome::Failed(_) => failures_in_a_row.saturating_add(1),
+        };
+        if confirming
+            && matches!(outcome, Outcome::Failed(_))
+            && failures_in_a_row > settings.confirm
+        {
+            // Confirmed: back to one probe per interval, counted from now.
+            tick.reset();
+        }
         report(outcome);
     }
 }
@@ -280,6 +302,39 @@ mod tests {
         assert_eq!(
             probe_tcp(open, Duration::from_secs(2)).await,
             Outcome::Failed(Failure::Refused)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_confirmed_back_to_back_then_probing_slows_down() {
+        let silent = sip_server(None).await;
+        let settings = ProbeSettings {
+            kind: ProbeKind::Options,
+            interval: Duration::from_secs(3),
+            timeout: Duration::from_millis(100),
+            confirm: 2,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let task = tokio::spawn(probe_loop(silent, settings, move |o| {
+            let _ = tx.send((start.elapsed(), o));
+        }));
+        let mut at = Vec::new();
+        for _ in 0..4 {
+            let (t, o) = rx.recv().await.unwrap();
+            assert_eq!(o, Outcome::Failed(Failure::Timeout));
+            at.push(t);
+        }
+        task.abort();
+        // The first failure and its two confirmations go out back to back (each waits out the
+        // 100 ms timeout), well before the next interval; the fourth waits for the interval.
+        assert!(
+            at[2] < Duration::from_millis(2500),
+            "confirmations were not back to back: {at:?}"
+        );
+        assert!(
+            at[3] >= Duration::from_millis(2500),
+            "probing did not slow down: {at:?}"
         );
     }
 

@@ -38,6 +38,7 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
             kind,
             interval: h.interval,
             timeout: h.timeout,
+            confirm: h.fall.saturating_sub(1),
         },
         thresholds: Thresholds {
             fall: h.fall,
