@@ -451,9 +451,10 @@ commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "uncommitted"
         done
     done
     echo
-    echo "Worst case from the settings when only probes can tell (a hung server, or a proxy that ignores"
-    echo "ICMP): the death just after an answered probe, then \`fall\` probes that time out ="
-    echo "fall × interval + timeout = 2 × 1 s + 500 ms = 2.5 s. A closed port is different for siplb: each"
+    echo "Worst case from the settings when only probes can tell (a hung server): the death just after an"
+    echo "answered probe, then \`fall\` probes that time out. Probing once per interval, as Kamailio does,"
+    echo "that is fall × interval + timeout = 2 × 1 s + 500 ms = 2.5 s; siplb confirms a failed probe with"
+    echo "back-to-back probes, which makes it interval + fall × timeout = 1 s + 2 × 500 ms = 2 s. A closed port is different for siplb: each"
     echo "REGISTER it forwards there draws an ICMP port unreachable, which siplb counts as a failure"
     echo "(its passive signal), so \`fall\` forwarded REGISTERs take the server down — a few ms under load."
     echo "Kamailio's stateless forward does not look at ICMP, so it waits for its probes either way."
