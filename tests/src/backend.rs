@@ -102,6 +102,24 @@ impl Shared {
     fn probe_answer(&self) -> ProbeAnswer {
         *self.probe_answer.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits until `done` holds for the log, or `within` passed; returns the log, still locked,
+    /// to read the result from.
+    fn wait_log(&self, within: Duration, done: impl Fn(&Log) -> bool) -> MutexGuard<'_, Log> {
+        let deadline = Instant::now() + within;
+        let mut log = self.log();
+        loop {
+            let now = Instant::now();
+            if done(&log) || now >= deadline {
+                return log;
+            }
+            log = self
+                .changed
+                .wait_timeout(log, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 /// A SIP server on `127.0.0.1:0`, answering from its own thread until dropped (or stopped).
@@ -241,20 +259,10 @@ impl Backend {
     /// Waits until more than `seen` datagrams were received (or `within` passed) and returns
     /// those after the first `seen`, probes included: for following the traffic as it comes.
     pub fn wait_received_after(&self, seen: usize, within: Duration) -> Vec<Datagram> {
-        let deadline = Instant::now() + within;
-        let mut log = self.shared.log();
-        loop {
-            let now = Instant::now();
-            if log.received.len() > seen || now >= deadline {
-                return log.received.get(seen..).unwrap_or_default().to_vec();
-            }
-            log = self
-                .shared
-                .changed
-                .wait_timeout(log, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let log = self
+            .shared
+            .wait_log(within, |log| log.received.len() > seen);
+        log.received.get(seen..).unwrap_or_default().to_vec()
     }
 
     /// Every datagram received except siplb's health probes.
@@ -281,21 +289,10 @@ impl Backend {
     /// Waits until this backend has received `n` datagrams of `call_id`; returns them (possibly
     /// fewer if the deadline passed).
     pub fn wait_call_id(&self, call_id: &str, n: usize, within: Duration) -> Vec<Datagram> {
-        let deadline = Instant::now() + within;
-        let mut log = self.shared.log();
-        loop {
-            let got = with_call_id(&log.received, call_id);
-            let now = Instant::now();
-            if got.len() >= n || now >= deadline {
-                return got;
-            }
-            log = self
-                .shared
-                .changed
-                .wait_timeout(log, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let log = self.shared.wait_log(within, |log| {
+            with_call_id(&log.received, call_id).len() >= n
+        });
+        with_call_id(&log.received, call_id)
     }
 
     /// How many non-probe requests were received per default key (To AOR for REGISTER, From

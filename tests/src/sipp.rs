@@ -230,15 +230,29 @@ pub fn offsets(servers: &[Uas]) -> Vec<u64> {
     servers.iter().map(Uas::log_len).collect()
 }
 
+/// user → the indices (in `servers`) of the servers that logged its REGISTERs between `from`
+/// and `to` (log offsets per server).
+pub fn registrations(
+    servers: &[Uas],
+    from: &[u64],
+    to: &[u64],
+) -> BTreeMap<String, BTreeSet<usize>> {
+    let mut seen: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for (i, ((s, &a), &b)) in servers.iter().zip(from).zip(to).enumerate() {
+        for user in s.registered(a, b) {
+            seen.entry(user).or_default().insert(i);
+        }
+    }
+    seen
+}
+
 /// user → the id of the one server that logged its REGISTERs between `from` and `to` (log
 /// offsets per server). Panics if a user reached two servers.
 pub fn user_map(servers: &[Uas], from: &[u64], to: &[u64]) -> BTreeMap<String, String> {
-    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for ((s, &a), &b) in servers.iter().zip(from).zip(to) {
-        for user in s.registered(a, b) {
-            seen.entry(user).or_default().insert(s.id.clone());
-        }
-    }
+    let seen: BTreeMap<String, BTreeSet<&str>> = registrations(servers, from, to)
+        .into_iter()
+        .map(|(u, ix)| (u, ix.into_iter().map(|i| servers[i].id.as_str()).collect()))
+        .collect();
     let split: Vec<String> = seen
         .iter()
         .filter(|(_, ids)| ids.len() > 1)
@@ -250,7 +264,17 @@ pub fn user_map(servers: &[Uas], from: &[u64], to: &[u64]) -> BTreeMap<String, S
         "users reached more than one server: {split:#?}"
     );
     seen.into_iter()
-        .filter_map(|(u, ids)| ids.into_iter().next().map(|id| (u, id)))
+        .filter_map(|(u, ids)| ids.into_iter().next().map(|id| (u, id.to_string())))
+        .collect()
+}
+
+/// The first 10 of `users` that `map` (user → where it went) does not place, for a failure
+/// message.
+pub fn unplaced<'a, V>(users: &'a [String], map: &BTreeMap<String, V>) -> Vec<&'a String> {
+    users
+        .iter()
+        .filter(|u| !map.contains_key(*u))
+        .take(10)
         .collect()
 }
 
@@ -341,9 +365,14 @@ impl Uac {
     /// Asserts a finished run answered every call: sipp exited 0, `calls` successful, none
     /// failed.
     pub fn assert_no_loss(&self, r: &UacResult) {
+        self.assert_no_loss_in("", r);
+    }
+
+    /// [`Uac::assert_no_loss`], its failure message starting with `context` (e.g. `"run 2: "`).
+    pub fn assert_no_loss_in(&self, context: &str, r: &UacResult) {
         assert!(
             r.status.success() && r.successful == self.calls as u64 && r.failed == 0,
-            "sipp client {}: {} successful and {} failed of {} calls\nsipp output: {}\n{}",
+            "{context}sipp client {}: {} successful and {} failed of {} calls\nsipp output: {}\n{}",
             r.status,
             r.successful,
             r.failed,
@@ -373,7 +402,7 @@ pub fn totals(stats: &Path) -> (u64, u64) {
 }
 
 /// A UDP socket on a free loopback port, for the suite's own SIP requests.
-fn client_socket() -> UdpSocket {
+pub fn client_socket() -> UdpSocket {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP socket");
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .expect("set a read timeout");

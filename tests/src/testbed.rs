@@ -13,6 +13,8 @@ use crate::client::{Client, ANSWER_WITHIN};
 use crate::config::Config;
 use crate::edits::{assert_forwarded_intact, assert_response_intact, Hop};
 use crate::farm::Farm;
+use crate::ops::Ops;
+use crate::placement::{sweep, Placement};
 use crate::process::Siplb;
 use crate::request::Request;
 use crate::sip::{show, Msg};
@@ -46,6 +48,18 @@ impl Testbed {
             siplb,
             client: Client::new(),
         }
+    }
+
+    /// `farm` behind an already started `siplb` (one whose config has `[ops]`), a client, and
+    /// siplb's ops endpoint.
+    pub fn with_ops(farm: Farm, siplb: Siplb) -> (Testbed, Ops) {
+        let ops = Ops::of(&siplb);
+        let tb = Testbed {
+            farm,
+            siplb,
+            client: Client::new(),
+        };
+        (tb, ops)
     }
 
     /// `n` backends `fe1..fe<n>` answering per `behaviour`, one pool `fe`, one route to it.
@@ -118,6 +132,12 @@ impl Testbed {
 }
 
 impl Testbed {
+    /// Registers every user once through siplb (its first listener) and returns where each
+    /// went; see [`sweep`].
+    pub fn sweep(&mut self, users: &[String]) -> Placement {
+        sweep(&self.farm, &mut self.client, self.siplb.addr(), users)
+    }
+
     /// Registers `aor` through siplb (its first listener); see [`Testbed::register_via`].
     pub fn register(&mut self, aor: &str) -> (u16, Option<String>) {
         self.register_via(self.siplb.addr(), aor)

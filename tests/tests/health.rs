@@ -18,8 +18,8 @@ use siplb_e2e::farm::{tally, users};
 use siplb_e2e::health::{events, wait_pool_state, wait_server, wait_serving, Event, JSON_LOGS};
 use siplb_e2e::load::{Load, Sent};
 use siplb_e2e::ops::Ops;
-use siplb_e2e::placement::{assert_spread, moved, sweep, users_on, Placement};
-use siplb_e2e::{Behaviour, Client, Config, Farm, ProbeAnswer, Request, Route, Siplb};
+use siplb_e2e::placement::{assert_spread, moved, users_on, Placement};
+use siplb_e2e::{Behaviour, Config, Farm, ProbeAnswer, Request, Route, Siplb, Testbed};
 
 const DOMAIN: &str = "contoso.com";
 const TOKEN: &str = "health-admin-token";
@@ -44,13 +44,14 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn start(config: &Config) -> (Siplb, Ops) {
+/// `farm` behind siplb on `config` with JSON logs and the admin token, a client, and the ops
+/// endpoint.
+fn start(farm: Farm, config: &Config) -> (Testbed, Ops) {
     let siplb = Siplb::start_with_env(
         &(config.render() + JSON_LOGS),
         &[("SIPLB_ADMIN_TOKEN", TOKEN)],
     );
-    let ops = Ops::of(&siplb);
-    (siplb, ops)
+    Testbed::with_ops(farm, siplb)
 }
 
 /// Pools `a` and `b`, paired, one route over both.
@@ -72,6 +73,36 @@ fn assert_unmoved(what: &str, expected: &Placement, got: &Placement, users: &[St
         .take(5)
         .collect();
     assert!(strayed.is_empty(), "{what}: users moved, e.g. {strayed:?}");
+}
+
+/// Sweeps every user once and asserts each is on the server `before` put it on.
+fn assert_home(tb: &mut Testbed, users: &[String], before: &Placement, what: &str) {
+    let home = tb.sweep(users);
+    assert_eq!(moved(before, &home), Default::default(), "{what}");
+}
+
+/// Sweeps every user once while pool a ([`paired`] with b of b1 and b2) is served by b, and
+/// asserts b's own users stayed where `before` put them and a's are spread evenly over b1 and
+/// b2 (`what` names the latter). Returns the sweep.
+fn assert_a_served_by_b(
+    tb: &mut Testbed,
+    users: &[String],
+    before: &Placement,
+    a_users: &[String],
+    b_users: &[String],
+    what: &str,
+) -> Placement {
+    let placed = tb.sweep(users);
+    assert_unmoved("b's own users", before, &placed, b_users);
+    assert_spread(what, &placed, a_users, &["b1", "b2"], SPREAD);
+    placed
+}
+
+/// The operator's `failover` or `failback` of pool a, until `/status` shows it served by
+/// `serving`.
+fn operator(ops: &Ops, action: &str, serving: &str) {
+    ops.admin_ok(&format!("/admin/pools/a/{action}"), TOKEN);
+    wait_serving(ops, "a", serving);
 }
 
 fn ms(d: Duration) -> u128 {
@@ -108,17 +139,16 @@ fn one_server_dies_under_load(death: Death) {
     const VICTIM: &str = "fe2";
     const SURVIVORS: [&str; 3] = ["fe1", "fe3", "fe4"];
     const RATE: u32 = 1000;
-    let mut farm = Farm::start("fe", 4, Behaviour::Accept);
+    let farm = Farm::start("fe", 4, Behaviour::Accept);
     let config = Config::new()
         .health(fast_probes())
         .ops()
         .pool("fe", farm.servers())
         .route(Route::to("fe"));
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     let users = users(3000, DOMAIN);
-    let mut client = Client::new();
 
-    let before = sweep(&farm, &mut client, siplb.addr(), &users);
+    let before = tb.sweep(&users);
     eprintln!("placement before: {:?}", tally(&before));
     let victims_sorted = users_on(&before, &[VICTIM]);
     let victims: HashSet<String> = victims_sorted.iter().cloned().collect();
@@ -129,12 +159,17 @@ fn one_server_dies_under_load(death: Death) {
     );
 
     // A steady load, then the victim dies under it.
-    let load = Load::on_loopback(siplb.addr(), users.clone(), RATE, Duration::from_secs(30));
+    let load = Load::on_loopback(
+        tb.siplb.addr(),
+        users.clone(),
+        RATE,
+        Duration::from_secs(30),
+    );
     ops_wait(|| load.answered() >= 300, "the load to get going");
     let killed_at = Instant::now();
     match death {
-        Death::PortClosed => farm.get_mut(VICTIM).stop(),
-        Death::Hung => farm.get(VICTIM).set_silent(true),
+        Death::PortClosed => tb.farm.get_mut(VICTIM).stop(),
+        Death::Hung => tb.farm.get(VICTIM).set_silent(true),
     }
     let (down, status_after) = wait_server(&ops, VICTIM, "down");
     eprintln!(
@@ -148,7 +183,7 @@ fn one_server_dies_under_load(death: Death) {
     // has probed it a few times and the victim's users have sent plenty of requests.
     let watched_from = Instant::now();
     if death == Death::PortClosed {
-        let victim = farm.get_mut(VICTIM);
+        let victim = tb.farm.get_mut(VICTIM);
         victim.set_probe_answer(ProbeAnswer::Ignore);
         victim.restart();
     }
@@ -160,13 +195,13 @@ fn one_server_dies_under_load(death: Death) {
     };
     ops_wait(
         || {
-            farm.get(VICTIM).probes_since(watched_from).len() >= 3
+            tb.farm.get(VICTIM).probes_since(watched_from).len() >= 3
                 && victim_sent_since(&load, watched_from) >= 300
         },
         "probes and requests while the victim is down",
     );
-    let sent_to_victim = farm.get(VICTIM).requests_since(watched_from);
-    let probes_seen = farm.get(VICTIM).probes_since(watched_from).len();
+    let sent_to_victim = tb.farm.get(VICTIM).requests_since(watched_from);
+    let probes_seen = tb.farm.get(VICTIM).probes_since(watched_from).len();
     let records = load.stop();
     assert!(
         sent_to_victim.is_empty(),
@@ -203,7 +238,8 @@ fn one_server_dies_under_load(death: Death) {
     // the server's side.
     let last_received = (death == Death::Hung)
         .then(|| {
-            farm.get(VICTIM)
+            tb.farm
+                .get(VICTIM)
                 .requests_since(killed_at)
                 .last()
                 .map(|d| d.at)
@@ -253,7 +289,7 @@ fn one_server_dies_under_load(death: Death) {
     assert!(status_after <= bound + MARGIN * 2, "/status showed it late");
 
     // Where every user is now: only the victim's users moved, evenly over the other three.
-    let after = sweep(&farm, &mut client, siplb.addr(), &users);
+    let after = tb.sweep(&users);
     let moved_users = moved(&before, &after);
     let strayed: Vec<_> = moved_users
         .iter()
@@ -278,19 +314,19 @@ fn one_server_dies_under_load(death: Death) {
     );
 
     // It answers probes again: `rise` probes later it is up and its users are home.
-    let victim = farm.get(VICTIM);
+    let victim = tb.farm.get(VICTIM);
     victim.set_silent(false);
     victim.set_probe_answer(ProbeAnswer::Ok);
     wait_server(&ops, VICTIM, "up");
-    let home = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(
-        moved(&before, &home),
-        Default::default(),
-        "users are home after {VICTIM} came back"
+    assert_home(
+        &mut tb,
+        &users,
+        &before,
+        &format!("users are home after {VICTIM} came back"),
     );
 
     // One log line per transition: down, then up; nothing about the pool.
-    let logged = events(&siplb.stderr());
+    let logged = events(&tb.siplb.stderr());
     let transitions: Vec<&str> = logged
         .iter()
         .filter_map(|e| match e {
@@ -321,16 +357,15 @@ fn ops_wait(mut cond: impl FnMut() -> bool, what: &str) {
 fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_failback_after() {
     let _serial = serial();
     const FAILBACK_AFTER: Duration = Duration::from_secs(2);
-    let mut farm = Farm::pools(&[("a", 2), ("b", 2)], Behaviour::Accept);
+    let farm = Farm::pools(&[("a", 2), ("b", 2)], Behaviour::Accept);
     let config = paired(
         Pool::new("a", farm.servers_of("a")).failback_after("2s"),
         Pool::new("b", farm.servers_of("b")).failback_after("2s"),
     );
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     let users = users(2000, DOMAIN);
-    let mut client = Client::new();
 
-    let before = sweep(&farm, &mut client, siplb.addr(), &users);
+    let before = tb.sweep(&users);
     eprintln!("placement before: {:?}", tally(&before));
     let a_users = users_on(&before, &["a1", "a2"]);
     let b_users = users_on(&before, &["b1", "b2"]);
@@ -341,8 +376,8 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
     );
 
     let killed_at = Instant::now();
-    farm.get_mut("a1").stop();
-    farm.get_mut("a2").stop();
+    tb.farm.get_mut("a1").stop();
+    tb.farm.get_mut("a2").stop();
     wait_serving(&ops, "a", "b");
     eprintln!(
         "pool a served by b {} ms after its servers died",
@@ -350,27 +385,26 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
     );
     assert!(killed_at.elapsed() <= INTERVAL * FALL + TIMEOUT + MARGIN * 2);
 
-    let failed_over = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_unmoved("b's own users", &before, &failed_over, &b_users);
-    assert_spread(
-        "a's users on b",
-        &failed_over,
+    let failed_over = assert_a_served_by_b(
+        &mut tb,
+        &users,
+        &before,
         &a_users,
-        &["b1", "b2"],
-        SPREAD,
+        &b_users,
+        "a's users on b",
     );
 
     // a's servers come back on their ports; a steady load runs throughout.
-    let load = Load::on_loopback(siplb.addr(), users.clone(), 500, Duration::from_secs(20));
+    let load = Load::on_loopback(tb.siplb.addr(), users.clone(), 500, Duration::from_secs(20));
     ops_wait(|| load.answered() >= 100, "the load to get going");
     let restarted_at = Instant::now();
-    farm.get_mut("a1").restart();
-    farm.get_mut("a2").restart();
+    tb.farm.get_mut("a1").restart();
+    tb.farm.get_mut("a2").restart();
     wait_pool_state(&ops, "a", "up");
     wait_serving(&ops, "a", "a");
     let failed_back = restarted_at.elapsed();
     ops_wait(
-        || !farm.get("a1").requests_since(restarted_at).is_empty(),
+        || !tb.farm.get("a1").requests_since(restarted_at).is_empty(),
         "a1 to receive requests again",
     );
     let records = load.stop();
@@ -380,7 +414,8 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
     let a_up = ["a1", "a2"]
         .iter()
         .filter_map(|id| {
-            farm.get(id)
+            tb.farm
+                .get(id)
                 .probe_answers_since(restarted_at)
                 .get(RISE as usize - 1)
                 .map(|d| d.at)
@@ -390,7 +425,8 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
     let first_home = ["a1", "a2"]
         .iter()
         .filter_map(|id| {
-            farm.get(id)
+            tb.farm
+                .get(id)
                 .requests_since(restarted_at)
                 .first()
                 .map(|d| d.at)
@@ -428,46 +464,43 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
         "requests lost or refused around the failback: {lost:?}"
     );
 
-    let home = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(
-        moved(&before, &home),
-        Default::default(),
-        "every user is back on exactly its server"
+    assert_home(
+        &mut tb,
+        &users,
+        &before,
+        "every user is back on exactly its server",
     );
 
     // An operator's failover of this auto pool holds past failback_after, until failback.
-    ops.admin_ok("/admin/pools/a/failover", TOKEN);
-    wait_serving(&ops, "a", "b");
+    operator(&ops, "failover", "b");
     let forced_at = Instant::now();
     ops_wait(
         || forced_at.elapsed() >= FAILBACK_AFTER + INTERVAL * 2,
         "failback_after to pass",
     );
     assert_eq!(ops.status().serving("a"), "b", "operator failover holds");
-    let forced = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_unmoved("b's own users", &before, &forced, &b_users);
-    assert_spread(
-        "a's users on b (operator)",
-        &forced,
+    let forced = assert_a_served_by_b(
+        &mut tb,
+        &users,
+        &before,
         &a_users,
-        &["b1", "b2"],
-        SPREAD,
+        &b_users,
+        "a's users on b (operator)",
     );
     assert_eq!(
         moved(&failed_over, &forced),
         Default::default(),
         "same places as before"
     );
-    ops.admin_ok("/admin/pools/a/failback", TOKEN);
-    wait_serving(&ops, "a", "a");
-    let home = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(
-        moved(&before, &home),
-        Default::default(),
-        "home after the operator's failback"
+    operator(&ops, "failback", "a");
+    assert_home(
+        &mut tb,
+        &users,
+        &before,
+        "home after the operator's failback",
     );
 
-    let pool_events: Vec<(String, String)> = events(&siplb.stderr())
+    let pool_events: Vec<(String, String)> = events(&tb.siplb.stderr())
         .into_iter()
         .filter_map(|e| match e {
             Event::Pool {
@@ -494,21 +527,20 @@ fn a_pool_with_every_server_dead_is_served_by_its_pair_then_comes_home_after_fai
 #[test]
 fn with_both_pools_down_requests_get_503_with_retry_after() {
     let _serial = serial();
-    let mut farm = Farm::pools(&[("a", 1), ("b", 1)], Behaviour::Accept);
+    let farm = Farm::pools(&[("a", 1), ("b", 1)], Behaviour::Accept);
     let config = paired(
         Pool::new("a", farm.servers_of("a")).failback_after("1s"),
         Pool::new("b", farm.servers_of("b")).failback_after("1s"),
     )
     .retry_after("7s");
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     let users = users(200, DOMAIN);
-    let mut client = Client::new();
-    let before = sweep(&farm, &mut client, siplb.addr(), &users);
+    let before = tb.sweep(&users);
     let a_users = users_on(&before, &["a1"]);
     assert!(!a_users.is_empty() && a_users.len() < users.len());
 
-    farm.get_mut("a1").stop();
-    farm.get_mut("b1").stop();
+    tb.farm.get_mut("a1").stop();
+    tb.farm.get_mut("b1").stop();
     wait_pool_state(&ops, "a", "down");
     wait_pool_state(&ops, "b", "down");
     let ready = ops.get("/readyz");
@@ -518,7 +550,9 @@ fn with_both_pools_down_requests_get_503_with_retry_after() {
         ready.body
     );
     for user in users.iter().step_by(10) {
-        let answer = client.transact(siplb.addr(), &Request::register(user));
+        let answer = tb
+            .client
+            .transact(tb.siplb.addr(), &Request::register(user));
         assert_eq!(answer.status(), Some(503), "{user}: {}", answer.start);
         assert_eq!(
             answer.header("retry-after"),
@@ -528,12 +562,12 @@ fn with_both_pools_down_requests_get_503_with_retry_after() {
     }
 
     // a comes back first: everyone is served by a1 (b's users by failover; a's at home).
-    farm.get_mut("a1").restart();
+    tb.farm.get_mut("a1").restart();
     wait_pool_state(&ops, "a", "up");
     wait_serving(&ops, "b", "a");
     wait_serving(&ops, "a", "a");
     assert_eq!(ops.get("/readyz").status, 200, "/readyz with a1 up");
-    let on_a = sweep(&farm, &mut client, siplb.addr(), &users);
+    let on_a = tb.sweep(&users);
     assert!(
         on_a.values().all(|s| s == "a1"),
         "with b down, everyone is on a1: {:?}",
@@ -541,36 +575,34 @@ fn with_both_pools_down_requests_get_503_with_retry_after() {
     );
 
     // Then b: after its failback_after, everyone is home.
-    farm.get_mut("b1").restart();
+    tb.farm.get_mut("b1").restart();
     wait_serving(&ops, "b", "b");
-    let home = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(moved(&before, &home), Default::default(), "everyone home");
+    assert_home(&mut tb, &users, &before, "everyone home");
 }
 
 #[test]
 fn manual_failover_waits_for_the_operator_and_drain_moves_only_the_drained_servers_users() {
     let _serial = serial();
-    let mut farm = Farm::pools(&[("a", 3), ("b", 2)], Behaviour::Accept);
+    let farm = Farm::pools(&[("a", 3), ("b", 2)], Behaviour::Accept);
     let config = paired(
         Pool::new("a", farm.servers_of("a"))
             .manual()
             .failback_after("1s"),
         Pool::new("b", farm.servers_of("b")),
     );
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     let users = users(2000, DOMAIN);
-    let mut client = Client::new();
-    let before = sweep(&farm, &mut client, siplb.addr(), &users);
+    let before = tb.sweep(&users);
     eprintln!("placement before: {:?}", tally(&before));
     let a_users = users_on(&before, &["a1", "a2", "a3"]);
     let b_users = users_on(&before, &["b1", "b2"]);
 
     // a dies: nobody moves its users, they are refused.
     for id in ["a1", "a2", "a3"] {
-        farm.get_mut(id).stop();
+        tb.farm.get_mut(id).stop();
     }
     wait_pool_state(&ops, "a", "down");
-    let mark = farm.mark();
+    let mark = tb.farm.mark();
     let down_at = Instant::now();
     // An auto pool would be failed over by now (same evaluation); give it time anyway.
     ops_wait(
@@ -583,30 +615,30 @@ fn manual_failover_waits_for_the_operator_and_drain_moves_only_the_drained_serve
         (Some("a"), Some("manual"))
     );
     for user in a_users.iter().step_by(20) {
-        let answer = client.transact(siplb.addr(), &Request::register(user));
+        let answer = tb
+            .client
+            .transact(tb.siplb.addr(), &Request::register(user));
         assert_eq!(answer.status(), Some(503), "{user} (home a, down, manual)");
     }
-    let leaked = farm.users_since(&mark, siplb.addr());
+    let leaked = tb.farm.users_since(&mark, tb.siplb.addr());
     assert!(leaked.is_empty(), "a's users reached servers: {leaked:?}");
 
     // The operator fails a over: a's users are served by b.
     let refused = ops.admin("/admin/pools/a/failover", None);
     assert_eq!(refused.status, 401, "failover without a token");
-    ops.admin_ok("/admin/pools/a/failover", TOKEN);
-    wait_serving(&ops, "a", "b");
-    let failed_over = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_unmoved("b's own users", &before, &failed_over, &b_users);
-    assert_spread(
-        "a's users on b",
-        &failed_over,
+    operator(&ops, "failover", "b");
+    let failed_over = assert_a_served_by_b(
+        &mut tb,
+        &users,
+        &before,
         &a_users,
-        &["b1", "b2"],
-        SPREAD,
+        &b_users,
+        "a's users on b",
     );
 
     // a comes back; in manual mode its users stay on b past failback_after.
     for id in ["a1", "a2", "a3"] {
-        farm.get_mut(id).restart();
+        tb.farm.get_mut(id).restart();
     }
     wait_pool_state(&ops, "a", "up");
     let up_at = Instant::now();
@@ -619,23 +651,17 @@ fn manual_failover_waits_for_the_operator_and_drain_moves_only_the_drained_serve
         "b",
         "manual: no automatic failback"
     );
-    let still = sweep(&farm, &mut client, siplb.addr(), &users);
+    let still = tb.sweep(&users);
     assert_eq!(moved(&failed_over, &still), Default::default());
 
     // The operator fails back: everyone is home, on exactly the server they had.
-    ops.admin_ok("/admin/pools/a/failback", TOKEN);
-    wait_serving(&ops, "a", "a");
-    let home = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(
-        moved(&before, &home),
-        Default::default(),
-        "users home after failback"
-    );
+    operator(&ops, "failback", "a");
+    assert_home(&mut tb, &users, &before, "users home after failback");
 
     // Drain a2: only its users move, over a1 and a3; undrain: back home.
     ops.admin_ok("/admin/servers/a2/drain", TOKEN);
     wait_server(&ops, "a2", "drained");
-    let drained = sweep(&farm, &mut client, siplb.addr(), &users);
+    let drained = tb.sweep(&users);
     let a2_users = users_on(&before, &["a2"]);
     let moved_by_drain = moved(&before, &drained);
     assert_eq!(
@@ -646,12 +672,7 @@ fn manual_failover_waits_for_the_operator_and_drain_moves_only_the_drained_serve
     assert_spread("a2's users", &drained, &a2_users, &["a1", "a3"], SPREAD);
     ops.admin_ok("/admin/servers/a2/undrain", TOKEN);
     wait_server(&ops, "a2", "up");
-    let back = sweep(&farm, &mut client, siplb.addr(), &users);
-    assert_eq!(
-        moved(&before, &back),
-        Default::default(),
-        "users home after undrain"
-    );
+    assert_home(&mut tb, &users, &before, "users home after undrain");
 }
 
 #[test]
@@ -668,12 +689,11 @@ fn a_server_flapping_on_every_probe_moves_nobody() {
     );
     farm.get("a1").set_probe_answer(ProbeAnswer::Alternate);
     let watch_from = Instant::now();
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     let users = users(1000, DOMAIN);
-    let mut client = Client::new();
-    let before = sweep(&farm, &mut client, siplb.addr(), &users);
+    let before = tb.sweep(&users);
 
-    let load = Load::on_loopback(siplb.addr(), users.clone(), 300, WATCH * 2);
+    let load = Load::on_loopback(tb.siplb.addr(), users.clone(), 300, WATCH * 2);
     let mut looks = 0;
     ops_wait(
         || {
@@ -686,10 +706,10 @@ fn a_server_flapping_on_every_probe_moves_nobody() {
         "the watch to end",
     );
     let records = load.stop();
-    let after = sweep(&farm, &mut client, siplb.addr(), &users);
+    let after = tb.sweep(&users);
 
-    let probes = farm.get("a1").probes_since(watch_from).len();
-    let answered = farm.get("a1").probe_answers_since(watch_from).len();
+    let probes = tb.farm.get("a1").probes_since(watch_from).len();
+    let answered = tb.farm.get("a1").probe_answers_since(watch_from).len();
     eprintln!("a1 answered {answered} of {probes} probes; /status looked at {looks} times");
     assert!(probes >= 10, "a1 got only {probes} probes in {WATCH:?}");
     assert!(
@@ -703,7 +723,7 @@ fn a_server_flapping_on_every_probe_moves_nobody() {
         refused.len()
     );
     assert_eq!(moved(&before, &after), Default::default(), "nobody moved");
-    let logged = events(&siplb.stderr());
+    let logged = events(&tb.siplb.stderr());
     assert!(logged.is_empty(), "no transition may be logged: {logged:?}");
 }
 
@@ -721,12 +741,12 @@ fn status_tells_a_closed_port_a_silent_server_and_a_503_apart() {
         .ops()
         .pool("fe", farm.servers())
         .route(Route::to("fe"));
-    let (siplb, ops) = start(&config);
+    let (mut tb, ops) = start(farm, &config);
     wait_server(&ops, "s4", "up");
 
-    farm.get_mut("s1").stop();
-    farm.get("s2").set_silent(true);
-    farm.get("s3").set_probe_answer(ProbeAnswer::Status(503));
+    tb.farm.get_mut("s1").stop();
+    tb.farm.get("s2").set_silent(true);
+    tb.farm.get("s3").set_probe_answer(ProbeAnswer::Status(503));
     let expected = [
         ("s1", "connection refused"),
         ("s2", "probe timed out"),
@@ -751,7 +771,7 @@ fn status_tells_a_closed_port_a_silent_server_and_a_503_apart() {
         "{healthy}"
     );
 
-    let mut logged: Vec<(String, String)> = events(&siplb.stderr())
+    let mut logged: Vec<(String, String)> = events(&tb.siplb.stderr())
         .into_iter()
         .filter_map(|e| match e {
             Event::Server {

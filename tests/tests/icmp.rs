@@ -5,7 +5,7 @@
 //! of the pool, long before the next probe.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use siplb_e2e::backend::{Backend, Behaviour};
 use siplb_e2e::client::Client;
@@ -14,34 +14,34 @@ use siplb_e2e::farm::users;
 use siplb_e2e::process::Siplb;
 use siplb_e2e::request::Request;
 
-/// A loopback UDP port nobody listens on.
-fn closed_port() -> std::net::SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr")
-}
-
 #[test]
 fn icmp_errors_from_a_dead_server_cost_other_users_nothing() {
     let live = [
         Backend::start("live-a", Behaviour::Accept),
         Backend::start("live-b", Behaviour::Accept),
     ];
-    let dead = closed_port();
-    let mut servers: Vec<Server> = live.iter().map(Server::of).collect();
-    servers.push(Server {
-        id: "dead".into(),
-        address: dead,
-        weight: 1,
-        drained: false,
-    });
-    // Probes so slow that only the wire path's ICMP signal can take the dead server out: its
-    // first probe went out at start-up, before anything was forwarded, and the next is 30 s away.
+    let mut dying = Backend::start("dying", Behaviour::Accept);
+    let servers: Vec<Server> = live.iter().chain([&dying]).map(Server::of).collect();
+    // Probes so slow that only the wire path's ICMP signal can take the dying server out: its
+    // first probe (at start-up) is answered, then its port closes, and the next probe is 30 s
+    // away.
     const FALL: usize = 100;
     let cfg = Config::new()
         .health(Health::options("30s", "1s", FALL as u32, 1))
         .pool("fe", servers)
         .route(siplb_e2e::config::Route::to("fe"));
+    let started = Instant::now();
     let siplb = Siplb::start(&cfg.render());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dying.probe_answers_since(started).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first probe of {} was not answered",
+            dying.id()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dying.stop();
     let mut client = Client::new();
 
     let aors = users(1500, "contoso.com");

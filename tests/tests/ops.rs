@@ -60,17 +60,7 @@ fn site(token: Option<&str>) -> (Testbed, Ops) {
         .map(|t| ("SIPLB_ADMIN_TOKEN", t))
         .into_iter()
         .collect();
-    site_with(farm, Siplb::start_with_env(&text, &env))
-}
-
-fn site_with(farm: Farm, siplb: Siplb) -> (Testbed, Ops) {
-    let ops = Ops::of(&siplb);
-    let tb = Testbed {
-        farm,
-        siplb,
-        client: Client::new(),
-    };
-    (tb, ops)
+    Testbed::with_ops(farm, Siplb::start_with_env(&text, &env))
 }
 
 fn pool_ids(farm: &Farm, prefix: &str) -> BTreeSet<String> {
@@ -298,7 +288,7 @@ fn admin_token_can_come_from_a_file_and_is_reread_on_reload() {
         &config(&farm).render(),
         &format!("admin_token_file = {:?}", token_file.to_string_lossy()),
     );
-    let (_site, ops) = site_with(farm, Siplb::start(&text));
+    let (_site, ops) = Testbed::with_ops(farm, Siplb::start(&text));
 
     let drain = "/admin/servers/dc1-fe2/drain";
     assert_eq!(ops.admin(drain, None).status, 401);

@@ -26,33 +26,23 @@ use siplb_e2e::config::Health;
 use siplb_e2e::farm::{assert_near, users};
 use siplb_e2e::health::wait_server;
 use siplb_e2e::ops::{wait_until, Ops, SHOWS_WITHIN};
-use siplb_e2e::placement::{moved, sweep};
+use siplb_e2e::placement::moved;
 use siplb_e2e::ports::{free_udp_port, udp_port_is_free};
 use siplb_e2e::process::ConfigFile;
 use siplb_e2e::reload::{
     configmap, configmap_swap, replace_by_rename, replace_line, sighup, with_udp, write_in_place,
 };
-use siplb_e2e::{Behaviour, Client, Config, Farm, Route, Server, Siplb, Testbed};
+use siplb_e2e::{Behaviour, Config, Farm, Route, Server, Siplb, Testbed};
 
 const TOKEN: &str = "reload-e2e-token";
 
 /// `farm` behind a siplb started on `text` (with the admin token), a client, and the ops
 /// endpoint.
 fn site(farm: Farm, text: &str) -> (Testbed, Ops) {
-    site_with(
+    Testbed::with_ops(
         farm,
         Siplb::start_with_env(text, &[("SIPLB_ADMIN_TOKEN", TOKEN)]),
     )
-}
-
-fn site_with(farm: Farm, siplb: Siplb) -> (Testbed, Ops) {
-    let ops = Ops::of(&siplb);
-    let tb = Testbed {
-        farm,
-        siplb,
-        client: Client::new(),
-    };
-    (tb, ops)
 }
 
 /// The config file siplb runs with.
@@ -142,7 +132,7 @@ fn a_configmap_symlink_swap_is_reloaded() {
     let farm = two_pools();
     let config: ConfigFile = configmap(&routed_to(&farm, "a"));
     let siplb = Siplb::start_with_file(config, &[]);
-    let (tb, ops) = site_with(farm, siplb);
+    let (tb, ops) = Testbed::with_ops(farm, siplb);
     assert!(
         std::fs::symlink_metadata(path(&tb)).is_ok_and(|m| m.file_type().is_symlink()),
         "the config path is a symlink"
@@ -232,7 +222,7 @@ fn adding_a_server_moves_a_quarter_of_the_users_all_to_it() {
     };
     let (mut tb, ops) = site(farm, &config(three));
     let aors = users(4_000, "contoso.com");
-    let before = sweep(&tb.farm, &mut tb.client, tb.siplb.addr(), &aors);
+    let before = tb.sweep(&aors);
     assert!(
         before.values().all(|s| s != "fe4"),
         "fe4 is not configured yet"
@@ -240,7 +230,7 @@ fn adding_a_server_moves_a_quarter_of_the_users_all_to_it() {
 
     replace_by_rename(path(&tb), &config(tb.farm.servers()));
     ops.wait_config_version(2);
-    let after = sweep(&tb.farm, &mut tb.client, tb.siplb.addr(), &aors);
+    let after = tb.sweep(&aors);
 
     let moved = moved(&before, &after);
     let elsewhere: Vec<_> = moved
@@ -388,7 +378,7 @@ fn broken_file_is_refused_until_repaired(broken: impl Fn(&Farm) -> (String, usiz
     let text = routed_to(&farm, "a");
     let (mut tb, ops) = site(farm, &text);
     let aors = users(300, "contoso.com");
-    let before = sweep(&tb.farm, &mut tb.client, tb.siplb.addr(), &aors);
+    let before = tb.sweep(&aors);
 
     let (broken, line) = broken(&tb.farm);
     replace_by_rename(path(&tb), &broken);
@@ -403,7 +393,7 @@ fn broken_file_is_refused_until_repaired(broken: impl Fn(&Farm) -> (String, usiz
     assert_eq!(reloads(&ops, "error"), 1.0);
     assert_eq!(reloads(&ops, "ok"), 0.0);
     // The wire did not change: every user reaches the same server as before.
-    let during = sweep(&tb.farm, &mut tb.client, tb.siplb.addr(), &aors);
+    let during = tb.sweep(&aors);
     assert_eq!(moved(&before, &during).len(), 0, "users moved");
     assert_eq!(ops.get("/readyz").status, 200);
 

@@ -22,7 +22,8 @@ use siplb_e2e::config::Pool;
 use siplb_e2e::ops::Ops;
 use siplb_e2e::reload::replace_by_rename;
 use siplb_e2e::sipp::{
-    exclusive, find_sipp, offsets, read_users, scenarios, user_map, Uac, Uas, WorkDir, DOMAIN,
+    exclusive, find_sipp, offsets, read_users, scenarios, unplaced, user_map, Uac, Uas, WorkDir,
+    DOMAIN,
 };
 use siplb_e2e::{Config, Route, Server, Siplb};
 
@@ -69,11 +70,7 @@ fn at(moment: Instant) {
 fn assert_every_user_placed(uas: &[Uas], from: &[u64]) {
     let map = user_map(uas, from, &offsets(uas));
     let users = read_users(&scenarios().join("users.csv"));
-    let missing: Vec<&String> = users[..CALLS]
-        .iter()
-        .filter(|u| !map.contains_key(*u))
-        .take(10)
-        .collect();
+    let missing = unplaced(&users[..CALLS], &map);
     assert!(
         missing.is_empty(),
         "users that reached no server (first 10): {missing:?}"
