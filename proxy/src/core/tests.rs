@@ -380,3 +380,176 @@ fn explain_names_the_route_and_server() {
     assert_eq!(t.pools[d.home].name, "fe");
     assert!(d.server.is_some());
 }
+
+/// A small deterministic generator (xorshift), so the property test below needs no crate and
+/// always checks the same cases.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// A random but well-formed request: header names in full or compact form and any case, Vias
+/// one per line or several on a line, other headers in any order, an optional body with trailing
+/// bytes past its Content-Length, optional `rport` and Max-Forwards.
+fn random_request(g: &mut Gen, n: usize) -> (String, bool, Option<u32>) {
+    let method = g.pick(&[
+        "REGISTER",
+        "INVITE",
+        "SUBSCRIBE",
+        "SERVICE",
+        "BENOTIFY",
+        "MESSAGE",
+        "X-EXT",
+    ]);
+    let case = |g: &mut Gen, name: &str| match g.below(3) {
+        0 => name.to_string(),
+        1 => name.to_ascii_lowercase(),
+        _ => name.to_ascii_uppercase(),
+    };
+    let rport = g.below(2) == 0;
+    let mut vias = vec![format!(
+        "SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK{n}x{}{}",
+        g.next() % 1000,
+        if rport { ";rport" } else { "" }
+    )];
+    for i in 0..g.below(3) {
+        vias.push(format!(
+            "SIP/2.0/TCP proxy{i}.example.net;branch=z9hG4bKup{i};received=198.51.100.{i}"
+        ));
+    }
+    let mut lines = Vec::new();
+    let via_name = if g.below(2) == 0 {
+        "v".to_string()
+    } else {
+        case(g, "Via")
+    };
+    if g.below(2) == 0 {
+        lines.push(format!("{via_name}: {}", vias.join(", ")));
+    } else {
+        lines.extend(
+            vias.iter()
+                .map(|v| format!("{via_name}:{}{v}", " ".repeat(g.below(3)))),
+        );
+    }
+    let user = format!("user{n}");
+    let others = [
+        format!(
+            "{}: \"U {n}\" <sip:{user}@contoso.com>;tag=f{n}",
+            if g.below(2) == 0 {
+                "f".into()
+            } else {
+                case(g, "From")
+            }
+        ),
+        format!(
+            "{}: <sip:{user}@contoso.com>",
+            if g.below(2) == 0 {
+                "t".into()
+            } else {
+                case(g, "To")
+            }
+        ),
+        format!(
+            "{}: {n}-{}@192.0.2.7",
+            if g.below(2) == 0 {
+                "i".into()
+            } else {
+                case(g, "Call-ID")
+            },
+            g.next()
+        ),
+        format!("{}: {} {method}", case(g, "CSeq"), 1 + g.below(9000)),
+        format!(
+            "{}: <sip:192.0.2.7:5099>;+sip.instance=\"<urn:uuid:{n}>\"",
+            case(g, "Contact")
+        ),
+        format!("User-Agent: UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync) {n}"),
+        format!("P-Asserted-Identity: <sip:{user}@contoso.com>"),
+        "Supported: gruu-10, adhoclist, msrtc-event-categories".to_string(),
+    ];
+    let mut rest: Vec<String> = others.into();
+    let max_forwards = (g.below(3) != 0).then(|| 1 + g.below(200) as u32);
+    if let Some(mf) = max_forwards {
+        rest.push(format!("{}: {mf}", case(g, "Max-Forwards")));
+    }
+    while !rest.is_empty() {
+        let i = g.below(rest.len());
+        lines.push(rest.remove(i));
+    }
+    let body = if g.below(2) == 0 {
+        format!("<xml>{}</xml>", "b".repeat(g.below(300)))
+    } else {
+        String::new()
+    };
+    let cl = if g.below(2) == 0 {
+        "l"
+    } else {
+        "Content-Length"
+    };
+    lines.push(format!("{cl}: {}", body.len()));
+    let trailing = if g.below(3) == 0 {
+        "junk past Content-Length"
+    } else {
+        ""
+    };
+    let msg = format!(
+        "{method} sip:contoso.com SIP/2.0\r\n{}\r\n\r\n{body}{trailing}",
+        lines.join("\r\n")
+    );
+    (msg, rport, max_forwards)
+}
+
+#[test]
+fn forwarding_changes_only_our_bytes_for_any_request() {
+    let mut g = Gen(0x51b1_b0b0_cafe_f00d);
+    let t = table();
+    let mut w = Worker::new();
+    for n in 0..5_000 {
+        let (req, rport, max_forwards) = random_request(&mut g, n);
+        let action = w.handle(&t, req.as_bytes(), CLIENT.parse().unwrap());
+        forwarded_to(action);
+        let out = String::from_utf8(w.out.clone()).expect("utf-8 in, utf-8 out");
+        // Undo siplb's edits, independently of how siplb made them.
+        let ours = out
+            .lines()
+            .find(|l| l.starts_with("Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"));
+        let ours = ours.unwrap_or_else(|| panic!("no siplb Via in\n{out}"));
+        let mut undone = out.replacen(&format!("{ours}\r\n"), "", 1);
+        let fill = if rport {
+            ";rport=5099;received=192.0.2.7"
+        } else {
+            ";received=192.0.2.7"
+        };
+        let at = undone
+            .find(fill)
+            .unwrap_or_else(|| panic!("no {fill} in\n{out}"));
+        undone.replace_range(at..at + fill.len(), if rport { ";rport" } else { "" });
+        match max_forwards {
+            Some(mf) => {
+                let lower = undone.to_ascii_lowercase();
+                let at = lower
+                    .find(&format!("max-forwards: {}\r\n", mf - 1))
+                    .expect("decremented Max-Forwards");
+                let start = at + "max-forwards: ".len();
+                undone.replace_range(start..start + (mf - 1).to_string().len(), &mf.to_string());
+            }
+            None => {
+                undone = undone.replacen("Max-Forwards: 70\r\n\r\n", "\r\n", 1);
+            }
+        }
+        let original = req.trim_end_matches("junk past Content-Length");
+        assert_eq!(undone, original, "request {n}:\n{req}\nforwarded as\n{out}");
+    }
+}
