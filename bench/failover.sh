@@ -45,8 +45,11 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC1091
+. "$root/bench/lib.sh"
+# shellcheck disable=SC2034 # read by bench/lib.sh
+log_tag=failover
 users=$root/tests/sipp/users.csv
-uas_xml=$root/tests/sipp/uas.xml
 warm_xml=$root/tests/sipp/uac_register.xml
 uac_xml=$root/bench/sipp/uac_register_failover.xml
 
@@ -61,17 +64,13 @@ BACKENDS=4
 TOKEN=bench-failover-token
 
 if [[ $# -gt 0 ]]; then
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 2
+    usage
 fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=${FAILOVER_OUT:-$root/target/failover/$stamp}
 mkdir -p "$out"
 report=$root/docs/FAILOVER.md
-
-log() { printf '[failover %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 for tool in sipp kamailio kamcmd curl; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y sip-tester kamailio curl)"
@@ -81,76 +80,27 @@ done
 # ---------------------------------------------------------------------------------------------
 # Processes we start, stopped on exit by their PIDs (and only those).
 
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
+started_pids=()
+cleanup() { kill_started KILL; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# stop_pids PID...: SIGTERM, then SIGKILL whatever is left after 3 s (Kamailio's main process
-# stops its children on SIGTERM; children left over are ours, found by parent PID).
-stop_pids() {
-    local pid children="" i
-    for pid in "$@"; do
-        children+=" $(ps -o pid= --ppid "$pid" 2>/dev/null | tr '\n' ' ' || true)"
-        kill -CONT "$pid" 2>/dev/null || true
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for ((i = 0; i < 30; i++)); do
-        local alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "$@" $children; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
-
-# A UDP port nothing listens on now (per /proc/net/udp), not handed out before in this run.
-declare -A taken=()
-free_port() {
-    local busy port
-    busy=$(awk 'NR > 1 { split($2, a, ":"); h = a[2]; n = 0
-                for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1
-                print n }' /proc/net/udp 2>/dev/null || true)
-    for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 30000))
-        if [[ -z ${taken[$port]:-} ]] && ! grep -qx "$port" <<<"$busy"; then
-            taken[$port]=1
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free UDP port"
-}
 
 # ---------------------------------------------------------------------------------------------
 # Peers
 
 uas_pids=()
 uas_addrs=()
-start_backends() { # start_backends TAG
-    local i port
-    uas_pids=() uas_addrs=()
-    for ((i = 0; i < BACKENDS; i++)); do
-        port=$(free_port)
-        sipp -sf "$uas_xml" -i 127.0.0.1 -p "$port" -nostdin -m 100000000 -timeout 600s \
-            -trace_stat -stf "$out/$1-uas$i.csv" -fd 1 >"$out/$1-uas$i.out" 2>&1 &
-        pids+=($!)
-        uas_pids+=($!)
-        uas_addrs+=("127.0.0.1:$port")
-    done
+start_backends() { # start_backends TAG: fresh backends, with their statistics every second
+    start_uas_backends "$out/$1-uas" 600s 1
 }
 
 # warm_up ADDR WHAT: a run of 200 REGISTERs (retransmitted as usual) must all succeed; tries
 # for about 10 s. Proves the proxy forwards to every backend before a measured run.
 warm_up() {
-    local addr=$1 what=$2 i ok
+    local addr=$1 what=$2 i ok port
     for ((i = 0; i < 10; i++)); do
-        timeout 30 sipp "$addr" -sf "$warm_xml" -inf "$users" -i 127.0.0.1 -p "$(free_port)" \
+        free_udp_port port
+        timeout 30 sipp "$addr" -sf "$warm_xml" -inf "$users" -i 127.0.0.1 -p "$port" \
             -m 200 -r 400 -nostdin -timeout 20s -timeout_error -trace_stat \
             -stf "$out/warm-$what-$i.csv" >"$out/warm-$what-$i.out" 2>&1 && return 0
         sleep 1
@@ -161,13 +111,14 @@ warm_up() {
 # uac NAME ADDR CALLS: the measured client, in the background; sets uac_pid.
 uac_pid=
 uac() {
-    local name=$1 addr=$2 calls=$3
+    local name=$1 addr=$2 calls=$3 port
+    free_udp_port port
     timeout $((calls / RATE + 60)) sipp "$addr" -sf "$uac_xml" -inf "$users" -i 127.0.0.1 \
-        -p "$(free_port)" -m "$calls" -r "$RATE" -nr -nostdin -timeout $((calls / RATE + 30))s \
+        -p "$port" -m "$calls" -r "$RATE" -nr -nostdin -timeout $((calls / RATE + 30))s \
         -trace_logs -log_file "$out/$name.log" -trace_stat -stf "$out/$name.csv" -fd 1 \
         >"$out/$name.out" 2>&1 &
     uac_pid=$!
-    pids+=("$uac_pid")
+    started_pids+=("$uac_pid")
 }
 
 # counts NAME → "sent successful failed" from sipp's final statistics line.
@@ -219,9 +170,9 @@ proxy_addr=
 ops_addr=
 ctl=
 start_siplb() { # start_siplb NAME CONFIG_BODY (pools and routes)
-    local name=$1 port ops i
-    port=$(free_port)
-    ops=$(free_port)
+    local name=$1 port ops
+    free_udp_port port
+    free_udp_port ops
     cat >"$out/$name.toml" <<EOF
 [listen]
 udp = ["127.0.0.1:$port"]
@@ -242,15 +193,8 @@ format = "json"
 
 $2
 EOF
-    SIPLB_ADMIN_TOKEN=$TOKEN "$SIPLB_BIN" --config "$out/$name.toml" >"$out/$name.stdout" 2>"$out/$name.stderr" &
-    proxy_pid=$!
-    pids+=("$proxy_pid")
-    for ((i = 0; i < 100; i++)); do
-        grep -qx ready "$out/$name.stdout" 2>/dev/null && break
-        kill -0 "$proxy_pid" 2>/dev/null || die "siplb exited at start (see $out/$name.stderr)"
-        sleep 0.1
-    done
-    grep -qx ready "$out/$name.stdout" || die "siplb not ready (see $out/$name.stderr)"
+    SIPLB_ADMIN_TOKEN=$TOKEN start_siplb_process proxy_pid "$name" 100 ||
+        die "siplb not ready (see $out/$name.stderr)"
     proxy_addr=127.0.0.1:$port
     ops_addr=127.0.0.1:$ops
 }
@@ -262,21 +206,14 @@ servers_toml() { # servers_toml INDEX... → a TOML servers list of those backen
 }
 
 start_kamailio() { # start_kamailio NAME
-    local name=$1 port i a
-    port=$(free_port)
-    : >"$out/$name.list"
-    for a in "${uas_addrs[@]}"; do echo "1 sip:$a" >>"$out/$name.list"; done
+    local name=$1 port
+    free_udp_port port
     ctl=$out/$name.ctl
-    kamailio -f "$root/bench/kamailio/failover.cfg" -DD -E -n "$WORKERS" -l "udp:127.0.0.1:$port" \
-        -A "DS_LIST=\"$out/$name.list\"" -A "CTL_SOCKET=\"unix:$ctl\"" \
-        -P "$out/$name.pid" >"$out/$name.out" 2>&1 &
-    proxy_pid=$!
-    pids+=("$proxy_pid")
-    for ((i = 0; i < 100; i++)); do
-        [[ -S $ctl ]] && break
-        kill -0 "$proxy_pid" 2>/dev/null || die "kamailio exited at start (see $out/$name.out)"
-        sleep 0.1
-    done
+    spawn_kamailio proxy_pid "$root/bench/kamailio/failover.cfg" "$out/$name.list" "$name" "$port" \
+        -A "CTL_SOCKET=\"unix:$ctl\""
+    started_pids+=("$proxy_pid")
+    # Up to 10 s for its control socket; not there yet is no error: the warm-up tells.
+    wait_started "$proxy_pid" 100 kamailio "$out/$name.out" test -S "$ctl" || true
     proxy_addr=127.0.0.1:$port
 }
 
@@ -331,7 +268,7 @@ key = \"to-aor\""
             death_rows+=("| $proxy | $death | $run | $sent | $failed | $lost | $first | $last | $seen | $moved_to |")
             windows[$proxy-$death]+="$last "
             losts[$proxy-$death]+="$lost "
-            stop_pids "$proxy_pid" "${uas_pids[@]}"
+            stop_pids 3 "$proxy_pid" "${uas_pids[@]}"
         done
     done
 done
@@ -381,7 +318,7 @@ done
 wait "$uac_pid" || true
 read -r sent ok failed <<<"$(counts "$name")"
 op_rows+=("| siplb | ${actions%; } | $sent | $ok | $failed |")
-stop_pids "$proxy_pid" "${uas_pids[@]}"
+stop_pids 3 "$proxy_pid" "${uas_pids[@]}"
 
 name=operator-kamailio
 log "$name: $((RATE * OP_GAP_S * 3)) REGISTERs at $RATE/s; disable and enable one destination ${OP_GAP_S}s apart"
@@ -401,7 +338,7 @@ done
 wait "$uac_pid" || true
 read -r sent ok failed <<<"$(counts "$name")"
 op_rows+=("| Kamailio | ${actions%; } (destination uas2) | $sent | $ok | $failed |")
-stop_pids "$proxy_pid" "${uas_pids[@]}"
+stop_pids 3 "$proxy_pid" "${uas_pids[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -413,15 +350,15 @@ summary() { # summary VALUES... → "median (min–max)"
         printf "%.0f (%s–%s)", m, v[1], v[NR] }'
 }
 
-machine="$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
-versions="$(sipp -v 2>/dev/null | grep -o 'SIPp v[0-9.]*[0-9]' | head -n 1 || true), $(kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }')"
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+machine=$(machine_description)
+versions="$(sipp_version), $(kamailio_version)"
+commit=$(source_commit)
 {
     echo "# Failover: what users lose when a server dies, and when an operator moves them"
     echo
     echo "Measured by \`bench/failover.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'):"
     echo
-    echo "- machine: $machine; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- machine: $machine; load average at the end $(load_average)"
     echo "- peers: $versions; siplb at commit $commit, release build; siplb workers = Kamailio children = $WORKERS"
     echo "- load: sipp UAC → proxy → $BACKENDS sipp UAS on 127.0.0.1, $RATE REGISTER/s, each REGISTER sent once (no retransmission)"
     echo "- health, both proxies: OPTIONS every 1 s, 500 ms timeout, out after 2 failures, back after 2 answers"

@@ -32,6 +32,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source-path=SCRIPTDIR source=lib.sh disable=SC1091
+. "$root/bench/lib.sh"
+# shellcheck disable=SC2034 # read by bench/lib.sh
+log_tag=bench
 scenarios=$root/tests/sipp
 users=$scenarios/users.csv
 
@@ -51,8 +55,7 @@ MIN_ACHIEVED_PCT=90
 if [[ ${1:-} == --quick ]]; then
     FIXED_CALLS=10000 REPEAT=1 STEP_RATES="2000 4000" STEP_CALLS=5000
 elif [[ $# -gt 0 ]]; then
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 2
+    usage
 fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -61,54 +64,34 @@ mkdir -p "$out"
 report=$out/results.md
 clk_tck=$(getconf CLK_TCK)
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------------------------------------
 # Processes we start, stopped on exit (and only those).
 
+# shellcheck disable=SC2034 # appended to and read by bench/lib.sh
 started_pids=()
 kamailio_pid=
 cleanup() {
-    local pid
-    if [[ -n $kamailio_pid ]]; then stop_kamailio; fi
-    for pid in "${started_pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${started_pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    # Kamailio: SIGTERM to its main process, which stops its children; whatever is left after
+    # 5 s (they are ours: forked by the process we started) is killed by PID.
+    if [[ -n $kamailio_pid ]]; then
+        stop_pids 5 "$kamailio_pid"
+        kamailio_pid=
+    fi
+    kill_started TERM
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
-# Ports and CPU accounting, from /proc (no extra tools needed).
-
-declare -A taken_ports=()
-# free_udp_port VAR: sets VAR to a UDP port on which nothing listens now (per /proc/net/udp*)
-# and that was not handed out before (a variable, not $(...), so the record survives).
-free_udp_port() {
-    local busy candidate
-    busy=$(awk 'NR > 1 { split($2, a, ":"); h = a[2]; n = 0
-                for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1
-                print n }' /proc/net/udp /proc/net/udp6 2>/dev/null || true)
-    for _ in $(seq 1 200); do
-        candidate=$((20000 + RANDOM % 30000))
-        if [[ -z ${taken_ports[$candidate]:-} ]] && ! grep -qx "$candidate" <<<"$busy"; then
-            taken_ports[$candidate]=1
-            printf -v "$1" '%s' "$candidate"
-            return 0
-        fi
-    done
-    die "no free UDP port found"
-}
+# CPU accounting, from /proc (no extra tools needed).
 
 # utime+stime in clock ticks of PID and all its descendants (Kamailio forks its workers;
 # siplb is one process whose threads are all counted in its own /proc/PID/stat).
 cpu_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" '
+    # A process may exit between the glob and the read: that is not an error here.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
         { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
           ppid[pid] = f[2]; ticks[pid] = f[12] + f[13] }
         END {
@@ -126,14 +109,8 @@ now_ns() { date +%s%N; }
 
 uas_addrs=()
 start_backends() {
-    local i port
-    for ((i = 0; i < BACKENDS; i++)); do
-        free_udp_port port
-        sipp -sf "$scenarios/uas.xml" -i 127.0.0.1 -p "$port" -nostdin \
-            -m 100000000 -timeout 3600s >"$out/backend$i.out" 2>&1 &
-        started_pids+=($!)
-        uas_addrs+=("127.0.0.1:$port")
-    done
+    local i
+    start_uas_backends "$out/backend" 3600s
     for i in "${!uas_addrs[@]}"; do
         wait_answering "${uas_addrs[$i]}" "backend $i" 1 ||
             die "sipp backend $i at ${uas_addrs[$i]} does not answer (see $out/backend$i.out)"
@@ -204,7 +181,7 @@ wait_answering() {
 siplb_pid=
 siplb_addr=
 start_siplb() {
-    local port cfg servers="" a i
+    local port cfg servers="" a
     [[ -x $SIPLB_BIN ]] || die "no siplb binary at $SIPLB_BIN: run \`cargo build --release -p siplb\` or set SIPLB_BIN"
     free_udp_port port
     cfg=$out/siplb.toml
@@ -235,15 +212,8 @@ domain = "contoso.com"
 pool = "fe"
 key = "to-aor"
 EOF
-    "$SIPLB_BIN" --config "$cfg" >"$out/siplb.stdout" 2>"$out/siplb.stderr" &
-    siplb_pid=$!
-    started_pids+=("$siplb_pid")
-    for ((i = 0; i < 150; i++)); do
-        grep -qx ready "$out/siplb.stdout" 2>/dev/null && break
-        kill -0 "$siplb_pid" 2>/dev/null || die "siplb exited at start (see $out/siplb.stderr)"
-        sleep 0.1
-    done
-    grep -qx ready "$out/siplb.stdout" || die "siplb did not print ready within 15 s (see $out/siplb.stderr)"
+    start_siplb_process siplb_pid siplb 150 ||
+        die "siplb did not print ready within 15 s (see $out/siplb.stderr)"
     siplb_addr=$(awk '$1 == "listening" && $2 == "udp" { print $3; exit }' "$out/siplb.stdout")
     siplb_addr=${siplb_addr:-127.0.0.1:$port}
     # Health starts from probes: a warm-up with no failure means every backend is in use.
@@ -253,38 +223,15 @@ EOF
 
 kamailio_addr=
 start_kamailio() {
-    local port i a
+    local port
     command -v kamailio >/dev/null || die "kamailio not found: apt-get install -y kamailio (or BENCH_TARGETS without kamailio)"
     free_udp_port port
-    : >"$out/dispatcher.list"
-    for a in "${uas_addrs[@]}"; do echo "1 sip:$a" >>"$out/dispatcher.list"; done
-    kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E -n "$WORKERS" \
-        -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$out/dispatcher.list\"" \
-        -P "$out/kamailio.pid" >"$out/kamailio.out" 2>&1 &
-    kamailio_pid=$!
+    spawn_kamailio kamailio_pid "$root/bench/kamailio/kamailio.cfg" "$out/dispatcher.list" kamailio "$port"
     kamailio_addr=127.0.0.1:$port
-    for ((i = 0; i < 100; i++)); do
-        [[ -s $out/kamailio.pid ]] && break
-        kill -0 "$kamailio_pid" 2>/dev/null || die "kamailio exited at start (see $out/kamailio.out)"
-        sleep 0.1
-    done
+    # Up to 10 s for its PID file; not there yet is no error: the warm-up tells.
+    wait_started "$kamailio_pid" 100 kamailio "$out/kamailio.out" test -s "$out/kamailio.pid" || true
     wait_answering "$kamailio_addr" "kamailio warm-up" 1000 ||
         die "kamailio at $kamailio_addr does not forward REGISTERs (see $out/kamailio.out)"
-}
-
-# Kamailio's main process stops its children on SIGTERM; any child left after 5 s (they are
-# ours: forked by the process we started) is killed by PID.
-stop_kamailio() {
-    local children i
-    children=$(cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$kamailio_pid" '{ r = $0; sub(/^.*\) /, "", r); split(r, f, " "); if (f[2] == p) print $1 }')
-    kill "$kamailio_pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$kamailio_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    wait "$kamailio_pid" 2>/dev/null || true
-    for i in $children; do kill -9 "$i" 2>/dev/null || true; done
-    kamailio_pid=
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -327,12 +274,12 @@ target_pid() {
 # Run
 
 command -v sipp >/dev/null || die "sipp not found: apt-get install -y sip-tester"
-machine="$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
+machine=$(machine_description)
 memory="$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
-versions="$(sipp -v 2>/dev/null | grep -o 'SIPp v[0-9.]*[0-9]' | head -n 1 || true)"
-if has_target kamailio; then versions+=", $(kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }')"; fi
-load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+versions=$(sipp_version)
+if has_target kamailio; then versions+=", $(kamailio_version)"; fi
+load_at_start=$(load_average)
+commit=$(source_commit)
 log "machine: $machine, $memory, load average $load_at_start"
 log "output in $out"
 
@@ -413,7 +360,7 @@ fi
 {
     echo "# siplb benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "- machine: $machine, $memory; load average at start $load_at_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- machine: $machine, $memory; load average at start $load_at_start, at end $(load_average)"
     echo "- peers: ${versions}; siplb at commit $commit ($SIPLB_BIN)"
     echo "- topology: sipp UAC → proxy → $BACKENDS sipp UAS on 127.0.0.1; siplb workers = Kamailio children = $WORKERS;"
     echo "  direct = the same client and backends with no proxy (each REGISTER sent to a backend in turn)"
