@@ -18,8 +18,7 @@ pub use probe::{ProbeKind, ProbeSettings};
 pub use server::{Failure, Outcome, Reason, ServerHealth, Thresholds, Transition};
 
 /// Whether a server takes part in hashing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServerState {
     /// Passing its probes (every server starts up until probing says otherwise).
     Up,

@@ -9,16 +9,37 @@
 
 use std::time::{Duration, Instant};
 
-/// Who decides a pool's failover.
+use crate::ServerState;
+
+/// Who moves a pool's users to its pair (`failover = "auto" | "manual"` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// siplb fails the pool over when it is down and its pair is up, and fails it back once it
+    /// has stayed up for `failback_after`.
     Auto,
+    /// Only an operator does (Lync's `Invoke-CsPoolFailOver` / `Invoke-CsPoolFailBack`).
     Manual,
 }
 
+impl Mode {
+    /// The name used in the config file, logs and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Manual => "manual",
+        }
+    }
+}
+
+/// The one rule for "a pool is up": at least `min_up` of its servers take traffic (up, not
+/// drained). The supervisor's failover decisions, `/status` and the `siplb_pool_up` gauge all
+/// ask this function.
+pub fn is_up(servers: impl IntoIterator<Item = ServerState>, min_up: usize) -> bool {
+    servers.into_iter().filter(|s| s.takes_traffic()).count() >= min_up
+}
+
 /// Why a pool's users moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverReason {
     /// Auto: the pool went down while its pair was up.
     PoolDown,
@@ -153,6 +174,18 @@ mod tests {
 
     fn secs(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_pool_is_up_with_min_up_servers_taking_traffic() {
+        use ServerState::{Down, Drained, Up};
+        assert!(is_up([Up, Down], 1));
+        assert!(
+            !is_up([Up, Down, Drained], 2),
+            "drained servers do not count"
+        );
+        assert!(is_up([Up, Up, Drained], 2));
+        assert!(!is_up([], 1));
     }
 
     #[test]

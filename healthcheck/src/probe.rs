@@ -12,13 +12,24 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::server::{Failure, Outcome};
 
-/// How a server is probed.
+/// How a server is probed (`probe = "options" | "tcp-connect"` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeKind {
     /// SIP OPTIONS over UDP; any final answer but 500, 503 and 504 means alive.
     Options,
-    /// A TCP connect; an accepted connection means alive.
+    /// A TCP connect (the check Microsoft's load-balancer guidance uses on a Front End's port
+    /// 5061); an accepted connection means alive.
     TcpConnect,
+}
+
+impl ProbeKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Options => "options",
+            ProbeKind::TcpConnect => "tcp-connect",
+        }
+    }
 }
 
 /// What to probe and how often.

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use crate::ServerState;
 
 /// Why a probe (or a passive signal) says a server is not serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// No answer within the probe timeout.
     Timeout,
@@ -54,8 +53,7 @@ pub enum Outcome {
 }
 
 /// Why a server is in its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// Not probed yet: servers start up.
     Start,
@@ -136,11 +134,6 @@ impl ServerHealth {
             (false, true) => ServerState::Up,
             (false, false) => ServerState::Down,
         }
-    }
-
-    /// Whether probes say the server answers (whatever the operator says).
-    pub fn probes_up(&self) -> bool {
-        self.up
     }
 
     /// Records one probe result or passive signal.
@@ -268,7 +261,6 @@ mod tests {
             None,
             "no visible change while drained"
         );
-        assert!(!h.probes_up());
         let t = h.set_drained(false, t0).unwrap();
         assert_eq!(
             t.to,

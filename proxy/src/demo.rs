@@ -19,37 +19,13 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 
 use crate::config::{self, Config};
+use crate::core::explain;
 use crate::health::Op;
 use crate::server::Proxy;
 use crate::sip::scan::{header_lines, scan};
 
 /// The shipped configuration, built in so the demo runs from anywhere.
 pub const CONFIG: &str = include_str!("../../config.toml");
-
-/// A minimal SIP request for `aor`, as a UA would send it through siplb. A REGISTER goes to
-/// the AOR's domain; anything else to the AOR itself.
-pub fn request(method: &str, aor: &str, call_id: &str, cseq: u32, via_sent_by: &str) -> String {
-    let aor = if aor.contains(':') {
-        aor.to_string()
-    } else {
-        format!("sip:{aor}")
-    };
-    let ruri = match (method, aor.split_once('@')) {
-        ("REGISTER", Some((_, domain))) => format!("sip:{domain}"),
-        _ => aor.clone(),
-    };
-    format!(
-        "{method} {ruri} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {via_sent_by};branch=z9hG4bK{call_id}-{cseq};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <{aor}>;tag=demo{cseq}\r\n\
-         To: <{aor}>\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: {cseq} {method}\r\n\
-         User-Agent: siplb-demo\r\n\
-         Content-Length: 0\r\n\r\n"
-    )
-}
 
 /// Answers every request with 200 OK naming `id`; forever.
 async fn responder(socket: UdpSocket, id: String) {
@@ -113,7 +89,7 @@ async fn sign_in(
     let mut placed = BTreeMap::new();
     for (i, user) in users.iter().enumerate() {
         let call_id = format!("demo-{round}-{i}");
-        let req = request("REGISTER", user, &call_id, round, &sent_by);
+        let req = explain::request("REGISTER", user, &call_id, round, &sent_by);
         let server = ask(client, proxy, &req)
             .await
             .unwrap_or_else(|| "no answer".into());
@@ -152,12 +128,12 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(responder(socket, s.id.clone()));
         }
     }
-    let metrics = crate::ops::install_metrics()?;
+    let metrics = crate::stats::install_metrics()?;
     let proxy = Arc::new(Proxy::start(cfg, true)?);
     let addr = proxy.udp()[0];
     // The ops endpoint too, with a one-off admin token, so the status page and the admin API
     // can be tried while the demo runs.
-    let token = crate::ops::Token::fixed(&format!(
+    let token = crate::token::Token::fixed(&format!(
         "demo-{:x}",
         crate::hrw::key_hash(
             format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()

@@ -1,31 +1,41 @@
 //! siplb: a SIP-aware, stateless load-balancing proxy.
 //!
-//! The crate is a sans-io core with a thin I/O shell around it:
-//! - [`config`] reads and validates `config.toml`;
-//! - [`sip`] scans a message in place and edits its bytes (our Via, `received`/`rport`,
-//!   Max-Forwards, our Route) without re-serialising anything else;
-//! - [`hrw`] is the weighted rendezvous hash that binds a user to one server;
-//! - [`table`] is the immutable routing table held in an `ArcSwap`;
-//! - [`core`] turns one datagram into one action (forward, answer, or drop);
-//! - [`udp`] moves datagrams between sockets and the core; [`demo`] runs a self-contained demo.
+//! The crate is a sans-io core with a thin I/O shell around it, in three layers; a module
+//! imports only from its own layer or the ones below, never from above.
+//!
+//! - **Bottom, plain data and pure functions.** [`sip`] scans a message in place and edits its
+//!   bytes (our Via, `received`/`rport`, Max-Forwards, our Route) without re-serialising
+//!   anything else; [`hrw`] is the weighted rendezvous hash that binds a user to one server;
+//!   [`config`] reads and validates `config.toml`; [`table`] is the immutable routing table
+//!   held in an `ArcSwap`; [`core`] turns one datagram into one outcome (forward, answer, or
+//!   drop) and explains where a request would go; [`stats`] counts what the core decides and
+//!   installs the metrics recorder.
+//! - **Middle, the I/O shell.** [`udp`] moves datagrams between sockets and the core;
+//!   `health` owns server health and pool failover and is the only writer of the routing table;
+//!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads). `token` (the
+//!   admin bearer token) and `logging` sit beside them.
+//! - **Top, what a person or a program talks to.** `ops` (the HTTP endpoint), `reload` (file
+//!   watcher and SIGHUP), `demo`, and [`cli`] (the command line; `main.rs` only calls it).
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod core;
-pub mod demo;
-pub mod health;
+mod demo;
+mod health;
 pub mod hrw;
-pub mod logging;
-pub mod ops;
-pub mod reload;
+mod logging;
+mod ops;
+mod reload;
 pub mod server;
 pub mod sip;
 pub mod stats;
 pub mod table;
+mod token;
 pub mod udp;
 
 /// A multi-threaded tokio runtime with `workers` threads.
-pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .thread_name("siplb-worker")
@@ -34,7 +44,7 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

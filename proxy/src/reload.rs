@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config;
-use crate::ops::Token;
 use crate::server::Proxy;
+use crate::token::Token;
 
 /// Reloads the config file and then the admin token. Returns the new config version, or every
 /// error (the running config stays).
-pub async fn reload(proxy: &Proxy, token: &Token) -> Result<u64, Vec<String>> {
+pub(crate) async fn reload(proxy: &Proxy, token: &Token) -> Result<u64, Vec<String>> {
     let version = proxy
         .reload()
         .await
@@ -35,7 +35,7 @@ fn content_hash(path: &Path) -> Option<u64> {
 }
 
 /// Watches the config file's directory and reloads on SIGHUP, until the task is dropped.
-pub fn spawn_watchers(
+pub(crate) fn spawn_watchers(
     proxy: Arc<Proxy>,
     token: Token,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {

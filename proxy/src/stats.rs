@@ -130,6 +130,36 @@ pub fn register() {
     metrics::counter!("siplb_send_errors_total").increment(0);
 }
 
+/// How often the health supervisor publishes its gauges even when nothing changed. The exporter
+/// forgets a gauge nobody refreshed for three of these, which is how a server or pool removed by
+/// a reload leaves `/metrics`.
+pub(crate) const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Installs the Prometheus recorder for the whole process, registers every metric ([`register`])
+/// and keeps histograms trimmed. Call once, before the proxy starts, inside the runtime.
+pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_REFRESH * 3))
+        .set_buckets_for_metric(
+            Matcher::Full("siplb_probe_rtt_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )?
+        .install_recorder()?;
+    register();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

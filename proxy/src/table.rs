@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use healthcheck::ServerState;
 
-use crate::config::{Config, FailoverMode, HostPort, KeyKind, Role, Transport};
+use crate::config::{Config, HostPort, KeyKind, Mode, Role, Transport};
 use crate::hrw;
 use crate::sip::uri::UriFacts;
 use crate::stats::PoolCounters;
@@ -34,7 +34,7 @@ pub struct Pool {
     pub role: Role,
     /// Index of the paired pool.
     pub pair: Option<usize>,
-    pub failover: FailoverMode,
+    pub failover: Mode,
     pub min_up: usize,
     pub servers: Vec<Server>,
     pub id_hash: u64,

@@ -16,6 +16,11 @@ use std::time::Duration;
 
 pub use validate::{load, parse, summary};
 
+/// How a server is probed, and who moves a pool's users to its pair: the config speaks
+/// healthcheck's own vocabulary (`probe = "options" | "tcp-connect"`,
+/// `failover = "auto" | "manual"`), so nothing maps one enum onto another.
+pub use healthcheck::{Mode, ProbeKind};
+
 /// A validated configuration: what the routing table and the probers are built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -102,7 +107,8 @@ pub struct Ops {
 /// Probe settings: `[health]`, or a pool's `health = { ... }` override merged over it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// How a server is probed.
+    /// How a server is probed: SIP OPTIONS (an answer 500, 503 or 504 counts as a failure, any
+    /// other final answer as alive; no answer within `timeout` is a failure) or a TCP connect.
     pub probe: ProbeKind,
     /// Time between two probes of one server (> 0).
     pub interval: Duration,
@@ -112,15 +118,6 @@ pub struct Health {
     pub fall: u32,
     /// Good probes in a row that bring a server back up (>= 1).
     pub rise: u32,
-}
-
-/// How a server is probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// A SIP OPTIONS request; any final response counts as alive.
-    Options,
-    /// A TCP (or TLS port) connect, the check Microsoft's load-balancer guidance uses on 5061.
-    TcpConnect,
 }
 
 /// `[routing]`: answers siplb gives when it cannot route.
@@ -174,15 +171,6 @@ impl Role {
     }
 }
 
-/// Who moves a pool's users to its pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailoverMode {
-    /// siplb fails over when the pool is down and fails back after `failback_after`.
-    Auto,
-    /// Only an operator does (Lync's `Invoke-CsPoolFailOver` / `Invoke-CsPoolFailBack`).
-    Manual,
-}
-
 /// One `[[pool]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -193,7 +181,7 @@ pub struct PoolConfig {
     /// Name of the paired pool; pairs are symmetric (checked).
     pub pair: Option<String>,
     /// Who moves the pool's users to its pair.
-    pub failover: FailoverMode,
+    pub failover: Mode,
     /// Automatic mode: how long the home pool must stay up before its users go home.
     pub failback_after: Duration,
     /// The pool is down when fewer servers than this are up.

@@ -480,5 +480,6 @@ fn branch_hash(req: &Request<'_>) -> u64 {
     xxh3_64_with_seed(&h.digest().to_le_bytes(), SEED)
 }
 
+pub(crate) mod explain;
 #[cfg(test)]
 mod tests;

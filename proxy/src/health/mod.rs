@@ -23,8 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, HostPort};
 use crate::table::RoutingTable;
 
-pub use status::{PoolStatus, ServerStatus, Status};
-pub use supervisor::GAUGE_REFRESH;
+pub use status::Status;
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,6 @@ use healthcheck::{Outcome, ServerState};
 use serde::Serialize;
 
 use super::supervisor::Supervisor;
-use crate::config::FailoverMode;
 
 /// Health of every pool and server.
 #[derive(Debug, Clone, Serialize)]
@@ -109,10 +108,7 @@ pub(super) fn build(sup: &Supervisor, now: Instant) -> Status {
                 pair: p.pair.clone(),
                 state: if sup.pool_up(i) { "up" } else { "down" },
                 serving,
-                mode: match p.failover {
-                    FailoverMode::Auto => "auto",
-                    FailoverMode::Manual => "manual",
-                },
+                mode: p.failover.as_str(),
                 operator_failover: fo.forced(),
                 since: wall_clock(fo.since, now),
                 reason: fo.reason.map(|r| r.to_string()),

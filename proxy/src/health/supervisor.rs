@@ -6,19 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use healthcheck::probe::{probe_loop, ProbeKind as Kind, ProbeSettings};
-use healthcheck::{
-    FailoverChange, Mode, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds,
-};
+use healthcheck::probe::{probe_loop, ProbeSettings};
+use healthcheck::{FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Event, Op, OpError, Reload};
-use crate::config::{Config, FailoverMode, HostPort, PoolConfig, ProbeKind};
+use crate::config::{Config, HostPort, PoolConfig};
 use crate::table::{HealthView, RoutingTable};
-
-/// How often gauges are published even when nothing changed.
-pub const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Settings of one server's probes.
 #[derive(Clone, Copy, PartialEq)]
@@ -29,13 +24,9 @@ pub(super) struct ProbePlan {
 
 fn plan(pool: &PoolConfig) -> ProbePlan {
     let h = &pool.health;
-    let kind = match h.probe {
-        ProbeKind::Options => Kind::Options,
-        ProbeKind::TcpConnect => Kind::TcpConnect,
-    };
     ProbePlan {
         settings: ProbeSettings {
-            kind,
+            kind: h.probe,
             interval: h.interval,
             timeout: h.timeout,
             confirm: h.fall.saturating_sub(1),
@@ -44,13 +35,6 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
             fall: h.fall,
             rise: h.rise,
         },
-    }
-}
-
-fn mode(p: &PoolConfig) -> Mode {
-    match p.failover {
-        FailoverMode::Auto => Mode::Auto,
-        FailoverMode::Manual => Mode::Manual,
     }
 }
 
@@ -122,7 +106,7 @@ impl Supervisor {
         // Gauges are published on every change and refreshed on this tick; the exporter drops
         // a gauge nobody refreshed for a while, which is how a server or pool removed by a
         // reload leaves /metrics.
-        let mut gauges = tokio::time::interval(GAUGE_REFRESH);
+        let mut gauges = tokio::time::interval(crate::stats::GAUGE_REFRESH);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
@@ -206,8 +190,8 @@ impl Supervisor {
         for (pi, p) in cfg.pools.iter().enumerate() {
             let mut failover = old_pools
                 .remove(&p.name)
-                .unwrap_or_else(|| PoolFailover::new(mode(p), p.failback_after, now));
-            failover.mode = mode(p);
+                .unwrap_or_else(|| PoolFailover::new(p.failover, p.failback_after, now));
+            failover.mode = p.failover;
             failover.failback_after = p.failback_after;
             self.pools.push(failover);
             let plan = plan(p);
@@ -326,14 +310,14 @@ impl Supervisor {
         self.version
     }
 
-    /// Whether pool `i` has at least `min_up` servers up.
+    /// Whether pool `i` is up ([`healthcheck::pool::is_up`]).
     pub fn pool_up(&self, i: usize) -> bool {
-        let up = self
+        let states = self
             .servers
             .values()
-            .filter(|s| s.pool == i && s.health.state().takes_traffic())
-            .count();
-        up >= self.cfg.pools[i].min_up
+            .filter(|s| s.pool == i)
+            .map(|s| s.health.state());
+        healthcheck::pool::is_up(states, self.cfg.pools[i].min_up)
     }
 
     /// The index of pool `i`'s pair.

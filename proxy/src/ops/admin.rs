@@ -1,13 +1,6 @@
-//! The admin API: operator commands behind a bearer token.
-//!
-//! The token comes from `[ops] admin_token_file` or, failing that, `SIPLB_ADMIN_TOKEN`. It is
-//! compared in constant time; a missing or wrong one is `401`. The file is read again on every
-//! config reload, so a token can be rotated without a restart.
+//! The admin API: operator commands behind a bearer token ([`Token`]). A missing or wrong
+//! token is `401`.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,91 +8,22 @@ use axum::Json;
 use serde_json::json;
 
 use super::Ops;
-use crate::config::Config;
 use crate::health::{Op, OpError};
+use crate::token::Token;
 
-/// The admin token, shared by the handlers and refreshed on reload.
-#[derive(Clone, Default)]
-pub struct Token(Arc<ArcSwapOption<String>>);
-
-impl Token {
-    /// Reads the token as `cfg` says: its `admin_token_file`, else `SIPLB_ADMIN_TOKEN`. An
-    /// unreadable or empty file is an error (running with an admin API the operator believes
-    /// is protected by a file that is not there would be worse).
-    pub fn load(cfg: &Config) -> anyhow::Result<Token> {
-        let t = Token::default();
-        t.refresh(cfg)?;
-        Ok(t)
-    }
-
-    /// A token fixed by the program (the demo's), not read from the config.
-    pub fn fixed(token: &str) -> Token {
-        let t = Token::default();
-        t.0.store(Some(Arc::new(token.to_string())));
-        t
-    }
-
-    /// The token itself, to show to the person who runs the demo.
-    pub fn secret(&self) -> Option<String> {
-        self.0.load_full().map(|t| t.to_string())
-    }
-
-    /// Reads the token again (after a config reload).
-    pub fn refresh(&self, cfg: &Config) -> anyhow::Result<()> {
-        let token = match &cfg.ops.admin_token_file {
-            Some(file) => Some(read_token(file)?),
-            None => std::env::var("SIPLB_ADMIN_TOKEN")
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty()),
-        };
-        self.0.store(token.map(Arc::new));
-        Ok(())
-    }
-
-    /// Whether an admin API exists at all.
-    pub fn is_configured(&self) -> bool {
-        self.0.load().is_some()
-    }
-
-    /// Whether the request carries `Authorization: Bearer <token>`.
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(expected) = self.0.load_full() else {
-            return false;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                // The scheme is case-insensitive (RFC 7235 §2.1).
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token)
-            })
-            .map(str::trim)
-            .unwrap_or_default();
-        constant_time_eq(given.as_bytes(), expected.as_bytes())
-    }
-}
-
-fn read_token(file: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read admin_token_file {}: {e}", file.display()))?;
-    let token = text.trim().to_string();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "admin_token_file {} is empty",
-        file.display()
-    );
-    Ok(token)
-}
-
-/// Compares without an early exit, so the time taken says nothing about where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+/// Whether the request carries `Authorization: Bearer <token>` with the configured token.
+fn admits(token: &Token, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 7235 §2.1).
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
+        .map(str::trim)
+        .unwrap_or_default();
+    token.admits(given)
 }
 
 fn unauthorized() -> Response {
@@ -113,7 +37,7 @@ fn unauthorized() -> Response {
 }
 
 async fn run(ops: &Ops, headers: &HeaderMap, op: Op) -> Response {
-    if !ops.token.admits(headers) {
+    if !admits(&ops.token, headers) {
         return unauthorized();
     }
     match ops.proxy.control.op(op).await {
@@ -162,7 +86,7 @@ pub(super) async fn undrain(
 }
 
 pub(super) async fn reload(State(ops): State<Ops>, h: HeaderMap) -> Response {
-    if !ops.token.admits(&h) {
+    if !admits(&ops.token, &h) {
         return unauthorized();
     }
     match crate::reload::reload(&ops.proxy, &ops.token).await {
@@ -172,18 +96,5 @@ pub(super) async fn reload(State(ops): State<Ops>, h: HeaderMap) -> Response {
             Json(json!({ "ok": false, "errors": errors })),
         )
             .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_tokens_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"secret"));
     }
 }

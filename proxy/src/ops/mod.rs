@@ -10,21 +10,20 @@ mod page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::core::Worker;
+use crate::core::explain;
 use crate::health::Status;
 use crate::server::{ConfigMeta, Proxy};
 
-pub use admin::Token;
+use crate::token::Token;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -32,33 +31,6 @@ pub struct Ops {
     pub proxy: Arc<Proxy>,
     pub metrics: Option<PrometheusHandle>,
     pub token: Token,
-}
-
-/// Installs the Prometheus recorder for the whole process and keeps its histograms trimmed.
-/// Call once, before the proxy starts, inside the runtime.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .idle_timeout(
-            metrics_util::MetricKindMask::GAUGE,
-            Some(crate::health::GAUGE_REFRESH * 3),
-        )
-        .set_buckets_for_metric(
-            Matcher::Full("siplb_probe_rtt_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ],
-        )?
-        .install_recorder()?;
-    crate::stats::register();
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
 }
 
 /// The router; the admin routes exist only when a token is configured.
@@ -201,7 +173,7 @@ struct RouteQuery {
 /// live health — the same answer the wire path gives.
 async fn route(State(ops): State<Ops>, Query(q): Query<RouteQuery>) -> Response {
     let table = ops.proxy.tables.load();
-    match explain(&table, &q.method, &q.aor) {
+    match explain::explain(&table, &q.method, &q.aor) {
         Ok(doc) => Json(doc).into_response(),
         Err(code) => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -209,50 +181,4 @@ async fn route(State(ops): State<Ops>, Query(q): Query<RouteQuery>) -> Response 
         )
             .into_response(),
     }
-}
-
-/// Where a request of `method` for `aor` goes in `table`, as `siplb route` and `/route` show it.
-#[derive(Debug, Serialize)]
-pub struct RouteDoc {
-    pub routed: bool,
-    pub route: usize,
-    pub key: &'static str,
-    pub home: String,
-    pub serving: String,
-    pub server: Option<RouteServer>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RouteServer {
-    pub id: String,
-    pub address: String,
-    pub transport: &'static str,
-}
-
-/// Routes a synthetic request through the wire path's own decision; `Err` is the status siplb
-/// would answer with.
-pub fn explain(
-    table: &crate::table::RoutingTable,
-    method: &str,
-    aor: &str,
-) -> Result<RouteDoc, u16> {
-    let request = crate::demo::request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
-    let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
-    let d = Worker::new().explain(table, request.as_bytes(), src)?;
-    let server = d.server.map(|s| {
-        let s = table.server(d.serving, s);
-        RouteServer {
-            id: s.id.clone(),
-            address: s.address.to_string(),
-            transport: s.transport.as_str(),
-        }
-    });
-    Ok(RouteDoc {
-        routed: true,
-        route: d.route,
-        key: table.routes[d.route].key_for(method.as_bytes()).as_str(),
-        home: table.pools[d.home].name.clone(),
-        serving: table.pools[d.serving].name.clone(),
-        server,
-    })
 }

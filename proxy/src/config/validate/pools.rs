@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::{RawPool, RawServer};
-use super::super::{FailoverMode, Health, PoolConfig, Role, ServerConfig, Transport};
+use super::super::{Health, Mode, PoolConfig, Role, ServerConfig, Transport};
 use super::values::{self, AddrUse, Seen};
 use super::Ctx;
 
@@ -74,10 +74,7 @@ fn pool_config(
         .role
         .as_ref()
         .and_then(|r| values::choice(ctx, r, &format!("{prefix}.role"), "role", &roles));
-    let modes = [
-        ("auto", FailoverMode::Auto),
-        ("manual", FailoverMode::Manual),
-    ];
+    let modes = [("auto", Mode::Auto), ("manual", Mode::Manual)];
     let failover = p.failover.as_ref().and_then(|f| {
         values::choice(
             ctx,
@@ -148,7 +145,7 @@ fn pool_config(
         name: p.name.get_ref().clone(),
         role: role.unwrap_or(Role::FrontEnd),
         pair: p.pair.as_ref().map(|n| n.get_ref().clone()),
-        failover: failover.unwrap_or(FailoverMode::Auto),
+        failover: failover.unwrap_or(Mode::Auto),
         failback_after: failback_after.unwrap_or(DEFAULT_FAILBACK_AFTER),
         min_up,
         health,

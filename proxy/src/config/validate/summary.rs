@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::super::duration::format_duration;
-use super::super::{Config, FailoverMode, Health, ProbeKind, RouteConfig};
+use super::super::{Config, Health, Mode, RouteConfig};
 
 /// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
 /// its settings and servers, and each route with its conditions, pools and key.
@@ -62,13 +62,13 @@ pub fn summary(cfg: &Config) -> String {
             .as_deref()
             .map_or("no pair".to_string(), |p| format!("pair {p}"));
         let failover = match pool.failover {
-            FailoverMode::Auto => {
+            Mode::Auto => {
                 format!(
                     "failover auto (failback after {})",
                     format_duration(pool.failback_after)
                 )
             }
-            FailoverMode::Manual => "failover manual".to_string(),
+            Mode::Manual => "failover manual".to_string(),
         };
         let _ = writeln!(
             out,
@@ -113,10 +113,7 @@ pub fn summary(cfg: &Config) -> String {
 
 /// `options every 1s, timeout 500ms, fall 2, rise 2`.
 fn health(h: &Health) -> String {
-    let probe = match h.probe {
-        ProbeKind::Options => "options",
-        ProbeKind::TcpConnect => "tcp-connect",
-    };
+    let probe = h.probe.as_str();
     format!(
         "{probe} every {}, timeout {}, fall {}, rise {}",
         format_duration(h.interval),

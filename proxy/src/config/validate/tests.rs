@@ -202,7 +202,7 @@ fn full_config_becomes_the_expected_config() {
                 name: "fe-dc1".into(),
                 role: Role::FrontEnd,
                 pair: Some("fe-dc2".into()),
-                failover: FailoverMode::Manual,
+                failover: Mode::Manual,
                 failback_after: Duration::from_secs(120),
                 min_up: 2,
                 health: Health {
@@ -220,7 +220,7 @@ fn full_config_becomes_the_expected_config() {
                 name: "fe-dc2".into(),
                 role: Role::FrontEnd,
                 pair: Some("fe-dc1".into()),
-                failover: FailoverMode::Auto,
+                failover: Mode::Auto,
                 failback_after: Duration::from_secs(30),
                 min_up: 1,
                 health: global,
@@ -286,7 +286,7 @@ fn defaults_apply() {
     let pool = &cfg.pools[0];
     assert_eq!(pool.role, Role::FrontEnd);
     assert_eq!(pool.pair, None);
-    assert_eq!(pool.failover, FailoverMode::Auto);
+    assert_eq!(pool.failover, Mode::Auto);
     assert_eq!(pool.failback_after, Duration::from_secs(30));
     assert_eq!(pool.min_up, 1);
     assert_eq!(pool.health, health);

@@ -1,0 +1,167 @@
+//! The `siplb` command line (DESIGN.md "Command line contract"): run, `check`, `route` and
+//! `demo`. The top of the crate: it wires the proxy, the ops endpoint and the reload watchers
+//! together, and nothing imports it.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{self, Config};
+use crate::core::explain;
+use crate::server::Proxy;
+use crate::table::RoutingTable;
+use crate::token::Token;
+use clap::{Parser, Subcommand};
+
+/// siplb: a SIP-aware, stateless load-balancing proxy that routes each user to one server of
+/// its home pool.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration: print a summary and exit 0, or every error and exit 1.
+    Check,
+    /// Show where a request would go with every server up.
+    Route {
+        /// The SIP method, e.g. REGISTER or INVITE.
+        method: String,
+        /// The user's address of record, e.g. sip:alice@contoso.com.
+        aor: String,
+    },
+    /// Run paired pools of built-in SIP responders and the proxy on loopback, and show routing.
+    Demo,
+}
+
+/// Parses the command line and runs it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(&cli.config),
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Route { method, aor }) => route(&cli.config, &method, &aor),
+        Some(Command::Demo) => crate::demo::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("siplb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and validates the config, printing every error.
+fn load(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(cfg) => Some(cfg),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} error(s); siplb did not start",
+                path.display(),
+                errors.len()
+            );
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", config::summary(&cfg));
+    println!("{}: ok", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
+        let first = cfg.listen.udp.first().copied();
+        crate::server::advertise_of(first.unwrap_or(([127, 0, 0, 1], 5060).into()))
+    });
+    let table = RoutingTable::build(&cfg, advertise, cfg.listen.udp.clone(), 1, &AllUp);
+    match explain::explain(&table, method, aor) {
+        Ok(d) => {
+            println!("route   {}", d.route);
+            println!("home    {}", d.home);
+            println!("serving {}", d.serving);
+            match d.server {
+                Some(s) => println!("server  {} {} {}", s.id, s.address, s.transport),
+                None => println!("server  none (503)"),
+            }
+            println!("key     {}", d.key);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => {
+            eprintln!("siplb: {method} {aor} is not routed: siplb answers {code}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `siplb route` answers for a healthy farm: every server up, drained ones included.
+struct AllUp;
+
+impl crate::table::HealthView for AllUp {
+    fn server_state(&self, _: &str) -> Option<healthcheck::ServerState> {
+        Some(healthcheck::ServerState::Up)
+    }
+    fn failed_over(&self, _: &str) -> bool {
+        false
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    crate::logging::init(&cfg.log);
+    let token = Token::load(&cfg)?;
+    let runtime = crate::runtime(cfg.listen.workers)?;
+    runtime.block_on(async {
+        let metrics = crate::stats::install_metrics()?;
+        let proxy = Arc::new(Proxy::start(cfg, true)?);
+        let ops = crate::ops::Ops {
+            proxy: proxy.clone(),
+            metrics: Some(metrics),
+            token: token.clone(),
+        };
+        let ops_addr = crate::ops::start(ops).await?;
+        let _watch = crate::reload::spawn_watchers(proxy.clone(), token)?;
+        announce(&proxy, ops_addr);
+        crate::shutdown_signal().await;
+        tracing::info!("stopping");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The lines scripts and tests wait for on stdout.
+fn announce(proxy: &Proxy, ops: Option<SocketAddr>) {
+    let mut out = std::io::stdout().lock();
+    for addr in &proxy.udp() {
+        let _ = writeln!(out, "listening udp {addr}");
+    }
+    if let Some(addr) = ops {
+        let _ = writeln!(out, "listening ops {addr}");
+    }
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    let t = proxy.tables.load();
+    tracing::info!(config = %proxy.config().path.display(), pools = t.pools.len(), routes = t.routes.len(), advertise = %t.advertise, "siplb ready");
+}

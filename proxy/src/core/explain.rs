@@ -1,0 +1,91 @@
+//! Where a request would go, explained: what `siplb route` prints and `/route` answers.
+//!
+//! A synthetic request is built for a method and an address of record ([`request`]) and routed
+//! through the wire path's own decision ([`Worker::explain`]), so the explanation cannot drift
+//! from what the wire path does. The demo's client sends the same requests.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::Worker;
+use crate::table::RoutingTable;
+
+/// A minimal SIP request for `aor`, as a UA would send it through siplb. A REGISTER goes to
+/// the AOR's domain; anything else to the AOR itself.
+pub(crate) fn request(
+    method: &str,
+    aor: &str,
+    call_id: &str,
+    cseq: u32,
+    via_sent_by: &str,
+) -> String {
+    let aor = if aor.contains(':') {
+        aor.to_string()
+    } else {
+        format!("sip:{aor}")
+    };
+    let ruri = match (method, aor.split_once('@')) {
+        ("REGISTER", Some((_, domain))) => format!("sip:{domain}"),
+        _ => aor.clone(),
+    };
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {via_sent_by};branch=z9hG4bK{call_id}-{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <{aor}>;tag=demo{cseq}\r\n\
+         To: <{aor}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         User-Agent: siplb-demo\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Where a request of `method` for `aor` goes in a table, as `siplb route` and `/route` show it.
+#[derive(Debug, Serialize)]
+pub(crate) struct RouteDoc {
+    pub routed: bool,
+    /// Index of the `[[route]]` that matched.
+    pub route: usize,
+    /// The key the route reads (`to-aor`, `from-aor`, …).
+    pub key: &'static str,
+    /// The user's home pool.
+    pub home: String,
+    /// The pool serving the home pool's users now.
+    pub serving: String,
+    /// The chosen server; `None` when the serving pool has none up (siplb answers 503).
+    pub server: Option<RouteServer>,
+}
+
+/// The server a request would reach.
+#[derive(Debug, Serialize)]
+pub(crate) struct RouteServer {
+    pub id: String,
+    pub address: String,
+    pub transport: &'static str,
+}
+
+/// Routes a synthetic request through the wire path's own decision; `Err` is the status siplb
+/// would answer with.
+pub(crate) fn explain(table: &RoutingTable, method: &str, aor: &str) -> Result<RouteDoc, u16> {
+    let request = request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
+    let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
+    let d = Worker::new().explain(table, request.as_bytes(), src)?;
+    let server = d.server.map(|s| {
+        let s = table.server(d.serving, s);
+        RouteServer {
+            id: s.id.clone(),
+            address: s.address.to_string(),
+            transport: s.transport.as_str(),
+        }
+    });
+    Ok(RouteDoc {
+        routed: true,
+        route: d.route,
+        key: table.routes[d.route].key_for(method.as_bytes()).as_str(),
+        home: table.pools[d.home].name.clone(),
+        serving: table.pools[d.serving].name.clone(),
+        server,
+    })
+}
