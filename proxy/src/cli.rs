@@ -6,11 +6,10 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use crate::config::{self, Config};
 use crate::core::explain;
-use crate::server::Proxy;
+use crate::server::{Listeners, Proxy};
 use crate::table::RoutingTable;
 use crate::token::Token;
 use clap::{Parser, Subcommand};
@@ -136,7 +135,8 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime(cfg.listen.workers)?;
     runtime.block_on(async {
         let metrics = crate::stats::install_metrics()?;
-        let proxy = Arc::new(Proxy::start(cfg, true)?);
+        let listeners = Listeners::bind(&cfg)?;
+        let proxy = Proxy::start(cfg, listeners, true, crate::shutdown_signal())?;
         let ops = crate::ops::Ops {
             proxy: proxy.clone(),
             metrics: Some(metrics),
@@ -145,7 +145,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let ops_addr = crate::ops::start(ops).await?;
         let _watch = crate::reload::spawn_watchers(proxy.clone(), token)?;
         announce(&proxy, ops_addr);
-        crate::shutdown_signal().await;
+        proxy.stopped().await;
         tracing::info!("stopping");
         Ok(ExitCode::SUCCESS)
     })

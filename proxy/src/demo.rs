@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +20,7 @@ use tokio::net::UdpSocket;
 use crate::config::{self, Config};
 use crate::core::explain;
 use crate::health::Op;
-use crate::server::Proxy;
+use crate::server::{Listeners, Proxy};
 use crate::sip::scan::{header_lines, scan};
 
 /// The shipped configuration, built in so the demo runs from anywhere.
@@ -129,7 +128,8 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let metrics = crate::stats::install_metrics()?;
-    let proxy = Arc::new(Proxy::start(cfg, true)?);
+    let listeners = Listeners::bind(&cfg)?;
+    let proxy = Proxy::start(cfg, listeners, true, crate::shutdown_signal())?;
     let addr = proxy.udp()[0];
     // The ops endpoint too, with a one-off admin token, so the status page and the admin API
     // can be tried while the demo runs.
@@ -289,6 +289,6 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         )?;
     }
     out.flush()?;
-    crate::shutdown_signal().await;
+    proxy.stopped().await;
     Ok(())
 }

@@ -28,7 +28,55 @@ pub struct ConfigMeta {
     pub last_error: Option<String>,
 }
 
-/// One configured UDP address: what it is bound to and the tasks serving it.
+/// The sockets bound for one configured UDP address: one per worker, all on one port
+/// (`SO_REUSEPORT`), not yet served.
+pub(crate) struct UdpBinding {
+    /// The address as configured (port 0 allowed).
+    configured: SocketAddr,
+    /// The address actually bound.
+    bound: SocketAddr,
+    sockets: Vec<std::net::UdpSocket>,
+}
+
+impl UdpBinding {
+    fn bind(addr: SocketAddr, workers: usize) -> anyhow::Result<UdpBinding> {
+        let (sockets, bound) =
+            udp::bind(addr, workers).with_context(|| format!("cannot bind udp {addr}"))?;
+        Ok(UdpBinding {
+            configured: addr,
+            bound,
+            sockets,
+        })
+    }
+}
+
+/// Every listener of a config, bound and not yet served: what [`Proxy::start`] takes. Binding
+/// apart from starting lets a caller (a test, the CLI) own the sockets and know their addresses
+/// before anything runs.
+pub(crate) struct Listeners {
+    udp: Vec<UdpBinding>,
+}
+
+impl Listeners {
+    /// Binds every `[listen] udp` address of `cfg`, `[listen] workers` sockets each.
+    pub(crate) fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+        if cfg.listen.udp.is_empty() {
+            anyhow::bail!(
+                "{}: [listen] udp is empty; this release serves SIP over UDP",
+                cfg.path.display()
+            );
+        }
+        let udp = cfg
+            .listen
+            .udp
+            .iter()
+            .map(|&addr| UdpBinding::bind(addr, cfg.listen.workers))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Listeners { udp })
+    }
+}
+
+/// One configured UDP address being served: what it is bound to and the tasks serving it.
 struct Listener {
     bound: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
@@ -55,6 +103,8 @@ pub struct Proxy {
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     supervisor: JoinHandle<()>,
+    /// Becomes true when the proxy has stopped.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Proxy {
@@ -82,16 +132,15 @@ fn warn_unserved(cfg: &Config) {
     }
 }
 
-fn bind_listener(
-    addr: SocketAddr,
-    workers: usize,
+/// Serves one bound address: a worker task per socket. The one place workers are spawned, at
+/// start and on reload alike.
+fn serve(
+    binding: UdpBinding,
     tables: &Arc<ArcSwap<RoutingTable>>,
     control: &Control,
 ) -> anyhow::Result<Listener> {
-    let (sockets, bound) =
-        udp::bind(addr, workers).with_context(|| format!("cannot bind udp {addr}"))?;
-    let mut tasks = Vec::with_capacity(sockets.len());
-    for s in sockets {
+    let mut tasks = Vec::with_capacity(binding.sockets.len());
+    for s in binding.sockets {
         let socket = tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?;
         tasks.push(tokio::spawn(udp::serve(
             socket,
@@ -99,59 +148,44 @@ fn bind_listener(
             control.clone(),
         )));
     }
-    Ok(Listener { bound, tasks })
+    Ok(Listener {
+        bound: binding.bound,
+        tasks,
+    })
 }
 
 impl Proxy {
-    /// Binds every listener of `cfg`, builds the first routing table, starts the health
-    /// supervisor (with probes when `probe` is true) and the workers. Must run inside a tokio
-    /// runtime.
-    pub fn start(cfg: Config, probe: bool) -> anyhow::Result<Proxy> {
-        if cfg.listen.udp.is_empty() {
+    /// Starts a proxy on `listeners` (bound from `cfg` by [`Listeners::bind`]): builds the first
+    /// routing table, starts the health supervisor (with probes when `probe` is true) and a
+    /// worker per socket. Everything stops when `shutdown` resolves (or the proxy is dropped);
+    /// [`Proxy::stopped`] says when. Must run inside a tokio runtime.
+    pub(crate) fn start(
+        cfg: Config,
+        listeners: Listeners,
+        probe: bool,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Arc<Proxy>> {
+        warn_unserved(&cfg);
+        let bound: Vec<SocketAddr> = listeners.udp.iter().map(|b| b.bound).collect();
+        let Some(&first) = bound.first() else {
             anyhow::bail!(
                 "{}: [listen] udp is empty; this release serves SIP over UDP",
                 cfg.path.display()
             );
-        }
-        warn_unserved(&cfg);
-        // The table needs the bound addresses and the workers need the table: bind first,
-        // serve once the table and the supervisor exist.
-        let mut bound = Vec::new();
-        let mut sockets = Vec::new();
-        for &addr in &cfg.listen.udp {
-            let (socks, local) = udp::bind(addr, cfg.listen.workers)
-                .with_context(|| format!("cannot bind udp {addr}"))?;
-            sockets.push((addr, local, socks));
-            bound.push(local);
-        }
+        };
         let advertise = cfg
             .listen
             .advertise
             .clone()
-            .unwrap_or_else(|| advertise_of(bound[0]));
+            .unwrap_or_else(|| advertise_of(first));
         let table = RoutingTable::build(&cfg, advertise, bound, 1, &ConfigHealth);
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
-        let mut listeners = Vec::new();
-        for (addr, local, socks) in sockets {
-            let mut tasks = Vec::new();
-            for s in socks {
-                let socket =
-                    tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?;
-                tasks.push(tokio::spawn(udp::serve(
-                    socket,
-                    tables.clone(),
-                    control.clone(),
-                )));
-            }
-            listeners.push((
-                addr,
-                Listener {
-                    bound: local,
-                    tasks,
-                },
-            ));
+        let mut served = Vec::new();
+        for binding in listeners.udp {
+            let addr = binding.configured;
+            served.push((addr, serve(binding, &tables, &control)?));
         }
         let meta = ConfigMeta {
             path: config.path.clone(),
@@ -159,15 +193,43 @@ impl Proxy {
             loaded_at: now_rfc3339(),
             last_error: None,
         };
-        Ok(Proxy {
+        let (stopped, _) = tokio::sync::watch::channel(false);
+        let proxy = Arc::new(Proxy {
             tables,
             control,
             config: ArcSwap::new(config),
             meta: Mutex::new(meta),
-            listeners: Mutex::new(listeners),
+            listeners: Mutex::new(served),
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
-        })
+            stopped,
+        });
+        let weak = Arc::downgrade(&proxy);
+        tokio::spawn(async move {
+            shutdown.await;
+            if let Some(proxy) = weak.upgrade() {
+                proxy.stop();
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// Stops the workers, the probes and the supervisor; the ops endpoint and reload watchers
+    /// of the process stop with the runtime.
+    fn stop(&self) {
+        self.supervisor.abort();
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.stopped.send_replace(true);
+    }
+
+    /// Resolves once the shutdown future given to [`Proxy::start`] has resolved and the proxy
+    /// has stopped.
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|&s| s).await;
     }
 
     /// The config in effect.
@@ -276,8 +338,8 @@ impl Proxy {
                 match kept.remove(&addr) {
                     Some(l) => next.push((addr, l)),
                     None => {
-                        let l =
-                            bind_listener(addr, cfg.listen.workers, &self.tables, &self.control)?;
+                        let binding = UdpBinding::bind(addr, cfg.listen.workers)?;
+                        let l = serve(binding, &self.tables, &self.control)?;
                         tracing::info!(%addr, bound = %l.bound, "udp listener opened");
                         fresh.push(addr);
                         next.push((addr, l));
@@ -313,5 +375,63 @@ pub fn advertise_of(addr: SocketAddr) -> HostPort {
     HostPort {
         host,
         port: Some(addr.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use tokio::net::UdpSocket;
+
+    use super::*;
+    use crate::core::explain;
+
+    /// A config with one UDP listener on an ephemeral port and one pool of `servers`.
+    fn config(listen: &str, servers: &[SocketAddr]) -> Config {
+        let servers: Vec<String> = servers
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        let text = format!(
+            "[listen]\nudp = [{listen}]\nworkers = 1\n\
+             [[pool]]\nname = \"fe\"\nservers = [{}]\n\
+             [[route]]\npool = \"fe\"\n",
+            servers.join(", ")
+        );
+        config::parse(Path::new("test.toml"), &text).expect("valid config")
+    }
+
+    #[tokio::test]
+    async fn a_proxy_serves_the_listeners_it_is_given_until_its_shutdown_future_resolves() {
+        let backend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let cfg = config("\"127.0.0.1:0\"", &[backend.local_addr().unwrap()]);
+        let listeners = Listeners::bind(&cfg).unwrap();
+        let addr = listeners.udp[0].bound;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = Proxy::start(cfg, listeners, false, async {
+            let _ = stopped.await;
+        })
+        .unwrap();
+        assert_eq!(proxy.udp(), vec![addr]);
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sent_by = client.local_addr().unwrap().to_string();
+        let request = explain::request("REGISTER", "alice@contoso.com", "seam-1", 1, &sent_by);
+        client.send_to(request.as_bytes(), addr).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), backend.recv_from(&mut buf))
+            .await
+            .expect("the backend got the REGISTER")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"REGISTER sip:contoso.com SIP/2.0\r\n"));
+        assert_eq!(from, addr, "forwarded from the listener's socket");
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), proxy.stopped())
+            .await
+            .expect("the proxy stopped");
+        assert!(proxy.udp().is_empty(), "listeners closed at shutdown");
     }
 }
