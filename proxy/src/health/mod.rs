@@ -10,13 +10,15 @@
 
 mod status;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use healthcheck::{Failure, Outcome};
+use healthcheck::{Failure, Outcome, ProbeSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -110,6 +112,14 @@ impl Control {
     }
 }
 
+/// Where a probe task hands each result.
+type Report = Box<dyn FnMut(Outcome) + Send>;
+
+/// Starts the probe task of one server: its address, its settings, where results go. The
+/// supervisor aborts the task when the server's address or settings change or it leaves the
+/// config. Real probes are [`healthcheck::probe::probe_loop`]; tests put their own in.
+type Prober = Arc<dyn Fn(SocketAddr, ProbeSettings, Report) -> JoinHandle<()> + Send + Sync>;
+
 /// Starts the supervisor for `cfg` with the first table already in `tables`; probes start at
 /// once unless `probe` is false (then servers stay as the config says until an operator or a
 /// passive signal changes them).
@@ -118,8 +128,19 @@ pub fn start(
     tables: Arc<ArcSwap<RoutingTable>>,
     probe: bool,
 ) -> (Control, JoinHandle<()>) {
+    let prober: Prober = Arc::new(|target, settings, report| {
+        tokio::spawn(healthcheck::probe::probe_loop(target, settings, report))
+    });
+    launch(cfg, tables, probe.then_some(prober))
+}
+
+fn launch(
+    cfg: Arc<Config>,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    prober: Option<Prober>,
+) -> (Control, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
-    let sup = supervisor::Supervisor::new(cfg, tables, probe, tx.downgrade());
+    let sup = supervisor::Supervisor::new(cfg, tables, prober, tx.downgrade());
     let task = tokio::spawn(sup.run(rx));
     (Control { tx }, task)
 }

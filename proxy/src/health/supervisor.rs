@@ -6,14 +6,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use healthcheck::probe::{probe_loop, ProbeSettings};
+use healthcheck::probe::ProbeSettings;
 use healthcheck::{FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{status, Event, Op, OpError, Reload};
+use super::{status, Event, Op, OpError, Prober, Reload};
 use crate::config::{Config, HostPort, PoolConfig};
 use crate::table::{HealthView, RoutingTable};
+
+/// The supervisor's clock: tokio's, so that tests run it under a paused clock
+/// (`tokio::time::pause`, `advance`) and failback timers fire when the test says.
+pub(super) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Settings of one server's probes.
 #[derive(Clone, Copy, PartialEq)]
@@ -64,7 +70,8 @@ pub(super) struct Supervisor {
     by_addr: HashMap<SocketAddr, Arc<str>>,
     /// Failover state, in the order of `cfg.pools`.
     pub pools: Vec<PoolFailover>,
-    probing: bool,
+    /// Starts probe tasks; `None`: no probing.
+    prober: Option<Prober>,
     tx: mpsc::WeakSender<Event>,
 }
 
@@ -82,7 +89,7 @@ impl Supervisor {
     pub fn new(
         cfg: Arc<Config>,
         tables: Arc<ArcSwap<RoutingTable>>,
-        probing: bool,
+        prober: Option<Prober>,
         tx: mpsc::WeakSender<Event>,
     ) -> Self {
         let table = tables.load_full();
@@ -95,10 +102,10 @@ impl Supervisor {
             servers: HashMap::new(),
             by_addr: HashMap::new(),
             pools: Vec::new(),
-            probing,
+            prober,
             tx,
         };
-        sup.reconcile(cfg, Instant::now());
+        sup.reconcile(cfg, now());
         sup
     }
 
@@ -112,7 +119,7 @@ impl Supervisor {
             let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
             let wake = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -127,7 +134,7 @@ impl Supervisor {
                     false
                 }
             };
-            changed |= self.evaluate_pools(Instant::now());
+            changed |= self.evaluate_pools(now());
             if changed {
                 self.swap();
             }
@@ -136,7 +143,7 @@ impl Supervisor {
 
     /// Applies one event; true when routing may have changed.
     fn on_event(&mut self, ev: Event) -> bool {
-        let now = Instant::now();
+        let now = now();
         match ev {
             Event::Probe { id, outcome } => self.record(&id, outcome, now),
             Event::Passive { addr, failure } => match self.by_addr.get(&addr).cloned() {
@@ -233,17 +240,16 @@ impl Supervisor {
         if let Some(p) = entry.probe.take() {
             p.abort();
         }
-        if !self.probing {
-            return;
-        }
+        let Some(prober) = &self.prober else { return };
         let Some(tx) = self.tx.upgrade() else { return };
         let (target, settings, id) = (entry.address, entry.plan.settings, id.clone());
-        entry.probe = Some(tokio::spawn(probe_loop(target, settings, move |outcome| {
+        let report = Box::new(move |outcome| {
             let _ = tx.try_send(Event::Probe {
                 id: id.clone(),
                 outcome,
             });
-        })));
+        });
+        entry.probe = Some(prober(target, settings, report));
     }
 
     fn record(&mut self, id: &Arc<str>, outcome: Outcome, now: Instant) -> bool {

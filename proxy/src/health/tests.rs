@@ -1,0 +1,350 @@
+//! The supervisor under tokio's paused clock: what a reload keeps (health by id, failover by
+//! pool name, an operator's drain), which probes it restarts, and when failback timers fire.
+//! Probes are fakes the tests report through; no socket, no wall-clock sleep.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use healthcheck::{Failure, Outcome, ProbeSettings};
+use tokio::task::JoinHandle;
+
+use super::{launch, Control, Op, Prober, Reload, Report, Status};
+use crate::config::{self, Config, HostPort};
+use crate::table::{ConfigHealth, RoutingTable};
+
+/// One probe task the supervisor started.
+struct Spawned {
+    target: SocketAddr,
+    settings: ProbeSettings,
+    report: Report,
+    /// False once the supervisor aborted the task.
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears `alive` when the probe task is dropped (aborted).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+type Spawns = Arc<Mutex<Vec<Spawned>>>;
+
+fn fake_prober() -> (Prober, Spawns) {
+    let spawns: Spawns = Arc::default();
+    let record = spawns.clone();
+    let prober: Prober = Arc::new(move |target, settings, report| {
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        record.lock().unwrap().push(Spawned {
+            target,
+            settings,
+            report,
+            alive,
+        });
+        let task: JoinHandle<()> = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        task
+    });
+    (prober, spawns)
+}
+
+const OK: Outcome = Outcome::Alive {
+    rtt: Duration::from_millis(1),
+    code: Some(200),
+};
+const TIMEOUT: Outcome = Outcome::Failed(Failure::Timeout);
+
+/// Two paired pools; `a` fails back 30 s after it comes back (unless `failback` says other).
+fn config_text(a_servers: &str, failback: &str, health: &str) -> String {
+    format!(
+        r#"
+[listen]
+udp = ["127.0.0.1:5060"]
+[health]
+fall = 2
+rise = 2
+{health}
+[[pool]]
+name = "a"
+pair = "b"
+failback_after = "{failback}"
+servers = [{a_servers}]
+[[pool]]
+name = "b"
+pair = "a"
+servers = [{{ id = "b1", address = "127.0.0.1:5081" }}]
+[[route]]
+pools = ["a"]
+"#
+    )
+}
+
+const A: &str =
+    r#"{ id = "a1", address = "127.0.0.1:5071" }, { id = "a2", address = "127.0.0.1:5072" }"#;
+
+fn parse(text: &str) -> Arc<Config> {
+    Arc::new(config::parse(Path::new("sup.toml"), text).expect("valid config"))
+}
+
+fn local() -> Vec<SocketAddr> {
+    vec![([127, 0, 0, 1], 5060).into()]
+}
+
+fn advertise() -> HostPort {
+    HostPort {
+        host: "127.0.0.1".into(),
+        port: Some(5060),
+    }
+}
+
+struct Harness {
+    control: Control,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    spawns: Spawns,
+    _task: JoinHandle<()>,
+}
+
+impl Harness {
+    fn start(text: &str) -> Harness {
+        let cfg = parse(text);
+        let table = RoutingTable::build(&cfg, advertise(), local(), 1, &ConfigHealth);
+        let tables = Arc::new(ArcSwap::from_pointee(table));
+        let (prober, spawns) = fake_prober();
+        let (control, task) = launch(cfg, tables.clone(), Some(prober));
+        Harness {
+            control,
+            tables,
+            spawns,
+            _task: task,
+        }
+    }
+
+    /// Reports `outcome` `times` times from the live probe of `target`.
+    fn report(&self, target: &str, outcome: Outcome, times: usize) {
+        let target: SocketAddr = target.parse().unwrap();
+        let mut spawns = self.spawns.lock().unwrap();
+        let probe = spawns
+            .iter_mut()
+            .rev()
+            .find(|s| s.target == target && s.alive.load(Ordering::SeqCst))
+            .expect("a live probe of the target");
+        for _ in 0..times {
+            (probe.report)(outcome);
+        }
+    }
+
+    async fn reload(&self, text: &str) {
+        let reload = Reload {
+            config: parse(text),
+            advertise: advertise(),
+            local: local(),
+        };
+        self.control.reload(reload).await.expect("reload applied");
+        settle().await;
+    }
+
+    async fn status(&self) -> Status {
+        self.control.status().await.expect("supervisor runs")
+    }
+
+    /// `id`'s state in `/status`, `None` when the server is not there.
+    async fn server_state(&self, id: &str) -> Option<&'static str> {
+        self.status()
+            .await
+            .pools
+            .iter()
+            .flat_map(|p| &p.servers)
+            .find(|s| s.id == id)
+            .map(|s| s.state)
+    }
+
+    /// Whether the table in use serves pool `a`'s users from its pair.
+    fn a_failed_over(&self) -> bool {
+        self.tables.load().pools[0].failed_over
+    }
+
+    /// Probe tasks started for `target`, and how many of them still run.
+    fn probes_of(&self, target: &str) -> (usize, usize) {
+        let target: SocketAddr = target.parse().unwrap();
+        let spawns = self.spawns.lock().unwrap();
+        let of: Vec<&Spawned> = spawns.iter().filter(|s| s.target == target).collect();
+        let alive = of.iter().filter(|s| s.alive.load(Ordering::SeqCst)).count();
+        (of.len(), alive)
+    }
+}
+
+/// Lets the supervisor (and aborted tasks) run until nothing is left to do; the paused clock
+/// does not move.
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_health_by_id_starts_new_servers_up_and_forgets_removed_ones() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    h.report("127.0.0.1:5071", TIMEOUT, 2);
+    settle().await;
+    assert_eq!(h.server_state("a1").await, Some("down"));
+
+    let next =
+        r#"{ id = "a1", address = "127.0.0.1:5071" }, { id = "a3", address = "127.0.0.1:5073" }"#;
+    h.reload(&config_text(next, "30s", "")).await;
+    assert_eq!(
+        h.server_state("a1").await,
+        Some("down"),
+        "health kept by id"
+    );
+    assert_eq!(
+        h.server_state("a3").await,
+        Some("up"),
+        "a new server starts up"
+    );
+    assert_eq!(h.server_state("a2").await, None, "a removed server is gone");
+    let t = h.tables.load();
+    let a1 = t.pools[0].servers.iter().find(|s| s.id == "a1").unwrap();
+    assert_eq!(
+        a1.state,
+        healthcheck::ServerState::Down,
+        "the new table too"
+    );
+
+    // The same id at a new address is the same server: its health stays.
+    let moved =
+        r#"{ id = "a1", address = "127.0.0.1:5079" }, { id = "a3", address = "127.0.0.1:5073" }"#;
+    h.reload(&config_text(moved, "30s", "")).await;
+    assert_eq!(h.server_state("a1").await, Some("down"));
+    h.report("127.0.0.1:5079", OK, 2);
+    settle().await;
+    assert_eq!(
+        h.server_state("a1").await,
+        Some("up"),
+        "the probe at the new address reports for a1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_restart_only_when_a_servers_address_or_settings_change() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    for s in ["127.0.0.1:5071", "127.0.0.1:5072", "127.0.0.1:5081"] {
+        assert_eq!(h.probes_of(s), (1, 1), "{s} probed once");
+    }
+
+    h.reload(&config_text(A, "30s", "")).await;
+    for s in ["127.0.0.1:5071", "127.0.0.1:5072", "127.0.0.1:5081"] {
+        assert_eq!(h.probes_of(s), (1, 1), "{s}: same config, same probe");
+    }
+
+    let moved =
+        r#"{ id = "a1", address = "127.0.0.1:5071" }, { id = "a2", address = "127.0.0.1:5073" }"#;
+    h.reload(&config_text(moved, "30s", "")).await;
+    assert_eq!(
+        h.probes_of("127.0.0.1:5072"),
+        (1, 0),
+        "old address: stopped"
+    );
+    assert_eq!(h.probes_of("127.0.0.1:5073"), (1, 1), "new address: probed");
+    assert_eq!(h.probes_of("127.0.0.1:5071"), (1, 1), "a1 untouched");
+
+    h.reload(&config_text(moved, "30s", "interval = \"3s\""))
+        .await;
+    for s in ["127.0.0.1:5071", "127.0.0.1:5073", "127.0.0.1:5081"] {
+        assert_eq!(h.probes_of(s), (2, 1), "{s}: new settings, new probe");
+    }
+    let last = {
+        let spawns = h.spawns.lock().unwrap();
+        spawns.last().map(|s| s.settings).unwrap()
+    };
+    assert_eq!(last.interval, Duration::from_secs(3));
+    assert_eq!(last.confirm, 1, "fall - 1 confirmations");
+
+    let only_a1 = r#"{ id = "a1", address = "127.0.0.1:5071" }"#;
+    h.reload(&config_text(only_a1, "30s", "interval = \"3s\""))
+        .await;
+    assert_eq!(
+        h.probes_of("127.0.0.1:5073"),
+        (2, 0),
+        "removed server: stopped"
+    );
+    assert_eq!(h.probes_of("127.0.0.1:5071"), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drains_follow_the_config_and_an_operators_drain_survives_reloads() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    h.control.op(Op::Drain("a1".into())).await.unwrap();
+    assert_eq!(h.server_state("a1").await, Some("drained"));
+
+    h.reload(&config_text(A, "30s", "")).await;
+    assert_eq!(
+        h.server_state("a1").await,
+        Some("drained"),
+        "the config did not change a1's drain: the operator's stays"
+    );
+
+    let a2_drained = r#"{ id = "a1", address = "127.0.0.1:5071" }, { id = "a2", address = "127.0.0.1:5072", drained = true }"#;
+    h.reload(&config_text(a2_drained, "30s", "")).await;
+    assert_eq!(
+        h.server_state("a2").await,
+        Some("drained"),
+        "drained by the config"
+    );
+    assert_eq!(h.server_state("a1").await, Some("drained"));
+
+    h.reload(&config_text(A, "30s", "")).await;
+    assert_eq!(
+        h.server_state("a2").await,
+        Some("up"),
+        "undrained by the config"
+    );
+    assert_eq!(h.server_state("a1").await, Some("drained"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_waits_failback_after_even_across_a_reload_that_changes_it() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    h.report("127.0.0.1:5071", TIMEOUT, 2);
+    h.report("127.0.0.1:5072", TIMEOUT, 2);
+    settle().await;
+    assert!(
+        h.a_failed_over(),
+        "a is down and b is up: a's users go to b"
+    );
+
+    h.report("127.0.0.1:5071", OK, 2);
+    settle().await;
+    assert!(h.a_failed_over(), "a is up again: the hold time starts");
+
+    tokio::time::advance(Duration::from_secs(20)).await;
+    settle().await;
+    assert!(h.a_failed_over());
+
+    // The hold time becomes 60 s; the failover state and the time a has been up are kept.
+    h.reload(&config_text(A, "60s", "")).await;
+    assert!(h.a_failed_over(), "a reload keeps a pool's failover");
+    tokio::time::advance(Duration::from_secs(15)).await;
+    settle().await;
+    assert!(h.a_failed_over(), "35 s up: the new 60 s hold applies");
+
+    tokio::time::advance(Duration::from_secs(26)).await;
+    settle().await;
+    assert!(!h.a_failed_over(), "61 s up: users are home");
+    let status = h.status().await;
+    let a = &status.pools[0];
+    assert_eq!(a.serving, "a");
+    assert_eq!(a.reason.as_deref(), Some("pool up for failback_after"));
+}
