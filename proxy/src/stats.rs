@@ -149,6 +149,12 @@ pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::P
         )?
         .install_recorder()?;
     register();
+    metrics::describe_counter!(
+        "siplb_passive_signals_shed_total",
+        "Passive health signals (a 503 from a server, an ICMP error on a forward) dropped because \
+         the health supervisor had a full queue of them; probe results are never dropped"
+    );
+    metrics::counter!("siplb_passive_signals_shed_total").increment(0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -2,8 +2,9 @@
 //! writer of the routing table.
 //!
 //! Probe results, passive signals from the wire path (a 503 from a server, an ICMP port
-//! unreachable on a forward), operator commands and config reloads all arrive on one channel.
-//! Each updates a server's fall/rise state machine or a pool's failover state; when anything
+//! unreachable on a forward), operator commands and config reloads arrive on three channels
+//! (see [`Inbox`]), so that a flood of passive signals can never crowd out a probe result. Each
+//! updates a server's fall/rise state machine or a pool's failover state; when anything
 //! routing depends on changed, the supervisor builds a new table aside and swaps it in. Because
 //! one task does all of it, swaps are serialised and every table is consistent; the wire path
 //! only ever loads a table and never waits for health.
@@ -60,18 +61,45 @@ pub struct Reload {
     pub local: Vec<SocketAddr>,
 }
 
-enum Event {
-    Probe { id: Arc<str>, outcome: Outcome },
-    Passive { addr: SocketAddr, failure: Failure },
+/// What operators and reloads ask of the supervisor; each waits for its answer.
+enum Command {
     Op(Op, oneshot::Sender<Result<String, OpError>>),
     Reload(Reload, oneshot::Sender<u64>),
     Status(oneshot::Sender<Status>),
 }
 
+/// One probe result, for the server with this id.
+struct ProbeResult {
+    id: Arc<str>,
+    outcome: Outcome,
+}
+
+/// A passive failure seen by the wire path at a server's address.
+struct Passive {
+    addr: SocketAddr,
+    failure: Failure,
+}
+
+/// Passive signals waiting for the supervisor, at most. Beyond that the wire path sheds them
+/// (counted in `siplb_passive_signals_shed_total`) rather than wait: a flood of them says no more
+/// than the first few, and the server's probes still run.
+const PASSIVE_QUEUE: usize = 4096;
+
+/// The supervisor's three inputs, each on its own channel so that none can crowd out another:
+/// commands (operators, reloads, status; bounded, senders wait), probe results (unbounded: at
+/// most a few per server per probe interval, and never dropped) and passive signals (bounded,
+/// shed when full).
+struct Inbox {
+    commands: mpsc::Receiver<Command>,
+    probes: mpsc::UnboundedReceiver<ProbeResult>,
+    passive: mpsc::Receiver<Passive>,
+}
+
 /// A handle on the supervisor. Cheap to clone.
 #[derive(Clone)]
 pub struct Control {
-    tx: mpsc::Sender<Event>,
+    commands: mpsc::Sender<Command>,
+    passive: mpsc::Sender<Passive>,
 }
 
 impl fmt::Debug for Control {
@@ -81,15 +109,15 @@ impl fmt::Debug for Control {
 }
 
 impl Control {
-    async fn ask<T>(&self, event: impl FnOnce(oneshot::Sender<T>) -> Event) -> Option<T> {
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(event(tx)).await.ok()?;
+        self.commands.send(command(tx)).await.ok()?;
         rx.await.ok()
     }
 
     /// Runs an operator command; the answer says what changed.
     pub async fn op(&self, op: Op) -> Result<String, OpError> {
-        self.ask(|tx| Event::Op(op, tx))
+        self.ask(|tx| Command::Op(op, tx))
             .await
             .unwrap_or(Err(OpError::Stopped))
     }
@@ -97,18 +125,23 @@ impl Control {
     /// Hands a validated config to the supervisor: servers keep their health by id, pools their
     /// failover state by name. Returns the version of the table built from it.
     pub async fn reload(&self, reload: Reload) -> Option<u64> {
-        self.ask(|tx| Event::Reload(reload, tx)).await
+        self.ask(|tx| Command::Reload(reload, tx)).await
     }
 
     /// Pools and servers as the supervisor sees them now.
     pub async fn status(&self) -> Option<Status> {
-        self.ask(Event::Status).await
+        self.ask(Command::Status).await
     }
 
-    /// A passive failure seen by the wire path. Never blocks: under a flood the signal is
-    /// dropped, and the probes still see the server.
+    /// A passive failure seen by the wire path. Never blocks: when [`PASSIVE_QUEUE`] signals
+    /// already wait, this one is shed and counted; probe results travel apart and are never
+    /// crowded out.
     pub fn passive(&self, addr: SocketAddr, failure: Failure) {
-        let _ = self.tx.try_send(Event::Passive { addr, failure });
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.passive.try_send(Passive { addr, failure })
+        {
+            metrics::counter!("siplb_passive_signals_shed_total").increment(1);
+        }
     }
 }
 
@@ -139,8 +172,15 @@ fn launch(
     tables: Arc<ArcSwap<RoutingTable>>,
     prober: Option<Prober>,
 ) -> (Control, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(4096);
-    let sup = supervisor::Supervisor::new(cfg, tables, prober, tx.downgrade());
-    let task = tokio::spawn(sup.run(rx));
-    (Control { tx }, task)
+    let (commands, commands_rx) = mpsc::channel(64);
+    let (passive, passive_rx) = mpsc::channel(PASSIVE_QUEUE);
+    let (probes, probes_rx) = mpsc::unbounded_channel();
+    let sup = supervisor::Supervisor::new(cfg, tables, prober, probes);
+    let inbox = Inbox {
+        commands: commands_rx,
+        probes: probes_rx,
+        passive: passive_rx,
+    };
+    let task = tokio::spawn(sup.run(inbox));
+    (Control { commands, passive }, task)
 }

@@ -11,7 +11,7 @@ use healthcheck::{FailoverChange, Outcome, PoolFailover, ServerHealth, ServerSta
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{status, Event, Op, OpError, Prober, Reload};
+use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
 use crate::config::{Config, HostPort, PoolConfig};
 use crate::table::{HealthView, RoutingTable};
 
@@ -72,7 +72,8 @@ pub(super) struct Supervisor {
     pub pools: Vec<PoolFailover>,
     /// Starts probe tasks; `None`: no probing.
     prober: Option<Prober>,
-    tx: mpsc::WeakSender<Event>,
+    /// Where probe tasks send their results.
+    probes: mpsc::UnboundedSender<ProbeResult>,
 }
 
 impl HealthView for Supervisor {
@@ -90,7 +91,7 @@ impl Supervisor {
         cfg: Arc<Config>,
         tables: Arc<ArcSwap<RoutingTable>>,
         prober: Option<Prober>,
-        tx: mpsc::WeakSender<Event>,
+        probes: mpsc::UnboundedSender<ProbeResult>,
     ) -> Self {
         let table = tables.load_full();
         let mut sup = Supervisor {
@@ -103,13 +104,13 @@ impl Supervisor {
             by_addr: HashMap::new(),
             pools: Vec::new(),
             prober,
-            tx,
+            probes,
         };
         sup.reconcile(cfg, now());
         sup
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+    pub async fn run(mut self, mut inbox: Inbox) {
         // Gauges are published on every change and refreshed on this tick; the exporter drops
         // a gauge nobody refreshed for a while, which is how a server or pool removed by a
         // reload leaves /metrics.
@@ -123,15 +124,26 @@ impl Supervisor {
                     None => std::future::pending().await,
                 }
             };
+            // In this order, so that passive signals, however many, come last.
             let mut changed = tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
+                biased;
+                command = inbox.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
                     None => break,
                 },
+                Some(ProbeResult { id, outcome }) = inbox.probes.recv() => {
+                    self.record(&id, outcome, now())
+                }
                 _ = wake => false,
                 _ = gauges.tick() => {
                     self.publish_gauges();
                     false
+                }
+                Some(Passive { addr, failure }) = inbox.passive.recv() => {
+                    match self.by_addr.get(&addr).cloned() {
+                        Some(id) => self.record(&id, Outcome::Failed(failure), now()),
+                        None => false,
+                    }
                 }
             };
             changed |= self.evaluate_pools(now());
@@ -141,22 +153,17 @@ impl Supervisor {
         }
     }
 
-    /// Applies one event; true when routing may have changed.
-    fn on_event(&mut self, ev: Event) -> bool {
+    /// Applies one command; true when routing may have changed.
+    fn on_command(&mut self, command: Command) -> bool {
         let now = now();
-        match ev {
-            Event::Probe { id, outcome } => self.record(&id, outcome, now),
-            Event::Passive { addr, failure } => match self.by_addr.get(&addr).cloned() {
-                Some(id) => self.record(&id, Outcome::Failed(failure), now),
-                None => false,
-            },
-            Event::Op(op, reply) => {
+        match command {
+            Command::Op(op, reply) => {
                 let result = self.operate(op, now);
                 let changed = result.is_ok();
                 let _ = reply.send(result);
                 changed
             }
-            Event::Reload(reload, reply) => {
+            Command::Reload(reload, reply) => {
                 let Reload {
                     config,
                     advertise,
@@ -170,7 +177,7 @@ impl Supervisor {
                 let _ = reply.send(self.version);
                 false
             }
-            Event::Status(reply) => {
+            Command::Status(reply) => {
                 let _ = reply.send(status::build(self, now));
                 false
             }
@@ -241,10 +248,11 @@ impl Supervisor {
             p.abort();
         }
         let Some(prober) = &self.prober else { return };
-        let Some(tx) = self.tx.upgrade() else { return };
-        let (target, settings, id) = (entry.address, entry.plan.settings, id.clone());
+        let (tx, target, settings) = (self.probes.clone(), entry.address, entry.plan.settings);
+        let id = id.clone();
         let report = Box::new(move |outcome| {
-            let _ = tx.try_send(Event::Probe {
+            // Fails only once the supervisor is gone, and then nobody needs the result.
+            let _ = tx.send(ProbeResult {
                 id: id.clone(),
                 outcome,
             });

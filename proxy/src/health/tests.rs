@@ -348,3 +348,39 @@ async fn failback_waits_failback_after_even_across_a_reload_that_changes_it() {
     assert_eq!(a.serving, "a");
     assert_eq!(a.reason.as_deref(), Some("pool up for failback_after"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_passive_signals_is_shed_and_counted_and_probe_results_still_land() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    // The supervisor does not run while this loop does (one thread): the queue fills up.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let flood = super::PASSIVE_QUEUE + 1000;
+    metrics::with_local_recorder(&recorder, || {
+        for _ in 0..flood {
+            h.control
+                .passive("127.0.0.1:5081".parse().unwrap(), Failure::PassiveRefused);
+        }
+    });
+    assert!(
+        metrics
+            .render()
+            .contains("siplb_passive_signals_shed_total 1000"),
+        "what was shed is counted:\n{}",
+        metrics.render()
+    );
+
+    h.report("127.0.0.1:5071", TIMEOUT, 2);
+    settle().await;
+    assert_eq!(
+        h.server_state("a1").await,
+        Some("down"),
+        "the probe results behind the flood were not lost"
+    );
+    assert_eq!(
+        h.server_state("b1").await,
+        Some("down"),
+        "the signals that were queued count"
+    );
+}
