@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, ConfigError, HostPort, Transport};
 use crate::health::{self, Control, Reload};
 use crate::table::{ConfigHealth, RoutingTable};
-use crate::udp;
+use crate::udp::{self, Senders};
 
 /// Where the running config came from and how its last reload went (for `/status`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -79,6 +79,8 @@ impl Listeners {
 /// One configured UDP address being served: what it is bound to and the tasks serving it.
 struct Listener {
     bound: SocketAddr,
+    /// The socket other listeners send from to reach this one's address family.
+    sender: Arc<tokio::net::UdpSocket>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -100,6 +102,8 @@ pub struct Proxy {
     meta: Mutex<ConfigMeta>,
     /// Configured UDP address → its listener, in config order.
     listeners: Mutex<Vec<(SocketAddr, Listener)>>,
+    /// A socket per address family, for sends across families.
+    senders: Senders,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     supervisor: JoinHandle<()>,
@@ -138,18 +142,25 @@ fn serve(
     binding: UdpBinding,
     tables: &Arc<ArcSwap<RoutingTable>>,
     control: &Control,
+    senders: &Senders,
 ) -> anyhow::Result<Listener> {
     let mut tasks = Vec::with_capacity(binding.sockets.len());
+    let mut first = None;
     for s in binding.sockets {
-        let socket = tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?;
+        let socket =
+            Arc::new(tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?);
+        first.get_or_insert_with(|| socket.clone());
         tasks.push(tokio::spawn(udp::serve(
             socket,
             tables.clone(),
             control.clone(),
+            senders.clone(),
         )));
     }
+    let sender = first.context("no socket bound")?;
     Ok(Listener {
         bound: binding.bound,
+        sender,
         tasks,
     })
 }
@@ -182,11 +193,13 @@ impl Proxy {
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
+        let senders = Senders::default();
         let mut served = Vec::new();
         for binding in listeners.udp {
             let addr = binding.configured;
-            served.push((addr, serve(binding, &tables, &control)?));
+            served.push((addr, serve(binding, &tables, &control, &senders)?));
         }
+        senders.set(served.iter().map(|(_, l)| l.sender.clone()));
         let meta = ConfigMeta {
             path: config.path.clone(),
             version: 1,
@@ -200,6 +213,7 @@ impl Proxy {
             config: ArcSwap::new(config),
             meta: Mutex::new(meta),
             listeners: Mutex::new(served),
+            senders,
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
             stopped,
@@ -222,6 +236,7 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.senders.set([]);
         self.stopped.send_replace(true);
     }
 
@@ -339,7 +354,7 @@ impl Proxy {
                     Some(l) => next.push((addr, l)),
                     None => {
                         let binding = UdpBinding::bind(addr, cfg.listen.workers)?;
-                        let l = serve(binding, &self.tables, &self.control)?;
+                        let l = serve(binding, &self.tables, &self.control, &self.senders)?;
                         tracing::info!(%addr, bound = %l.bound, "udp listener opened");
                         fresh.push(addr);
                         next.push((addr, l));
@@ -361,6 +376,7 @@ impl Proxy {
             tracing::info!(%addr, "udp listener closed");
         }
         let bound = next.iter().map(|(_, l)| l.bound).collect();
+        self.senders.set(next.iter().map(|(_, l)| l.sender.clone()));
         *listeners = next;
         Ok(bound)
     }

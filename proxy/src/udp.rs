@@ -73,8 +73,56 @@ fn is_icmp_error(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one socket until the task is dropped.
-pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, control: Control) {
+/// One socket of each address family siplb listens on, to send from when a datagram must go to
+/// the other family than the one it arrived on: an IPv4 client's request for an IPv6 server, and
+/// that server's response back to the client. A socket cannot send across families (the kernel
+/// refuses), so without this such a message would be lost. Cheap to clone; the proxy updates it
+/// whenever its listeners change.
+#[derive(Clone, Default)]
+pub struct Senders(Arc<ArcSwap<Families>>);
+
+#[derive(Default)]
+struct Families {
+    v4: Option<Arc<UdpSocket>>,
+    v6: Option<Arc<UdpSocket>>,
+}
+
+impl Senders {
+    /// Sends from the first of `sockets` of each family from now on.
+    pub(crate) fn set(&self, sockets: impl IntoIterator<Item = Arc<UdpSocket>>) {
+        let mut families = Families::default();
+        for s in sockets {
+            let v6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
+            let slot = if v6 {
+                &mut families.v6
+            } else {
+                &mut families.v4
+            };
+            slot.get_or_insert(s);
+        }
+        self.0.store(Arc::new(families));
+    }
+
+    /// A socket of `to`'s family, if siplb listens on that family.
+    fn of(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let families = self.0.load();
+        if to.is_ipv6() {
+            families.v6.clone()
+        } else {
+            families.v4.clone()
+        }
+    }
+}
+
+/// Serves one socket until the task is dropped. Datagrams for an address of the other family
+/// go out from that family's socket in `senders`.
+pub async fn serve(
+    socket: Arc<UdpSocket>,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    control: Control,
+    senders: Senders,
+) {
+    let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut worker = Worker::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -104,14 +152,22 @@ pub async fn serve(socket: UdpSocket, tables: Arc<ArcSwap<RoutingTable>>, contro
                 if let Some((server, failure)) = worker.passive {
                     control.passive(server, failure);
                 }
-                let mut sent = socket.send_to(&worker.out, to).await;
+                // Across families, from a socket of the destination's family; with none (a
+                // client of a family siplb does not listen on), the send fails and is counted.
+                let other = if to.is_ipv6() == v6 {
+                    None
+                } else {
+                    senders.of(to)
+                };
+                let out = other.as_deref().unwrap_or(&socket);
+                let mut sent = out.send_to(&worker.out, to).await;
                 if matches!(&sent, Err(e) if is_icmp_error(e)) {
                     // A pending ICMP error from an earlier forward (to some other server) is
                     // reported by whatever syscall comes next — here, this send, which the
                     // kernel then refuses. The error is consumed by that: note who it was
                     // about, and send this message again.
-                    drain_errors(&socket, &control);
-                    sent = socket.send_to(&worker.out, to).await;
+                    drain_errors(out, &control);
+                    sent = out.send_to(&worker.out, to).await;
                 }
                 if let Err(e) = sent {
                     metrics::counter!("siplb_send_errors_total").increment(1);

@@ -184,3 +184,34 @@ fn route_exits_1_when_nothing_routes() {
         "no error message"
     );
 }
+
+#[test]
+fn check_refuses_a_server_whose_address_family_has_no_udp_listener() {
+    // Line 7: an IPv6 server, and [listen] udp has only an IPv4 address.
+    let config = GOOD.replace("127.0.0.1:5071", "[::1]:5071");
+    let (_dir, path) = write_config("family", &config);
+    let out = siplb(&["check", "--config", &arg(&path)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:7: ", path.display())))
+        .unwrap_or_else(|| panic!("no `{}:7: ` error in:\n{all}", path.display()));
+    for says in [
+        "pool[0].servers[0].address",
+        "\"fe1\"",
+        "IPv6",
+        "[listen] udp",
+    ] {
+        assert!(line.contains(says), "the error does not say {says}: {line}");
+    }
+
+    // With an IPv6 listener too, the same server is accepted.
+    let both = config.replace(
+        "udp = [\"127.0.0.1:0\"]",
+        "udp = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    ) + "\n[[route]]\npool = \"fe\"\n";
+    let (_dir, path) = write_config("family-ok", &both);
+    let out = siplb(&["check", "--config", &arg(&path)]);
+    assert!(out.status.success(), "{}", text(&out));
+}

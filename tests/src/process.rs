@@ -220,6 +220,11 @@ impl Siplb {
         self.udp[0]
     }
 
+    /// Every UDP address siplb listens on, in config order.
+    pub fn udp(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
     /// The ops endpoint's address (the config must have `[ops]`, see `Config::ops`).
     pub fn ops(&self) -> SocketAddr {
         self.ops

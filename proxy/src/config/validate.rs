@@ -148,6 +148,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let routing = routing(ctx, raw.routing.as_ref());
     let log = log(ctx, raw.log.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
+    pools::check_families(ctx, &raw.pool, &listen.udp);
     let routes = routes::routes(ctx, &raw.route, &pools);
     Config {
         path: ctx.path.to_path_buf(),

@@ -6,6 +6,7 @@
 //! that server ambiguous.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -52,6 +53,48 @@ pub(super) fn pools(
     }
     check_pairs(ctx, raw, &pools, &first_index);
     pools
+}
+
+/// Every server must be reachable from a UDP listener of its own address family: siplb sends
+/// to a server from a socket of the server's family (this release reaches every server over
+/// UDP), so an IPv6 server with only IPv4 listeners (or the reverse) could never be reached.
+/// Not checked when `[listen] udp` is empty (siplb refuses to start then, with its own message).
+pub(super) fn check_families(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPool>], udp: &[SocketAddr]) {
+    if udp.is_empty() {
+        return;
+    }
+    let (has_v4, has_v6) = (
+        udp.iter().any(SocketAddr::is_ipv4),
+        udp.iter().any(SocketAddr::is_ipv6),
+    );
+    for (i, pool) in raw.iter().enumerate() {
+        let Some(servers) = &pool.get_ref().servers else {
+            continue;
+        };
+        for (j, server) in servers.get_ref().iter().enumerate() {
+            let server = server.get_ref();
+            let Ok(address) = server.address.get_ref().parse::<SocketAddr>() else {
+                continue; // reported where the address is checked
+            };
+            let (family, example) = match address {
+                SocketAddr::V4(_) if !has_v4 => ("IPv4", "\"0.0.0.0:5060\""),
+                SocketAddr::V6(_) if !has_v6 => ("IPv6", "\"[::]:5060\""),
+                _ => continue,
+            };
+            let id = server.id.as_ref().unwrap_or(&server.address).get_ref();
+            let message = format!(
+                "server \"{id}\" of pool \"{}\" has the {family} address {address}, but no \
+                 [listen] udp address is {family}, so siplb could not send to it; add an \
+                 {family} UDP listener to [listen] udp (e.g. {example})",
+                pool.get_ref().name.get_ref()
+            );
+            ctx.error(
+                server.address.span(),
+                format!("pool[{i}].servers[{j}].address"),
+                message,
+            );
+        }
+    }
 }
 
 /// One pool except its pair, which needs all the others.

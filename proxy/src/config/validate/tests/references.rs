@@ -198,3 +198,29 @@ fn duplicate_listener() {
         &["already used by listen.udp[0] (line 2)"],
     );
 }
+
+#[test]
+fn a_server_needs_a_udp_listener_of_its_address_family() {
+    let e = only_error(&MINIMAL.replace("127.0.0.1:5071", "[::1]:5071"));
+    assert_error(
+        &e,
+        6,
+        "pool[0].servers[0].address",
+        &[
+            "server \"[::1]:5071\" of pool \"a\" has the IPv6 address [::1]:5071",
+            "no [listen] udp address is IPv6",
+            "add an IPv6 UDP listener to [listen] udp (e.g. \"[::]:5060\")",
+        ],
+    );
+    let e = only_error(&MINIMAL.replace("127.0.0.1:5060", "[::1]:5060"));
+    assert_error(
+        &e,
+        6,
+        "pool[0].servers[0].address",
+        &["IPv4 address 127.0.0.1:5071", "(e.g. \"0.0.0.0:5060\")"],
+    );
+    let both = MINIMAL
+        .replace("\"127.0.0.1:5060\"", "\"127.0.0.1:5060\", \"[::1]:5060\"")
+        .replace("127.0.0.1:5071", "[::1]:5071");
+    ok(&both);
+}
