@@ -53,7 +53,7 @@ fn failure_of(e: &io::Error) -> Failure {
 }
 
 /// One TCP connect probe.
-pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
+pub(crate) async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
     let start = Instant::now();
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Outcome::Alive {
@@ -67,7 +67,7 @@ pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Outcome {
 
 /// SIP OPTIONS probes to one server over a UDP socket connected to it, so that an ICMP port
 /// unreachable comes back as "refused" at once instead of waiting for the timeout.
-pub struct OptionsProber {
+pub(crate) struct OptionsProber {
     socket: UdpSocket,
     target: SocketAddr,
     local: SocketAddr,
@@ -82,7 +82,7 @@ fn is_failure_code(code: u16) -> bool {
 
 impl OptionsProber {
     /// Opens the probe socket for `target`.
-    pub async fn new(target: SocketAddr) -> io::Result<Self> {
+    pub(crate) async fn new(target: SocketAddr) -> io::Result<Self> {
         let bind: SocketAddr = if target.is_ipv6() {
             "[::]:0".parse()
         } else {
@@ -120,7 +120,7 @@ impl OptionsProber {
     }
 
     /// Sends one OPTIONS and waits up to `timeout` for its final answer.
-    pub async fn probe(&mut self, timeout: Duration) -> Outcome {
+    pub(crate) async fn probe(&mut self, timeout: Duration) -> Outcome {
         self.seq += 1;
         let call_id = format!("probe-{:x}-{}@siplb", self.tag, self.seq);
         let start = Instant::now();

@@ -24,7 +24,7 @@ use crate::server::{Listeners, Proxy};
 use crate::sip::scan::{header_lines, scan};
 
 /// The shipped configuration, built in so the demo runs from anywhere.
-pub const CONFIG: &str = include_str!("../../config.toml");
+pub(crate) const CONFIG: &str = include_str!("../../config.toml");
 
 /// Answers every request with 200 OK naming `id`; forever.
 async fn responder(socket: UdpSocket, id: String) {
@@ -102,7 +102,7 @@ fn say(out: &mut impl std::io::Write, what: &str) -> std::io::Result<()> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub fn run() -> anyhow::Result<std::process::ExitCode> {
+pub(crate) fn run() -> anyhow::Result<std::process::ExitCode> {
     let cfg: Config =
         config::parse(Path::new("config.toml (built in)"), CONFIG).map_err(|errors| {
             anyhow::anyhow!(errors

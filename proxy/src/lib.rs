@@ -23,16 +23,16 @@ pub mod config;
 pub mod core;
 mod demo;
 mod health;
-pub mod hrw;
+mod hrw;
 mod logging;
 mod ops;
 mod reload;
 pub mod server;
 pub mod sip;
-pub mod stats;
+mod stats;
 pub mod table;
 mod token;
-pub mod udp;
+mod udp;
 
 /// A multi-threaded tokio runtime with `workers` threads.
 pub(crate) fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

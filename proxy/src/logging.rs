@@ -4,7 +4,7 @@
 use crate::config::{Log, LogFormat};
 
 /// Installs the global subscriber once; later calls do nothing.
-pub fn init(log: &Log) {
+pub(crate) fn init(log: &Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -19,13 +19,13 @@ use crate::udp::{self, Senders};
 
 /// Where the running config came from and how its last reload went (for `/status`).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ConfigMeta {
-    pub path: PathBuf,
+pub(crate) struct ConfigMeta {
+    pub(crate) path: PathBuf,
     /// 1 for the config siplb started with, +1 for every reload that took effect.
-    pub version: u64,
-    pub loaded_at: String,
+    pub(crate) version: u64,
+    pub(crate) loaded_at: String,
     /// The errors of the last reload that was refused, until one succeeds.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// The sockets bound for one configured UDP address: one per worker, all on one port
@@ -93,11 +93,11 @@ impl Drop for Listener {
 }
 
 /// A started proxy. Dropping it stops its workers, its probes and its supervisor.
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// The table every worker routes against; only the supervisor swaps it.
-    pub tables: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) tables: Arc<ArcSwap<RoutingTable>>,
     /// Operator commands and passive health signals.
-    pub control: Control,
+    pub(crate) control: Control,
     config: ArcSwap<Config>,
     meta: Mutex<ConfigMeta>,
     /// Configured UDP address → its listener, in config order.
@@ -248,12 +248,12 @@ impl Proxy {
     }
 
     /// The config in effect.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
 
     /// Where the config came from and how the last reload went.
-    pub fn meta(&self) -> ConfigMeta {
+    pub(crate) fn meta(&self) -> ConfigMeta {
         self.meta
             .lock()
             .map(|m| m.clone())
@@ -261,7 +261,7 @@ impl Proxy {
     }
 
     /// The UDP addresses actually bound, in config order.
-    pub fn udp(&self) -> Vec<SocketAddr> {
+    pub(crate) fn udp(&self) -> Vec<SocketAddr> {
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.iter().map(|(_, l)| l.bound).collect()
     }
@@ -270,7 +270,7 @@ impl Proxy {
     /// are logged, counted and kept for `/status`); a valid one binds new listeners, closes
     /// removed ones and hands the config to the supervisor, where every server keeps its
     /// health by id. Returns the new config version.
-    pub async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
+    pub(crate) async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.config.load().path.clone();
         let result = match config::load(&path) {

@@ -31,7 +31,7 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 ///
 /// The error is a complete sentence naming the input and the accepted form, ready to be put in
 /// a `ConfigError` message.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text.is_empty() {
         return Err(format!("empty duration; {ACCEPTED}"));
@@ -103,7 +103,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Writes a duration the way [`parse_duration`] reads it, in the largest unit that holds it
 /// exactly: `1h`, `90s`, `500ms`, `1.5ms`, `0s`. `parse_duration(&format_duration(d)) == d` for
 /// every `d`.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".to_string();

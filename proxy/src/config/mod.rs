@@ -6,7 +6,7 @@
 //! names the file, the line, the key and what is accepted; validation collects all of them, so
 //! `siplb check` shows every mistake at once.
 
-pub mod duration;
+pub(crate) mod duration;
 mod raw;
 mod validate;
 
@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{load, parse, summary};
+pub use validate::parse;
+pub(crate) use validate::{load, summary};
 
 /// How a server is probed, and who moves a pool's users to its pair: the config speaks
 /// healthcheck's own vocabulary (`probe = "options" | "tcp-connect"`,
@@ -25,61 +26,61 @@ pub use healthcheck::{Mode, ProbeKind};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this config came from (for `/status` and error messages).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `[listen]`: where siplb receives SIP.
-    pub listen: Listen,
+    pub(crate) listen: Listen,
     /// `[ops]`: the ops HTTP endpoint.
-    pub ops: Ops,
+    pub(crate) ops: Ops,
     /// `[health]`: the defaults every pool inherits.
-    pub health: Health,
+    pub(crate) health: Health,
     /// `[routing]`: answers when siplb cannot route.
-    pub routing: Routing,
-    pub log: Log,
+    pub(crate) routing: Routing,
+    pub(crate) log: Log,
     /// `[[pool]]` in file order.
-    pub pools: Vec<PoolConfig>,
+    pub(crate) pools: Vec<PoolConfig>,
     /// `[[route]]` in file order; the first that matches wins.
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 /// `[listen]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     /// UDP listener addresses (port 0: any free port).
-    pub udp: Vec<SocketAddr>,
+    pub(crate) udp: Vec<SocketAddr>,
     /// TCP listener addresses (parsed now; served by a later release).
-    pub tcp: Vec<SocketAddr>,
+    pub(crate) tcp: Vec<SocketAddr>,
     /// TLS listeners (parsed now; served by a later release).
-    pub tls: Vec<TlsListen>,
+    pub(crate) tls: Vec<TlsListen>,
     /// `host[:port]` written into our Via (and later Record-Route). `None`: the address the
     /// first UDP listener is actually bound to (so `127.0.0.1:0` works in tests).
-    pub advertise: Option<HostPort>,
+    pub(crate) advertise: Option<HostPort>,
     /// Worker sockets per UDP address (SO_REUSEPORT). Default: the number of cores.
-    pub workers: usize,
+    pub(crate) workers: usize,
 }
 
 /// One `[listen] tls` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsListen {
     /// Address to listen on.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// Certificate chain (PEM); a relative path in the file is resolved against its directory.
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
     /// Private key (PEM); a relative path in the file is resolved against its directory.
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// A `host[:port]` as written into SIP headers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
     /// Host as written: a name, an IPv4 address or a bracketed IPv6 reference (`[::1]`).
-    pub host: String,
+    pub(crate) host: String,
     /// The port, when one was written (1..=65535).
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
 }
 
 impl HostPort {
     /// The port, or SIP's default 5060.
-    pub fn port_or_default(&self) -> u16 {
+    pub(crate) fn port_or_default(&self) -> u16 {
         self.port.unwrap_or(5060)
     }
 }
@@ -97,11 +98,11 @@ impl std::fmt::Display for HostPort {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ops {
     /// Where the ops HTTP endpoint listens; `None` turns it off.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// File holding the admin bearer token (a relative path in the file is resolved against
     /// its directory). `None`: the token comes from `SIPLB_ADMIN_TOKEN`, or the admin API is
     /// off.
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
 }
 
 /// Probe settings: `[health]`, or a pool's `health = { ... }` override merged over it.
@@ -109,32 +110,32 @@ pub struct Ops {
 pub struct Health {
     /// How a server is probed: SIP OPTIONS (an answer 500, 503 or 504 counts as a failure, any
     /// other final answer as alive; no answer within `timeout` is a failure) or a TCP connect.
-    pub probe: ProbeKind,
+    pub(crate) probe: ProbeKind,
     /// Time between two probes of one server (> 0).
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// How long a probe may take (> 0, <= `interval`).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Failed probes in a row that mark a server down (>= 1).
-    pub fall: u32,
+    pub(crate) fall: u32,
     /// Good probes in a row that bring a server back up (>= 1).
-    pub rise: u32,
+    pub(crate) rise: u32,
 }
 
 /// `[routing]`: answers siplb gives when it cannot route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
     /// Status for a request no route matches: 404 (default) or 403.
-    pub no_route: u16,
+    pub(crate) no_route: u16,
     /// `Retry-After` in the 503 sent when no server of the serving pool is up.
-    pub retry_after: Duration,
+    pub(crate) retry_after: Duration,
 }
 
 /// `[log]`: how siplb logs. `RUST_LOG`, when set, overrides `level`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     /// A `tracing` filter: a level (`error` … `trace`) or directives such as `siplb=debug,info`.
-    pub level: String,
-    pub format: LogFormat,
+    pub(crate) level: String,
+    pub(crate) format: LogFormat,
 }
 
 /// The shape of log lines.
@@ -161,7 +162,7 @@ pub enum Role {
 
 impl Role {
     /// The name used in `config.toml` and `/status`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::FrontEnd => "front-end",
             Role::Edge => "edge",
@@ -175,21 +176,21 @@ impl Role {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// Unique name: letters, digits, `.`, `_` and `-`.
-    pub name: String,
+    pub(crate) name: String,
     /// The pool's role; a pool pairs only with a pool of the same role.
-    pub role: Role,
+    pub(crate) role: Role,
     /// Name of the paired pool; pairs are symmetric (checked).
-    pub pair: Option<String>,
+    pub(crate) pair: Option<String>,
     /// Who moves the pool's users to its pair.
-    pub failover: Mode,
+    pub(crate) failover: Mode,
     /// Automatic mode: how long the home pool must stay up before its users go home.
-    pub failback_after: Duration,
+    pub(crate) failback_after: Duration,
     /// The pool is down when fewer servers than this are up.
-    pub min_up: usize,
+    pub(crate) min_up: usize,
     /// `[health]` with this pool's overrides applied.
-    pub health: Health,
+    pub(crate) health: Health,
     /// At least one server, in file order.
-    pub servers: Vec<ServerConfig>,
+    pub(crate) servers: Vec<ServerConfig>,
 }
 
 /// Transport siplb uses towards a server.
@@ -205,7 +206,7 @@ pub enum Transport {
 
 impl Transport {
     /// The name used in `config.toml` and `/status`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
@@ -218,15 +219,15 @@ impl Transport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// HRW identity; defaults to the address as written. Unique across all pools.
-    pub id: String,
+    pub(crate) id: String,
     /// `IP:port` of the server; never a name, so every instance agrees without DNS.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// Transport siplb uses towards the server.
-    pub transport: Transport,
+    pub(crate) transport: Transport,
     /// Relative share of the pool's users (default 1, at least 1).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Start drained: out of hashing until an operator undrains it.
-    pub drained: bool,
+    pub(crate) drained: bool,
 }
 
 /// Where a route's key comes from.
@@ -246,7 +247,7 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// The name used in `config.toml`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KeyKind::ToAor => "to-aor",
             KeyKind::FromAor => "from-aor",
@@ -261,29 +262,29 @@ impl KeyKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Upper-case method names; `None` matches every method.
-    pub methods: Option<Vec<String>>,
+    pub(crate) methods: Option<Vec<String>>,
     /// Lower-case request-URI host; `None` matches every host.
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// The request-URI `user=` parameter value (e.g. `phone`), lower-cased; compared
     /// case-insensitively.
-    pub uri_user_param: Option<String>,
+    pub(crate) uri_user_param: Option<String>,
     /// Home pool candidates: one name for `pool = ...`, several for `pools = [...]`.
-    pub pools: Vec<String>,
+    pub(crate) pools: Vec<String>,
     /// `None`: To AOR for REGISTER, From AOR otherwise.
-    pub key: Option<KeyKind>,
+    pub(crate) key: Option<KeyKind>,
 }
 
 /// What can be wrong with a configuration file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}:{}: {}: {}", path.display(), line, key, message)]
 pub struct ConfigError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// 1-based line of the offending key (0 when the file could not be read at all).
-    pub line: usize,
+    pub(crate) line: usize,
     /// Dotted key path, e.g. `route[1].pools` or `pool[0].servers[2].address`.
-    pub key: String,
+    pub(crate) key: String,
     /// What was wrong and what is accepted.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ConfigError {

@@ -12,121 +12,121 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// A string value with its position in the file.
-pub type Str = Spanned<String>;
+pub(crate) type Str = Spanned<String>;
 
 /// An integer value with its position in the file.
-pub type Int = Spanned<i64>;
+pub(crate) type Int = Spanned<i64>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub listen: Option<Spanned<RawListen>>,
-    pub ops: Option<RawOps>,
-    pub health: Option<Spanned<RawHealth>>,
-    pub routing: Option<RawRouting>,
-    pub log: Option<RawLog>,
+pub(crate) struct RawConfig {
+    pub(crate) listen: Option<Spanned<RawListen>>,
+    pub(crate) ops: Option<RawOps>,
+    pub(crate) health: Option<Spanned<RawHealth>>,
+    pub(crate) routing: Option<RawRouting>,
+    pub(crate) log: Option<RawLog>,
     /// `[[pool]]` tables, in file order.
     #[serde(default)]
-    pub pool: Vec<Spanned<RawPool>>,
+    pub(crate) pool: Vec<Spanned<RawPool>>,
     /// `[[route]]` tables, in file order.
     #[serde(default)]
-    pub route: Vec<Spanned<RawRoute>>,
+    pub(crate) route: Vec<Spanned<RawRoute>>,
 }
 
 /// `[listen]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListen {
+pub(crate) struct RawListen {
     #[serde(default)]
-    pub udp: Vec<Str>,
+    pub(crate) udp: Vec<Str>,
     #[serde(default)]
-    pub tcp: Vec<Str>,
+    pub(crate) tcp: Vec<Str>,
     #[serde(default)]
-    pub tls: Vec<Spanned<RawTlsListen>>,
-    pub advertise: Option<Str>,
-    pub workers: Option<Int>,
+    pub(crate) tls: Vec<Spanned<RawTlsListen>>,
+    pub(crate) advertise: Option<Str>,
+    pub(crate) workers: Option<Int>,
 }
 
 /// One `[listen] tls` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTlsListen {
-    pub address: Str,
-    pub cert: Str,
-    pub key: Str,
+pub(crate) struct RawTlsListen {
+    pub(crate) address: Str,
+    pub(crate) cert: Str,
+    pub(crate) key: Str,
 }
 
 /// `[ops]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawOps {
-    pub listen: Option<Str>,
-    pub admin_token_file: Option<Str>,
+pub(crate) struct RawOps {
+    pub(crate) listen: Option<Str>,
+    pub(crate) admin_token_file: Option<Str>,
 }
 
 /// `[health]`, and a pool's `health = { ... }` override: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    pub probe: Option<Str>,
-    pub interval: Option<Str>,
-    pub timeout: Option<Str>,
-    pub fall: Option<Int>,
-    pub rise: Option<Int>,
+pub(crate) struct RawHealth {
+    pub(crate) probe: Option<Str>,
+    pub(crate) interval: Option<Str>,
+    pub(crate) timeout: Option<Str>,
+    pub(crate) fall: Option<Int>,
+    pub(crate) rise: Option<Int>,
 }
 
 /// `[routing]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRouting {
-    pub no_route: Option<Int>,
-    pub retry_after: Option<Str>,
+pub(crate) struct RawRouting {
+    pub(crate) no_route: Option<Int>,
+    pub(crate) retry_after: Option<Str>,
 }
 
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub level: Option<Str>,
-    pub format: Option<Str>,
+pub(crate) struct RawLog {
+    pub(crate) level: Option<Str>,
+    pub(crate) format: Option<Str>,
 }
 
 /// One `[[pool]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPool {
-    pub name: Str,
-    pub role: Option<Str>,
-    pub pair: Option<Str>,
-    pub failover: Option<Str>,
-    pub failback_after: Option<Str>,
-    pub min_up: Option<Int>,
-    pub health: Option<Spanned<RawHealth>>,
+pub(crate) struct RawPool {
+    pub(crate) name: Str,
+    pub(crate) role: Option<Str>,
+    pub(crate) pair: Option<Str>,
+    pub(crate) failover: Option<Str>,
+    pub(crate) failback_after: Option<Str>,
+    pub(crate) min_up: Option<Int>,
+    pub(crate) health: Option<Spanned<RawHealth>>,
     /// Optional to serde so that a pool without servers gets our "empty pool" error, with the
     /// others, rather than a lone "missing field".
-    pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+    pub(crate) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
 }
 
 /// One entry of a pool's `servers`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub address: Str,
-    pub transport: Option<Str>,
-    pub weight: Option<Int>,
-    pub id: Option<Str>,
-    pub drained: Option<bool>,
+pub(crate) struct RawServer {
+    pub(crate) address: Str,
+    pub(crate) transport: Option<Str>,
+    pub(crate) weight: Option<Int>,
+    pub(crate) id: Option<Str>,
+    pub(crate) drained: Option<bool>,
 }
 
 /// One `[[route]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub methods: Option<Spanned<Vec<Str>>>,
-    pub domain: Option<Str>,
-    pub uri_user_param: Option<Str>,
-    pub pool: Option<Str>,
-    pub pools: Option<Spanned<Vec<Str>>>,
-    pub key: Option<Str>,
+pub(crate) struct RawRoute {
+    pub(crate) methods: Option<Spanned<Vec<Str>>>,
+    pub(crate) domain: Option<Str>,
+    pub(crate) uri_user_param: Option<Str>,
+    pub(crate) pool: Option<Str>,
+    pub(crate) pools: Option<Spanned<Vec<Str>>>,
+    pub(crate) key: Option<Str>,
 }

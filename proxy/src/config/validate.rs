@@ -27,7 +27,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
 use super::{Config, ConfigError, Health, Listen, Log, LogFormat, Ops, ProbeKind, Routing};
 
-pub use summary::summary;
+pub(crate) use summary::summary;
 
 /// `[health]` when the file leaves a key out.
 const DEFAULT_HEALTH: Health = Health {
@@ -50,7 +50,7 @@ const MAX_WORKERS: i64 = 256;
 /// Reads and validates the configuration file at `path`.
 ///
 /// A file that cannot be read is one error with line 0 and an empty key.
-pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+pub(crate) fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(path, &text),
         Err(e) => Err(vec![ConfigError::new(

@@ -26,11 +26,11 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, HostPort};
 use crate::table::RoutingTable;
 
-pub use status::Status;
+pub(crate) use status::Status;
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// Serve this pool's users from its pair now (Lync's `Invoke-CsPoolFailOver`).
     Failover(String),
     /// Send them home (`Invoke-CsPoolFailBack`); clears an operator's failover.
@@ -43,7 +43,7 @@ pub enum Op {
 
 /// Why an operator command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpError {
+pub(crate) enum OpError {
     #[error("no pool named {0:?}")]
     UnknownPool(String),
     #[error("no server with id {0:?}")]
@@ -55,10 +55,10 @@ pub enum OpError {
 }
 
 /// A new config for the supervisor, with the listener facts the table needs.
-pub struct Reload {
-    pub config: Arc<Config>,
-    pub advertise: HostPort,
-    pub local: Vec<SocketAddr>,
+pub(crate) struct Reload {
+    pub(crate) config: Arc<Config>,
+    pub(crate) advertise: HostPort,
+    pub(crate) local: Vec<SocketAddr>,
 }
 
 /// What operators and reloads ask of the supervisor; each waits for its answer.
@@ -97,7 +97,7 @@ struct Inbox {
 
 /// A handle on the supervisor. Cheap to clone.
 #[derive(Clone)]
-pub struct Control {
+pub(crate) struct Control {
     commands: mpsc::Sender<Command>,
     passive: mpsc::Sender<Passive>,
 }
@@ -116,7 +116,7 @@ impl Control {
     }
 
     /// Runs an operator command; the answer says what changed.
-    pub async fn op(&self, op: Op) -> Result<String, OpError> {
+    pub(crate) async fn op(&self, op: Op) -> Result<String, OpError> {
         self.ask(|tx| Command::Op(op, tx))
             .await
             .unwrap_or(Err(OpError::Stopped))
@@ -124,19 +124,19 @@ impl Control {
 
     /// Hands a validated config to the supervisor: servers keep their health by id, pools their
     /// failover state by name. Returns the version of the table built from it.
-    pub async fn reload(&self, reload: Reload) -> Option<u64> {
+    pub(crate) async fn reload(&self, reload: Reload) -> Option<u64> {
         self.ask(|tx| Command::Reload(reload, tx)).await
     }
 
     /// Pools and servers as the supervisor sees them now.
-    pub async fn status(&self) -> Option<Status> {
+    pub(crate) async fn status(&self) -> Option<Status> {
         self.ask(Command::Status).await
     }
 
     /// A passive failure seen by the wire path. Never blocks: when [`PASSIVE_QUEUE`] signals
     /// already wait, this one is shed and counted; probe results travel apart and are never
     /// crowded out.
-    pub fn passive(&self, addr: SocketAddr, failure: Failure) {
+    pub(crate) fn passive(&self, addr: SocketAddr, failure: Failure) {
         if let Err(mpsc::error::TrySendError::Full(_)) =
             self.passive.try_send(Passive { addr, failure })
         {
@@ -156,7 +156,7 @@ type Prober = Arc<dyn Fn(SocketAddr, ProbeSettings, Report) -> JoinHandle<()> + 
 /// Starts the supervisor for `cfg` with the first table already in `tables`; probes start at
 /// once unless `probe` is false (then servers stay as the config says until an operator or a
 /// passive signal changes them).
-pub fn start(
+pub(crate) fn start(
     cfg: Arc<Config>,
     tables: Arc<ArcSwap<RoutingTable>>,
     probe: bool,

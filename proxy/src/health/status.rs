@@ -10,52 +10,52 @@ use super::supervisor::Supervisor;
 
 /// Health of every pool and server.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// The version of the routing table in use.
-    pub table_version: u64,
-    pub pools: Vec<PoolStatus>,
+    pub(crate) table_version: u64,
+    pub(crate) pools: Vec<PoolStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
-    pub name: String,
-    pub role: &'static str,
-    pub pair: Option<String>,
+pub(crate) struct PoolStatus {
+    pub(crate) name: String,
+    pub(crate) role: &'static str,
+    pub(crate) pair: Option<String>,
     /// `up` while at least `min_up` servers are up.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// The pool serving this pool's users now: itself, or its pair when failed over.
-    pub serving: String,
+    pub(crate) serving: String,
     /// `auto` or `manual`.
-    pub mode: &'static str,
+    pub(crate) mode: &'static str,
     /// An operator holds the pool failed over.
-    pub operator_failover: bool,
+    pub(crate) operator_failover: bool,
     /// When the pool's users were last moved (or when siplb started).
-    pub since: String,
-    pub reason: Option<String>,
-    pub min_up: usize,
-    pub servers_up: usize,
-    pub servers: Vec<ServerStatus>,
+    pub(crate) since: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) min_up: usize,
+    pub(crate) servers_up: usize,
+    pub(crate) servers: Vec<ServerStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerStatus {
-    pub id: String,
-    pub address: String,
-    pub transport: &'static str,
-    pub weight: u32,
+pub(crate) struct ServerStatus {
+    pub(crate) id: String,
+    pub(crate) address: String,
+    pub(crate) transport: &'static str,
+    pub(crate) weight: u32,
     /// `up`, `down` or `drained`.
-    pub state: &'static str,
-    pub since: String,
+    pub(crate) state: &'static str,
+    pub(crate) since: String,
     /// Why the server is in its state.
-    pub reason: String,
+    pub(crate) reason: String,
     /// Round-trip time of the last successful probe, in milliseconds.
-    pub last_rtt_ms: Option<f64>,
+    pub(crate) last_rtt_ms: Option<f64>,
     /// The last probe's result.
-    pub last_probe: Option<String>,
+    pub(crate) last_probe: Option<String>,
 }
 
 /// An `Instant` as an RFC 3339 UTC timestamp.
-pub fn wall_clock(at: Instant, now: Instant) -> String {
+pub(crate) fn wall_clock(at: Instant, now: Instant) -> String {
     let t = SystemTime::now() - now.saturating_duration_since(at);
     humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -45,9 +45,9 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
 }
 
 pub(super) struct ServerEntry {
-    pub pool: usize,
-    pub address: SocketAddr,
-    pub health: ServerHealth,
+    pub(crate) pool: usize,
+    pub(crate) address: SocketAddr,
+    pub(crate) health: ServerHealth,
     plan: ProbePlan,
     probe: Option<JoinHandle<()>>,
 }
@@ -61,15 +61,15 @@ impl Drop for ServerEntry {
 }
 
 pub(super) struct Supervisor {
-    pub cfg: Arc<Config>,
+    pub(crate) cfg: Arc<Config>,
     advertise: HostPort,
     local: Vec<SocketAddr>,
     tables: Arc<ArcSwap<RoutingTable>>,
     version: u64,
-    pub servers: HashMap<Arc<str>, ServerEntry>,
+    pub(crate) servers: HashMap<Arc<str>, ServerEntry>,
     by_addr: HashMap<SocketAddr, Arc<str>>,
     /// Failover state, in the order of `cfg.pools`.
-    pub pools: Vec<PoolFailover>,
+    pub(crate) pools: Vec<PoolFailover>,
     /// Starts probe tasks; `None`: no probing.
     prober: Option<Prober>,
     /// Where probe tasks send their results.
@@ -87,7 +87,7 @@ impl HealthView for Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<Config>,
         tables: Arc<ArcSwap<RoutingTable>>,
         prober: Option<Prober>,
@@ -110,7 +110,7 @@ impl Supervisor {
         sup
     }
 
-    pub async fn run(mut self, mut inbox: Inbox) {
+    pub(crate) async fn run(mut self, mut inbox: Inbox) {
         // Gauges are published on every change and refreshed on this tick; the exporter drops
         // a gauge nobody refreshed for a while, which is how a server or pool removed by a
         // reload leaves /metrics.
@@ -320,12 +320,12 @@ impl Supervisor {
     }
 
     /// The version of the table in use.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
     /// Whether pool `i` is up ([`healthcheck::pool::is_up`]).
-    pub fn pool_up(&self, i: usize) -> bool {
+    pub(crate) fn pool_up(&self, i: usize) -> bool {
         let states = self
             .servers
             .values()
@@ -335,7 +335,7 @@ impl Supervisor {
     }
 
     /// The index of pool `i`'s pair.
-    pub fn pair_of(&self, i: usize) -> Option<usize> {
+    pub(crate) fn pair_of(&self, i: usize) -> Option<usize> {
         let name = self.cfg.pools[i].pair.as_deref()?;
         self.cfg.pools.iter().position(|p| p.name == name)
     }

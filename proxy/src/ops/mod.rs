@@ -27,14 +27,14 @@ use crate::token::Token;
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct Ops {
-    pub proxy: Arc<Proxy>,
-    pub metrics: Option<PrometheusHandle>,
-    pub token: Token,
+pub(crate) struct Ops {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) token: Token,
 }
 
 /// The router; the admin routes exist only when a token is configured.
-pub fn router(ops: Ops) -> Router {
+pub(crate) fn router(ops: Ops) -> Router {
     let mut r = Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -55,7 +55,7 @@ pub fn router(ops: Ops) -> Router {
 
 /// Binds the ops endpoint at `[ops] listen` (when the config has one) and serves it in a task.
 /// Returns the address bound.
-pub async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
+pub(crate) async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
     use anyhow::Context as _;
     let Some(listen) = ops.proxy.config().ops.listen else {
         return Ok(None);
@@ -77,7 +77,7 @@ pub async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
 
 /// Why siplb is not ready, or `None` when it is: every pool a route can choose must have a
 /// server up in the pool serving its users, or in its pair.
-pub fn not_ready(proxy: &Proxy) -> Option<String> {
+pub(crate) fn not_ready(proxy: &Proxy) -> Option<String> {
     let t = proxy.tables.load();
     let has_up = |p: usize| t.pools[p].up_count() > 0;
     for (i, r) in t.routes.iter().enumerate() {
@@ -107,15 +107,15 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 
 /// The `/status` document.
 #[derive(Serialize)]
-pub struct StatusDoc {
+pub(crate) struct StatusDoc {
     /// What `/readyz` says.
-    pub ready: bool,
-    pub not_ready_reason: Option<String>,
-    pub config: ConfigMeta,
-    pub listen_udp: Vec<String>,
-    pub advertise: String,
+    pub(crate) ready: bool,
+    pub(crate) not_ready_reason: Option<String>,
+    pub(crate) config: ConfigMeta,
+    pub(crate) listen_udp: Vec<String>,
+    pub(crate) advertise: String,
     #[serde(flatten)]
-    pub health: Status,
+    pub(crate) health: Status,
 }
 
 async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {

@@ -13,7 +13,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render(doc: &StatusDoc) -> String {
+pub(crate) fn render(doc: &StatusDoc) -> String {
     let mut h = String::with_capacity(8192);
     h.push_str(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -10,7 +10,7 @@ use super::super::{Config, Health, Mode, RouteConfig};
 
 /// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
 /// its settings and servers, and each route with its conditions, pools and key.
-pub fn summary(cfg: &Config) -> String {
+pub(crate) fn summary(cfg: &Config) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
     let _ = writeln!(out, "configuration {}", cfg.path.display());
