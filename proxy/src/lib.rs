@@ -5,12 +5,12 @@
 //!
 //! - **Bottom, plain data and pure functions.** [`sip`] scans a message in place and edits its
 //!   bytes (our Via, `received`/`rport`, Max-Forwards, our Route) without re-serialising
-//!   anything else; [`hrw`] is the weighted rendezvous hash that binds a user to one server;
+//!   anything else; `hrw` is the weighted rendezvous hash that binds a user to one server;
 //!   [`config`] reads and validates `config.toml`; [`table`] is the immutable routing table
 //!   held in an `ArcSwap`; [`core`] turns one datagram into one outcome (forward, answer, or
-//!   drop) and explains where a request would go; [`stats`] counts what the core decides and
+//!   drop) and explains where a request would go; `stats` counts what the core decides and
 //!   installs the metrics recorder.
-//! - **Middle, the I/O shell.** [`udp`] moves datagrams between sockets and the core;
+//! - **Middle, the I/O shell.** `udp` moves datagrams between sockets and the core;
 //!   `health` owns server health and pool failover and is the only writer of the routing table;
 //!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads). `token` (the
 //!   admin bearer token) and `logging` sit beside them.

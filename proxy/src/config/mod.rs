@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` → raw serde structs → validated [`Config`].
 //!
-//! The flow is file → [`raw`] (serde, `deny_unknown_fields`, spans kept) → [`validate`] →
+//! The flow is file → `raw` (serde, `deny_unknown_fields`, spans kept) → `validate` →
 //! [`Config`]. Only a validated `Config` ever reaches the routing table, so the router never has
 //! to ask whether a pool exists or a pair is symmetric. Every rejection is a [`ConfigError`] that
 //! names the file, the line, the key and what is accepted; validation collects all of them, so

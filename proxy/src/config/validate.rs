@@ -63,7 +63,7 @@ pub(crate) fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// Validates `text`, the contents of the configuration file at `path` (used in error messages
-/// and as [`Config::path`]; relative file paths in the file — TLS certificate and key, admin
+/// and as `Config::path`; relative file paths in the file — TLS certificate and key, admin
 /// token file — are resolved against its directory).
 ///
 /// On failure every error found is returned, sorted by line.
