@@ -299,6 +299,15 @@ impl Proxy {
     }
 
     async fn apply(&self, cfg: Config) -> Result<u64, Vec<ConfigError>> {
+        if *self.stopped.borrow() {
+            // Binding listeners again would bring a stopped proxy back to life.
+            return Err(vec![ConfigError::new(
+                &cfg.path,
+                0,
+                "",
+                "siplb is stopping",
+            )]);
+        }
         let running = self.config.load();
         if cfg.listen.workers != running.listen.workers {
             tracing::warn!("[listen] workers changes take effect at the next start");

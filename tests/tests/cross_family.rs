@@ -2,11 +2,14 @@
 //! arrives on one family for a server of the other goes out from siplb's socket of the server's
 //! family, and the server's answer goes back to the client from a socket of the client's family.
 //! (A socket cannot send to the other family: sent from the socket it came in on, the request
-//! would be refused by the kernel and lost.) Both directions, against the real binary.
+//! would be refused by the kernel and lost.) Both directions, against the real binary. A config
+//! that would leave a server without a listener of its family is refused, at reload as at start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use siplb_e2e::ops::Ops;
+use siplb_e2e::reload::write_in_place;
 use siplb_e2e::{Backend, Behaviour, Client, Request, Siplb};
 
 /// Listeners on both families, one pool with the one server `backend`.
@@ -81,4 +84,40 @@ fn an_ipv4_client_reaches_an_ipv6_server_and_gets_its_answer() {
 #[test]
 fn an_ipv6_client_reaches_an_ipv4_server_and_gets_its_answer() {
     register_across(true);
+}
+
+#[test]
+fn a_reload_that_leaves_an_ipv6_server_without_an_ipv6_listener_is_refused() {
+    let backend = Backend::start_on("fe1", Behaviour::Accept, "[::1]:0".parse().unwrap())
+        .expect("bind the backend");
+    let text = config(&backend) + "\n[ops]\nlisten = \"127.0.0.1:0\"\n";
+    let siplb = Siplb::start(&text);
+    let ops = Ops::of(&siplb);
+    let entry = listener(&siplb, false);
+
+    let v4_only = text.replace(
+        r#"udp = ["127.0.0.1:0", "[::1]:0"]"#,
+        r#"udp = ["127.0.0.1:0"]"#,
+    );
+    assert_ne!(v4_only, text);
+    write_in_place(siplb.config().path(), &v4_only);
+    let error = ops.wait_last_error();
+    for says in [
+        "pool[0].servers[0].address",
+        "\"fe1\"",
+        "IPv6",
+        "[listen] udp",
+    ] {
+        assert!(
+            error.contains(says),
+            "the refusal does not say {says}: {error}"
+        );
+    }
+    assert_eq!(ops.status().config_version(), 1, "the running config stays");
+
+    let mut client = Client::new();
+    let req = Request::register("bob@contoso.com");
+    assert_eq!(client.transact(entry, &req).status(), Some(200));
+    let got = backend.wait_call_id(&req.call_id(), 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "still forwarded to the IPv6 server");
 }
