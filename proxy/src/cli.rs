@@ -136,14 +136,13 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let metrics = crate::stats::install_metrics()?;
         let listeners = Listeners::bind(&cfg)?;
-        let proxy = Proxy::start(cfg, listeners, true, crate::shutdown_signal())?;
+        let proxy = Proxy::start(cfg, listeners, token, true, crate::shutdown_signal())?;
         let ops = crate::ops::Ops {
             proxy: proxy.clone(),
             metrics: Some(metrics),
-            token: token.clone(),
         };
         let ops_addr = crate::ops::start(ops).await?;
-        let _watch = crate::reload::spawn_watchers(proxy.clone(), token)?;
+        let _watch = crate::reload::spawn_watchers(proxy.clone())?;
         announce(&proxy, ops_addr);
         proxy.stopped().await;
         tracing::info!("stopping");

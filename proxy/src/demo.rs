@@ -128,21 +128,20 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let metrics = crate::stats::install_metrics()?;
-    let listeners = Listeners::bind(&cfg)?;
-    let proxy = Proxy::start(cfg, listeners, true, crate::shutdown_signal())?;
-    let addr = proxy.udp()[0];
-    // The ops endpoint too, with a one-off admin token, so the status page and the admin API
-    // can be tried while the demo runs.
+    // A one-off admin token, so the status page and the admin API can be tried while the demo
+    // runs.
     let token = crate::token::Token::fixed(&format!(
         "demo-{:x}",
         crate::hrw::key_hash(
             format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes()
         )
     ));
+    let listeners = Listeners::bind(&cfg)?;
+    let proxy = Proxy::start(cfg, listeners, token, true, crate::shutdown_signal())?;
+    let addr = proxy.udp()[0];
     let ops = crate::ops::Ops {
         proxy: proxy.clone(),
         metrics: Some(metrics),
-        token: token.clone(),
     };
     let ops_addr = crate::ops::start(ops).await?;
     let client = UdpSocket::bind("127.0.0.1:0").await?;
@@ -282,7 +281,7 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         out,
         "\nsiplb keeps routing on udp {addr}. Try:\n  siplb route --config config.toml REGISTER sip:you@contoso.com\n  sipp {addr} -sn uac -m 10   (any SIP client works; Ctrl-C stops the demo)"
     )?;
-    if let (Some(ops), Some(secret)) = (ops_addr, token.secret()) {
+    if let (Some(ops), Some(secret)) = (ops_addr, proxy.token().secret()) {
         writeln!(
             out,
             "  http://{ops}/ (status page), http://{ops}/status, http://{ops}/metrics\n  curl -X POST -H 'Authorization: Bearer {secret}' http://{ops}/admin/pools/fe-dc1/failover"

@@ -15,19 +15,14 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config;
 use crate::server::Proxy;
-use crate::token::Token;
 
-/// Reloads the config file and then the admin token. Returns the new config version, or every
-/// error (the running config stays).
-pub(crate) async fn reload(proxy: &Proxy, token: &Token) -> Result<u64, Vec<String>> {
-    let version = proxy
+/// Reloads the config file (and with it the admin token). Returns the new config version, or
+/// every error (the running config stays).
+pub(crate) async fn reload(proxy: &Proxy) -> Result<u64, Vec<String>> {
+    proxy
         .reload()
         .await
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    if let Err(e) = token.refresh(&proxy.config()) {
-        tracing::error!(error = %e, "admin token not refreshed; the previous one stays");
-    }
-    Ok(version)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
 fn content_hash(path: &Path) -> Option<u64> {
@@ -35,10 +30,7 @@ fn content_hash(path: &Path) -> Option<u64> {
 }
 
 /// Watches the config file's directory and reloads on SIGHUP, until the task is dropped.
-pub(crate) fn spawn_watchers(
-    proxy: Arc<Proxy>,
-    token: Token,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path: PathBuf = proxy.config().path.clone();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -91,7 +83,7 @@ pub(crate) fn spawn_watchers(
                 continue; // unrelated file, or the file is between rename steps
             }
             last = now;
-            let _ = reload(&proxy, &token).await;
+            let _ = reload(&proxy).await;
         }
     }))
 }

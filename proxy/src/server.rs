@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, ConfigError, HostPort, Transport};
 use crate::health::{self, Control, Reload};
 use crate::table::{ConfigHealth, RoutingTable};
+use crate::token::Token;
 use crate::udp::{self, Senders};
 
 /// Where the running config came from and how its last reload went (for `/status`).
@@ -104,6 +105,8 @@ pub(crate) struct Proxy {
     listeners: Mutex<Vec<(SocketAddr, Listener)>>,
     /// A socket per address family, for sends across families.
     senders: Senders,
+    /// The admin token; refreshed by every reload that takes effect.
+    token: Token,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     supervisor: JoinHandle<()>,
@@ -166,13 +169,14 @@ fn serve(
 }
 
 impl Proxy {
-    /// Starts a proxy on `listeners` (bound from `cfg` by [`Listeners::bind`]): builds the first
-    /// routing table, starts the health supervisor (with probes when `probe` is true) and a
-    /// worker per socket. Everything stops when `shutdown` resolves (or the proxy is dropped);
-    /// [`Proxy::stopped`] says when. Must run inside a tokio runtime.
+    /// Starts a proxy on `listeners` (bound from `cfg` by [`Listeners::bind`]) with the admin
+    /// `token`: builds the first routing table, starts the health supervisor (with probes when
+    /// `probe` is true) and a worker per socket. Everything stops when `shutdown` resolves (or
+    /// the proxy is dropped); [`Proxy::stopped`] says when. Must run inside a tokio runtime.
     pub(crate) fn start(
         cfg: Config,
         listeners: Listeners,
+        token: Token,
         probe: bool,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Arc<Proxy>> {
@@ -214,6 +218,7 @@ impl Proxy {
             meta: Mutex::new(meta),
             listeners: Mutex::new(served),
             senders,
+            token,
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
             stopped,
@@ -252,6 +257,11 @@ impl Proxy {
         self.config.load_full()
     }
 
+    /// The admin token.
+    pub(crate) fn token(&self) -> &Token {
+        &self.token
+    }
+
     /// Where the config came from and how the last reload went.
     pub(crate) fn meta(&self) -> ConfigMeta {
         self.meta
@@ -268,8 +278,8 @@ impl Proxy {
 
     /// Reads the config file again. A file that does not validate changes nothing (the errors
     /// are logged, counted and kept for `/status`); a valid one binds new listeners, closes
-    /// removed ones and hands the config to the supervisor, where every server keeps its
-    /// health by id. Returns the new config version.
+    /// removed ones, hands the config to the supervisor, where every server keeps its health by
+    /// id, and reads the admin token again. Returns the new config version.
     pub(crate) async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.config.load().path.clone();
@@ -280,6 +290,9 @@ impl Proxy {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Ok(version) => {
+                if let Err(e) = self.token.refresh(&self.config()) {
+                    tracing::error!(error = %e, "admin token not refreshed; the previous one stays");
+                }
                 meta.version = *version;
                 meta.loaded_at = now_rfc3339();
                 meta.last_error = None;
@@ -435,7 +448,7 @@ mod tests {
         let listeners = Listeners::bind(&cfg).unwrap();
         let addr = listeners.udp[0].bound;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let proxy = Proxy::start(cfg, listeners, false, async {
+        let proxy = Proxy::start(cfg, listeners, Token::default(), false, async {
             let _ = stopped.await;
         })
         .unwrap();

@@ -9,9 +9,14 @@ use arc_swap::ArcSwapOption;
 
 use crate::config::Config;
 
-/// The admin token, shared by whoever checks it and refreshed on reload. Cheap to clone.
+/// The admin token, held by the proxy, checked by the ops endpoint and refreshed on every
+/// config reload. Cheap to clone.
 #[derive(Clone, Default)]
-pub(crate) struct Token(Arc<ArcSwapOption<String>>);
+pub(crate) struct Token {
+    current: Arc<ArcSwapOption<String>>,
+    /// Set by the program ([`Token::fixed`]), not read from the config: reloads keep it.
+    fixed: bool,
+}
 
 impl Token {
     /// Reads the token as `cfg` says: its `admin_token_file`, else `SIPLB_ADMIN_TOKEN`. An
@@ -23,20 +28,24 @@ impl Token {
         Ok(t)
     }
 
-    /// A token fixed by the program (the demo's), not read from the config.
+    /// A token fixed by the program (the demo's), not read from the config; reloads keep it.
     pub(crate) fn fixed(token: &str) -> Token {
-        let t = Token::default();
-        t.0.store(Some(Arc::new(token.to_string())));
-        t
+        Token {
+            current: Arc::new(ArcSwapOption::from_pointee(token.to_string())),
+            fixed: true,
+        }
     }
 
     /// The token itself, to show to the person who runs the demo.
     pub(crate) fn secret(&self) -> Option<String> {
-        self.0.load_full().map(|t| t.to_string())
+        self.current.load_full().map(|t| t.to_string())
     }
 
-    /// Reads the token again (after a config reload).
+    /// Reads the token again (after a config reload); a fixed token stays as it is.
     pub(crate) fn refresh(&self, cfg: &Config) -> anyhow::Result<()> {
+        if self.fixed {
+            return Ok(());
+        }
         let token = match &cfg.ops.admin_token_file {
             Some(file) => Some(read_token(file)?),
             None => std::env::var("SIPLB_ADMIN_TOKEN")
@@ -44,19 +53,19 @@ impl Token {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
         };
-        self.0.store(token.map(Arc::new));
+        self.current.store(token.map(Arc::new));
         Ok(())
     }
 
     /// Whether an admin API exists at all.
     pub(crate) fn is_configured(&self) -> bool {
-        self.0.load().is_some()
+        self.current.load().is_some()
     }
 
     /// Whether `given` is the token, compared in constant time. Always false when no token is
     /// configured.
     pub(crate) fn admits(&self, given: &str) -> bool {
-        let Some(expected) = self.0.load_full() else {
+        let Some(expected) = self.current.load_full() else {
             return false;
         };
         constant_time_eq(given.as_bytes(), expected.as_bytes())
@@ -102,5 +111,15 @@ mod tests {
         let t = Token::fixed("s3cret");
         assert!(t.admits("s3cret"));
         assert!(!t.admits("s3cre"));
+    }
+
+    #[test]
+    fn a_fixed_token_survives_a_reload() {
+        let text = "[listen]\nudp = [\"127.0.0.1:0\"]\n[[pool]]\nname = \"a\"\n\
+                    servers = [{ address = \"127.0.0.1:5071\" }]\n[[route]]\npool = \"a\"\n";
+        let cfg = crate::config::parse(Path::new("t.toml"), text).expect("valid config");
+        let t = Token::fixed("demo");
+        t.refresh(&cfg).expect("nothing to read");
+        assert!(t.admits("demo"));
     }
 }

@@ -37,7 +37,7 @@ fn unauthorized() -> Response {
 }
 
 async fn run(ops: &Ops, headers: &HeaderMap, op: Op) -> Response {
-    if !admits(&ops.token, headers) {
+    if !admits(ops.proxy.token(), headers) {
         return unauthorized();
     }
     match ops.proxy.control.op(op).await {
@@ -86,10 +86,10 @@ pub(super) async fn undrain(
 }
 
 pub(super) async fn reload(State(ops): State<Ops>, h: HeaderMap) -> Response {
-    if !admits(&ops.token, &h) {
+    if !admits(ops.proxy.token(), &h) {
         return unauthorized();
     }
-    match crate::reload::reload(&ops.proxy, &ops.token).await {
+    match crate::reload::reload(&ops.proxy).await {
         Ok(version) => Json(json!({ "ok": true, "version": version })).into_response(),
         Err(errors) => (
             StatusCode::UNPROCESSABLE_ENTITY,

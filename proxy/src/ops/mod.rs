@@ -23,14 +23,11 @@ use crate::core::explain;
 use crate::health::Status;
 use crate::server::{ConfigMeta, Proxy};
 
-use crate::token::Token;
-
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct Ops {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) metrics: Option<PrometheusHandle>,
-    pub(crate) token: Token,
 }
 
 /// The router; the admin routes exist only when a token is configured.
@@ -42,7 +39,7 @@ pub(crate) fn router(ops: Ops) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/route", get(route));
-    if ops.token.is_configured() {
+    if ops.proxy.token().is_configured() {
         r = r
             .route("/admin/pools/{name}/failover", post(admin::failover))
             .route("/admin/pools/{name}/failback", post(admin::failback))
@@ -64,7 +61,7 @@ pub(crate) async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
         .await
         .with_context(|| format!("cannot bind ops endpoint {listen}"))?;
     let bound = listener.local_addr()?;
-    if !ops.token.is_configured() {
+    if !ops.proxy.token().is_configured() {
         tracing::info!("no admin token configured: the admin API is off");
     }
     tokio::spawn(async move {
