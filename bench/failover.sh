@@ -367,7 +367,7 @@ commit=$(source_commit)
     echo "- health, both proxies: OPTIONS every 1 s, 500 ms timeout, out after 2 failures, back after 2 answers"
     echo "  (siplb \`[health]\` defaults; Kamailio dispatcher ds_ping_interval=1, ds_probing_threshold=2,"
     echo "  ds_inactive_threshold=2, ds_probing_mode=1, tm fr_timer=500 ms; hash over the To URI; stateless forward)"
-    echo "- Kamailio run as in production: \`-x tlsf -X tlsf -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg"
+    echo "- Kamailio run as in production: \`-x $KAMAILIO_MM -X $KAMAILIO_MM -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg"
     echo "  (why: docs/BENCHMARKS.md, \"A fair peer\"); read back with kamcmd after each warm-up: $kamailio_info"
     echo
     echo "## 1. A backend dies under load"

@@ -145,6 +145,9 @@ start_siplb_process() {
 # load needs (the scripts record the peak each run used).
 KAMAILIO_SHM_MB=${KAMAILIO_SHM_MB:-256}
 KAMAILIO_PKG_MB=${KAMAILIO_PKG_MB:-16}
+# The memory manager: tlsf. Only to measure what the choice is worth (docs/BENCHMARKS.md):
+# qm (Debian's default, with its debug bookkeeping) or fm.
+KAMAILIO_MM=${KAMAILIO_MM:-tlsf}
 
 # spawn_kamailio VAR LIST NAME PORT: Kamailio with bench/kamailio/kamailio.cfg, in the
 # foreground mode (-DD -E) in the background, TLSF memory managers sized KAMAILIO_SHM_MB and
@@ -161,7 +164,7 @@ spawn_kamailio() {
     kamailio_ctl=unix:$out/$name.ctl
     rm -f "$out/$name.ctl"
     kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E \
-        -x tlsf -X tlsf -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" -n "$WORKERS" \
+        -x "$KAMAILIO_MM" -X "$KAMAILIO_MM" -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" -n "$WORKERS" \
         -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$list\"" -A "CTL_SOCKET=\"$kamailio_ctl\"" \
         -P "$out/$name.pid" >"$out/$name.out" 2>&1 &
     printf -v "$var" '%s' "$!"
@@ -194,7 +197,13 @@ udp_receive_buffer() {
 # 4 MiB (maxbuffer; as the kernel counts it: capped at net.core.rmem_max, doubled), when ss is
 # there to tell.
 kamailio_settings() {
-    local name=$1 port=$2 shm shm_size pkg pkg_size receivers debug memdbg memlog flags rcvbuf
+    local name=$1 port=$2 shm shm_size pkg pkg_size receivers debug memdbg memlog flags rcvbuf mm
+    case $KAMAILIO_MM in
+    tlsf) mm=tlsf_malloc ;;
+    qm) mm=q_malloc ;;
+    fm) mm=f_malloc ;;
+    *) die "KAMAILIO_MM=$KAMAILIO_MM: tlsf, qm or fm" ;;
+    esac
     {
         for c in shm.info pkg.info core.shmmem core.ps dispatcher.list; do
             echo "\$ kamcmd $c"
@@ -214,10 +223,10 @@ kamailio_settings() {
     memlog=$(kamcmd_value - cfg.get core memlog)
     flags=$(kamcmd_value - dispatcher.list | awk '$1 == "FLAGS:" { printf "%s%s", sep, $2; sep = "," }')
     rcvbuf=$(udp_receive_buffer "$port")
-    [[ $shm == tlsf_malloc && $shm_size == $((KAMAILIO_SHM_MB << 20)) ]] ||
-        die "Kamailio's shared memory is ${shm:-?} of ${shm_size:-?} bytes, not TLSF of $KAMAILIO_SHM_MB MiB (see $out/$name.settings)"
-    [[ $pkg == tlsf_malloc && $pkg_size == $((KAMAILIO_PKG_MB << 20)) ]] ||
-        die "Kamailio's private memory is ${pkg:-?} of ${pkg_size:-?} bytes, not TLSF of $KAMAILIO_PKG_MB MiB (see $out/$name.settings)"
+    [[ $shm == "$mm" && $shm_size == $((KAMAILIO_SHM_MB << 20)) ]] ||
+        die "Kamailio's shared memory is ${shm:-?} of ${shm_size:-?} bytes, not $mm of $KAMAILIO_SHM_MB MiB (see $out/$name.settings)"
+    [[ $pkg == "$mm" && $pkg_size == $((KAMAILIO_PKG_MB << 20)) ]] ||
+        die "Kamailio's private memory is ${pkg:-?} of ${pkg_size:-?} bytes, not $mm of $KAMAILIO_PKG_MB MiB (see $out/$name.settings)"
     [[ $receivers == "$WORKERS" ]] || die "Kamailio runs $receivers UDP receivers, not $WORKERS (see $out/$name.settings)"
     [[ $debug == 1 && $memdbg -gt $debug && $memlog -gt $debug ]] ||
         die "Kamailio's log levels are debug=$debug memdbg=$memdbg memlog=$memlog (see $out/$name.settings)"

@@ -32,6 +32,7 @@
 #   STEP_RATES, STEP_CALLS     the rate steps [2000 4000 8000 12000 16000 20000 24000], [20000]
 #   BUDGET_US                  siplb's goal: CPU per pair at the first fixed rate [30]
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh)
+#   KAMAILIO_MM                Kamailio's memory manager [tlsf]; qm or fm only to measure the choice
 # Needs: sipp (apt-get install -y sip-tester), kamailio (apt-get install -y kamailio) unless
 # BENCH_TARGETS leaves it out. Talks to 127.0.0.1 only; every sipp run is bounded by -m and
 # -timeout; every process it starts is stopped on exit, by the PID it started.
@@ -320,15 +321,20 @@ if [[ ${#proxies[@]} -gt 0 ]]; then
 fi
 
 # 1. CPU per pair at fixed rates, proxies alternating.
-declare -A cpu_sum=() ok_sum=() per_pair=()
+declare -A cpu_sum=() ok_sum=() per_pair=() fixed_lossy=()
 fixed_rows=()
 for rate in $FIXED_RATES; do
     for ((run = 1; run <= REPEAT; run++)); do
         for t in "${proxies[@]}"; do
             log "fixed rate: $t run $run: $FIXED_CALLS calls at $rate/s"
             read -r ok failed retrans wall _ _ cpu per <<<"$(measure "$t" "fixed-$t-$rate-$run" "$rate" "$FIXED_CALLS")"
-            log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair"
-            fixed_rows+=("| $rate | $t | $run | $ok | $failed | $retrans | $wall | $cpu | $per |")
+            load=$(cut -d' ' -f1 /proc/loadavg)
+            log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair, load $load"
+            fixed_rows+=("| $rate | $t | $run | $ok | $failed | $retrans | $wall | $cpu | $per | $load |")
+            if awk -v f="$failed" -v re="$retrans" -v n="$FIXED_CALLS" -v maxl="$MAX_LOST_PCT" \
+                'BEGIN { exit !((f + re) * 100 >= maxl * n) }'; then
+                fixed_lossy[$rate]+="$t run $run, "
+            fi
             cpu_sum[$t-$rate]=$(awk -v a="${cpu_sum[$t-$rate]:-0}" -v b="$cpu" 'BEGIN { print a + b }')
             ok_sum[$t-$rate]=$((${ok_sum[$t-$rate]:-0} + ok))
         done
@@ -390,20 +396,25 @@ if [[ -n $kamailio_pid ]]; then kamailio_memory=$(kamailio_peak_memory); fi
         echo "- siplb: bench/out/$stamp/siplb.toml (written by bench/run.sh); UDP receive buffer ${siplb_rcvbuf:-?} bytes (ss -m)"
     fi
     if [[ -n $kamailio_info ]]; then
-        echo "- Kamailio: \`-x tlsf -X tlsf -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg; read back"
+        echo "- Kamailio: \`-x $KAMAILIO_MM -X $KAMAILIO_MM -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg; read back"
         echo "  with kamcmd after the warm-up: $kamailio_info; at the end: $kamailio_memory"
     fi
     echo
     echo "## CPU per forwarded REGISTER + 200 OK ($FIXED_CALLS calls per run)"
     echo
-    echo "| rate /s | proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair |"
-    echo "| --: | --- | --: | --: | --: | --: | --: | --: | --: |"
+    echo "| rate /s | proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair | load average (1 min) after |"
+    echo "| --: | --- | --: | --: | --: | --: | --: | --: | --: | --: |"
     printf '%s\n' "${fixed_rows[@]}"
     echo
     for rate in $FIXED_RATES; do
         line="- at $rate/s:"
         for t in "${proxies[@]}"; do line+=" **$t ${per_pair[$t-$rate]} µs** CPU per pair;"; done
         echo "$line **siplb / Kamailio $(ratio "$rate")**"
+        if [[ -n ${fixed_lossy[$rate]:-} ]]; then
+            echo "  - NOT COMPARABLE: ${fixed_lossy[$rate]%, } lost pairs (failed calls + retransmissions ≥ $MAX_LOST_PCT% of"
+            echo "    the calls): the proxy or the machine did not carry the rate, and the CPU figure includes the"
+            echo "    work of the retransmissions"
+        fi
     done
     for t in "${proxies[@]}"; do echo "- idle, $t uses ${idle_ms[$t]} ms CPU per second (timers, probes)"; done
     echo "- siplb's goal, ≤ $BUDGET_US µs per pair at $first_rate/s: $budget"
@@ -419,6 +430,9 @@ if [[ -n $kamailio_pid ]]; then kamailio_memory=$(kamailio_peak_memory); fi
     printf '%s\n' "${step_rows[@]}"
     echo
     for t in $BENCH_TARGETS; do echo "- $t: highest sustained step **${best[$t]}/s**"; done
+    if has_target direct && [[ ${best[direct]} == none ]]; then
+        echo "- the baseline (no proxy) lost pairs at the first step: the machine could not carry this load during the run"
+    fi
     if has_target direct && [[ ${best[direct]} != none ]]; then
         for t in "${proxies[@]}"; do
             if [[ ${best[$t]} == "${best[direct]}" ]]; then
