@@ -193,11 +193,19 @@ udp_receive_buffer() {
 # the settings that make it a fair peer, writes kamcmd's answers to $out/NAME.settings, prints a
 # one-line summary for the report, and dies when one of them did not take effect: both memory
 # managers TLSF with the sizes asked, WORKERS UDP receivers, debug=1 with memdbg and memlog
-# above it, every destination probed (dispatcher flag P) and active (A), a receive buffer of
+# above it, every destination active (dispatcher flag A) and probed (P: its probe was answered),
+# a receive buffer of
 # 4 MiB (maxbuffer; as the kernel counts it: capped at net.core.rmem_max, doubled), when ss is
 # there to tell.
 kamailio_settings() {
-    local name=$1 port=$2 shm shm_size pkg pkg_size receivers debug memdbg memlog flags rcvbuf mm
+    local name=$1 port=$2 shm shm_size pkg pkg_size receivers debug memdbg memlog flags rcvbuf mm i
+    # Dispatcher marks a destination P (probing) when the answer to its first OPTIONS probe
+    # comes back, a probe interval after the start: up to 5 s for every destination to be AP.
+    for ((i = 0; i < 50; i++)); do
+        flags=$(kamcmd_value - dispatcher.list | awk '$1 == "FLAGS:" { printf "%s%s", sep, $2; sep = "," }')
+        [[ -n $flags && $flags =~ ^(AP,)*AP$ ]] && break
+        sleep 0.1
+    done
     case $KAMAILIO_MM in
     tlsf) mm=tlsf_malloc ;;
     qm) mm=q_malloc ;;
@@ -221,7 +229,6 @@ kamailio_settings() {
     debug=$(kamcmd_value - cfg.get core debug)
     memdbg=$(kamcmd_value - cfg.get core memdbg)
     memlog=$(kamcmd_value - cfg.get core memlog)
-    flags=$(kamcmd_value - dispatcher.list | awk '$1 == "FLAGS:" { printf "%s%s", sep, $2; sep = "," }')
     rcvbuf=$(udp_receive_buffer "$port")
     [[ $shm == "$mm" && $shm_size == $((KAMAILIO_SHM_MB << 20)) ]] ||
         die "Kamailio's shared memory is ${shm:-?} of ${shm_size:-?} bytes, not $mm of $KAMAILIO_SHM_MB MiB (see $out/$name.settings)"

@@ -30,6 +30,7 @@
 #   FIXED_RATES, FIXED_CALLS   the CPU-per-pair runs [2000 10000 calls/s, 60000 calls per run]
 #   REPEAT                     fixed-rate runs per proxy and rate, alternating [2]
 #   STEP_RATES, STEP_CALLS     the rate steps [2000 4000 8000 12000 16000 20000 24000], [20000]
+#                              (FIXED_RATES or STEP_RATES set empty: that part is skipped)
 #   BUDGET_US                  siplb's goal: CPU per pair at the first fixed rate [30]
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh)
 #   KAMAILIO_MM                Kamailio's memory manager [tlsf]; qm or fm only to measure the choice
@@ -50,10 +51,10 @@ users=$scenarios/users.csv
 SIPLB_BIN=${SIPLB_BIN:-$root/target/release/siplb}
 BENCH_TARGETS=${BENCH_TARGETS:-direct siplb kamailio}
 WORKERS=${WORKERS:-2}
-FIXED_RATES=${FIXED_RATES:-2000 10000}
+FIXED_RATES=${FIXED_RATES-2000 10000}
 FIXED_CALLS=${FIXED_CALLS:-60000}
 REPEAT=${REPEAT:-2}
-STEP_RATES=${STEP_RATES:-2000 4000 8000 12000 16000 20000 24000}
+STEP_RATES=${STEP_RATES-2000 4000 8000 12000 16000 20000 24000}
 STEP_CALLS=${STEP_CALLS:-20000}
 BUDGET_US=${BUDGET_US:-30}
 BACKENDS=4
