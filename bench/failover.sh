@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # siplb failover measurement: what users lose when a backend dies, and when an operator moves
 # them, under a steady REGISTER load — siplb next to Kamailio 5.6 + dispatcher configured the
-# same way (bench/kamailio/failover.cfg), in the same run.
+# same way (bench/kamailio/kamailio.cfg, run as in production: TLSF memory managers, children =
+# siplb's workers; see bench/lib.sh spawn_kamailio), in the same run.
 #
 #   sipp UAC ──▶ proxy ──▶ 4 × sipp UAS          (proxy = siplb, or Kamailio + dispatcher)
 #
@@ -166,6 +167,7 @@ extra() {
 # Proxies
 
 proxy_pid=
+kamailio_info=
 proxy_addr=
 ops_addr=
 ctl=
@@ -208,12 +210,11 @@ servers_toml() { # servers_toml INDEX... → a TOML servers list of those backen
 start_kamailio() { # start_kamailio NAME
     local name=$1 port
     free_udp_port port
-    ctl=$out/$name.ctl
-    spawn_kamailio proxy_pid "$root/bench/kamailio/failover.cfg" "$out/$name.list" "$name" "$port" \
-        -A "CTL_SOCKET=\"unix:$ctl\""
+    spawn_kamailio proxy_pid "$out/$name.list" "$name" "$port"
+    ctl=$kamailio_ctl
     started_pids+=("$proxy_pid")
     # Up to 10 s for its control socket; not there yet is no error: the warm-up tells.
-    wait_started "$proxy_pid" 100 kamailio "$out/$name.out" test -S "$ctl" || true
+    wait_started "$proxy_pid" 100 kamailio "$out/$name.out" test -S "$out/$name.ctl" || true
     proxy_addr=127.0.0.1:$port
 }
 
@@ -246,6 +247,7 @@ key = \"to-aor\""
                 start_kamailio "$name"
             fi
             warm_up "$proxy_addr" "$name"
+            if [[ $proxy == kamailio ]]; then kamailio_info=$(kamailio_settings "$name" "${proxy_addr##*:}"); fi
             uac "$name" "$proxy_addr" "$calls"
             # The death's moment in the run (not a synchronisation): KILL_AT_S plus a random
             # fraction of a second, so that it falls at a random phase of the probe interval.
@@ -325,13 +327,14 @@ log "$name: $((RATE * OP_GAP_S * 3)) REGISTERs at $RATE/s; disable and enable on
 start_backends "$name"
 start_kamailio "$name"
 warm_up "$proxy_addr" "$name"
+kamailio_info=$(kamailio_settings "$name" "${proxy_addr##*:}")
 uac "$name" "$proxy_addr" "$((RATE * OP_GAP_S * 3))"
 actions=""
 for state in d a; do
     sleep "$OP_GAP_S"
-    kamcmd -s "unix:$ctl" dispatcher.set_state "$state" 1 "sip:${uas_addrs[2]}" >>"$out/$name.kamcmd" 2>&1 ||
+    kamcmd -s "$ctl" dispatcher.set_state "$state" 1 "sip:${uas_addrs[2]}" >>"$out/$name.kamcmd" 2>&1 ||
         die "kamcmd dispatcher.set_state $state failed (see $out/$name.kamcmd)"
-    flags=$(kamcmd -s "unix:$ctl" dispatcher.list 2>/dev/null | grep -A2 "sip:${uas_addrs[2]}" | awk '/FLAGS/ { print $2; exit }' || true)
+    flags=$(kamcmd -s "$ctl" dispatcher.list 2>/dev/null | grep -A2 "sip:${uas_addrs[2]}" | awk '/FLAGS/ { print $2; exit }' || true)
     log "  dispatcher.set_state $state 1 sip:${uas_addrs[2]} (now flags ${flags:-?})"
     actions+="set_state $state → flags $flags; "
 done
@@ -364,6 +367,8 @@ commit=$(source_commit)
     echo "- health, both proxies: OPTIONS every 1 s, 500 ms timeout, out after 2 failures, back after 2 answers"
     echo "  (siplb \`[health]\` defaults; Kamailio dispatcher ds_ping_interval=1, ds_probing_threshold=2,"
     echo "  ds_inactive_threshold=2, ds_probing_mode=1, tm fr_timer=500 ms; hash over the To URI; stateless forward)"
+    echo "- Kamailio run as in production: \`-x $KAMAILIO_MM -X $KAMAILIO_MM -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg"
+    echo "  (why: docs/BENCHMARKS.md, \"A fair peer\"); read back with kamcmd after each warm-up: $kamailio_info"
     echo
     echo "## 1. A backend dies under load"
     echo

@@ -140,19 +140,122 @@ start_siplb_process() {
     wait_started "$!" "$tries" siplb "$out/$name.stderr" grep -qsx ready "$out/$name.stdout"
 }
 
-# spawn_kamailio VAR CFG LIST NAME PORT [ARG...]: Kamailio with the configuration CFG, in the
-# foreground mode (-DD -E) in the background, WORKERS children, listening on udp:127.0.0.1:PORT,
-# its dispatcher set 1 = the backends of uas_addrs (written to the file LIST), and the further
-# options ARG... (-A definitions); its output goes to $out/NAME.out, its PID file is
-# $out/NAME.pid. Sets VAR to its PID (not added to started_pids: the caller decides).
+# How Kamailio is run, as its operators run it in production (docs/BENCHMARKS.md, "A fair peer"):
+# TLSF for both the shared (-x) and the per-process (-X) memory, sized well above what the
+# load needs (the scripts record the peak each run used).
+KAMAILIO_SHM_MB=${KAMAILIO_SHM_MB:-256}
+KAMAILIO_PKG_MB=${KAMAILIO_PKG_MB:-16}
+# The memory manager: tlsf. Only to measure what the choice is worth (docs/BENCHMARKS.md):
+# qm (Debian's default, with its debug bookkeeping) or fm.
+KAMAILIO_MM=${KAMAILIO_MM:-tlsf}
+
+# spawn_kamailio VAR LIST NAME PORT: Kamailio with bench/kamailio/kamailio.cfg, in the
+# foreground mode (-DD -E) in the background, TLSF memory managers sized KAMAILIO_SHM_MB and
+# KAMAILIO_PKG_MB, WORKERS UDP receivers (-n), listening on udp:127.0.0.1:PORT, its dispatcher
+# set 1 = the backends of uas_addrs (written to the file LIST), its control socket (kamcmd) at
+# $out/NAME.ctl; its output goes to $out/NAME.out, its PID file is $out/NAME.pid. Sets VAR to
+# its PID (not added to started_pids: the caller decides) and kamailio_ctl to the control
+# socket's address.
+kamailio_ctl=
 spawn_kamailio() {
-    local var=$1 cfg=$2 list=$3 name=$4 port=$5 a
-    shift 5
+    local var=$1 list=$2 name=$3 port=$4 a
     : >"$list"
     for a in "${uas_addrs[@]}"; do echo "1 sip:$a" >>"$list"; done
-    kamailio -f "$cfg" -DD -E -n "$WORKERS" -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$list\"" "$@" \
+    kamailio_ctl=unix:$out/$name.ctl
+    rm -f "$out/$name.ctl"
+    kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E \
+        -x "$KAMAILIO_MM" -X "$KAMAILIO_MM" -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" -n "$WORKERS" \
+        -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$list\"" -A "CTL_SOCKET=\"$kamailio_ctl\"" \
         -P "$out/$name.pid" >"$out/$name.out" 2>&1 &
     printf -v "$var" '%s' "$!"
+}
+
+# kamcmd_value NAME COMMAND... → the value after "NAME:" in what kamcmd COMMAND... prints
+# (through kamailio_ctl), or the whole output when NAME is "-".
+kamcmd_value() {
+    local key=$1
+    shift
+    kamcmd -s "$kamailio_ctl" "$@" 2>/dev/null |
+        awk -v k="$key" 'k == "-" { print; next } { sub(/^[ \t]+/, "") } index($0, k ": ") == 1 { print substr($0, length(k) + 3); exit }' || true
+}
+
+# udp_receive_buffer PORT → the receive buffer (bytes, as the kernel accounts it: twice what
+# SO_RCVBUF asked) of the UDP socket(s) bound to 127.0.0.1:PORT, per `ss -m`; "?" without ss.
+udp_receive_buffer() {
+    command -v ss >/dev/null || {
+        echo "?"
+        return 0
+    }
+    ss -u -a -m -n "sport = :$1" 2>/dev/null | grep -o 'rb[0-9]*' | sed 's/^rb//' | sort -u | paste -sd, - || true
+}
+
+# kamailio_settings NAME PORT: reads back, from the running Kamailio (kamcmd through kamailio_ctl),
+# the settings that make it a fair peer, writes kamcmd's answers to $out/NAME.settings, prints a
+# one-line summary for the report, and dies when one of them did not take effect: both memory
+# managers TLSF with the sizes asked, WORKERS UDP receivers, debug=1 with memdbg and memlog
+# above it, every destination active (dispatcher flag A) and probed (P: its probe was answered),
+# a receive buffer of
+# 4 MiB (maxbuffer; as the kernel counts it: capped at net.core.rmem_max, doubled), when ss is
+# there to tell.
+kamailio_settings() {
+    local name=$1 port=$2 shm shm_size pkg pkg_size receivers debug memdbg memlog flags rcvbuf mm i
+    # Dispatcher marks a destination P (probing) when the answer to its first OPTIONS probe
+    # comes back, a probe interval after the start: up to 5 s for every destination to be AP.
+    for ((i = 0; i < 50; i++)); do
+        flags=$(kamcmd_value - dispatcher.list | awk '$1 == "FLAGS:" { printf "%s%s", sep, $2; sep = "," }')
+        [[ -n $flags && $flags =~ ^(AP,)*AP$ ]] && break
+        sleep 0.1
+    done
+    case $KAMAILIO_MM in
+    tlsf) mm=tlsf_malloc ;;
+    qm) mm=q_malloc ;;
+    fm) mm=f_malloc ;;
+    *) die "KAMAILIO_MM=$KAMAILIO_MM: tlsf, qm or fm" ;;
+    esac
+    {
+        for c in shm.info pkg.info core.shmmem core.ps dispatcher.list; do
+            echo "\$ kamcmd $c"
+            kamcmd -s "$kamailio_ctl" "$c" 2>&1 || true
+        done
+        echo "\$ ss -u -a -m -n 'sport = :$port'"
+        ss -u -a -m -n "sport = :$port" 2>&1 || true
+        for v in debug memdbg memlog maxbuffer; do echo "\$ kamcmd cfg.get core $v"; kamcmd -s "$kamailio_ctl" cfg.get core "$v" 2>&1 || true; done
+    } >"$out/$name.settings"
+    shm=$(kamcmd_value name shm.info)
+    shm_size=$(kamcmd_value size shm.info)
+    pkg=$(kamcmd_value name pkg.info)
+    pkg_size=$(kamcmd_value size pkg.info)
+    receivers=$(kamcmd_value - core.ps | grep -c '^udp receiver' || true)
+    debug=$(kamcmd_value - cfg.get core debug)
+    memdbg=$(kamcmd_value - cfg.get core memdbg)
+    memlog=$(kamcmd_value - cfg.get core memlog)
+    rcvbuf=$(udp_receive_buffer "$port")
+    [[ $shm == "$mm" && $shm_size == $((KAMAILIO_SHM_MB << 20)) ]] ||
+        die "Kamailio's shared memory is ${shm:-?} of ${shm_size:-?} bytes, not $mm of $KAMAILIO_SHM_MB MiB (see $out/$name.settings)"
+    [[ $pkg == "$mm" && $pkg_size == $((KAMAILIO_PKG_MB << 20)) ]] ||
+        die "Kamailio's private memory is ${pkg:-?} of ${pkg_size:-?} bytes, not $mm of $KAMAILIO_PKG_MB MiB (see $out/$name.settings)"
+    [[ $receivers == "$WORKERS" ]] || die "Kamailio runs $receivers UDP receivers, not $WORKERS (see $out/$name.settings)"
+    [[ $debug == 1 && $memdbg -gt $debug && $memlog -gt $debug ]] ||
+        die "Kamailio's log levels are debug=$debug memdbg=$memdbg memlog=$memlog (see $out/$name.settings)"
+    [[ -n $flags && $flags =~ ^(AP,)*AP$ ]] || die "Kamailio's destinations are not all active and probed: flags $flags (see $out/$name.settings)"
+    # 4 MiB asked, capped by the kernel at net.core.rmem_max, doubled.
+    local want=$((4 << 20)) rmem_max
+    rmem_max=$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo "$want")
+    ((rmem_max < want)) && want=$rmem_max
+    want=$((want * 2))
+    [[ $rcvbuf == "$want" || $rcvbuf == "?" ]] ||
+        die "Kamailio's UDP receive buffer is ${rcvbuf:-?} bytes, not $want (see $out/$name.settings)"
+    echo "shm $shm $((shm_size >> 20)) MiB, pkg $pkg $((pkg_size >> 20)) MiB per process, $receivers UDP receivers, debug=$debug memdbg=$memdbg memlog=$memlog, destinations $flags (active, probed), UDP receive buffer $rcvbuf bytes"
+}
+
+# kamailio_peak_memory → "shm peak X KiB, pkg peak Y KiB": the most shared memory Kamailio used
+# since it started (core.shmmem max_used) and the most private memory any of its processes
+# uses now (pkg.stats real_used), read through kamailio_ctl.
+kamailio_peak_memory() {
+    local shm pkg
+    shm=$(kamcmd_value max_used core.shmmem)
+    pkg=$(kamcmd_value - pkg.stats | awk '$1 == "real_used:" && $2 > m { m = $2 } END { print m + 0 }')
+    echo "shm peak $((${shm:-0} >> 10)) KiB of $KAMAILIO_SHM_MB MiB, pkg in use at most $((${pkg:-0} >> 10)) KiB of $KAMAILIO_PKG_MB MiB per process"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,17 @@
 #   sipp UAC ──▶ proxy ──▶ 4 × sipp UAS          (proxy = siplb, or Kamailio 5.6 + dispatcher)
 #   sipp UAC ──────────▶ 4 × sipp UAS            ("direct": the baseline, no proxy)
 #
+# Kamailio runs as in production (bench/kamailio/kamailio.cfg, bench/lib.sh spawn_kamailio):
+# TLSF memory managers, children = siplb's workers, probing its backends as siplb does (OPTIONS
+# every second); the script reads these settings back from the running Kamailio with kamcmd
+# and stops if one did not take effect.
+#
 # It measures, in one run so that the noise of a shared machine hits all of them alike:
 #   1. CPU per forwarded pair: the proxy's utime+stime (/proc/PID/stat, summed over its
 #      processes) over a fixed-count run at a fixed rate, divided by the successful calls
-#      (one call = one REGISTER forwarded + one 200 OK forwarded back). Alternating runs of
-#      siplb and Kamailio, REPEAT times each, and the ratio siplb / Kamailio.
+#      (one call = one REGISTER forwarded + one 200 OK forwarded back). At each of
+#      FIXED_RATES, alternating runs of siplb and Kamailio, REPEAT times each, and the ratio
+#      siplb / Kamailio.
 #   2. The highest rate sipp sustains through each target: rates stepped up, a fixed number
 #      of calls per step, until a step loses pairs (failed calls + retransmissions ≥ 0.1% of
 #      the calls) or sipp starts the calls at < 90% of the asked rate.
@@ -21,10 +27,13 @@
 #                              `cargo build --release -p siplb`
 #   BENCH_TARGETS              which targets to measure ["direct siplb kamailio"]
 #   WORKERS                    siplb [listen] workers = Kamailio children (-n) [2]
-#   FIXED_RATE, FIXED_CALLS    the CPU-per-pair runs [2000 calls/s, 60000 calls]
-#   REPEAT                     fixed-rate runs per proxy, alternating [2]
+#   FIXED_RATES, FIXED_CALLS   the CPU-per-pair runs [2000 10000 calls/s, 60000 calls per run]
+#   REPEAT                     fixed-rate runs per proxy and rate, alternating [2]
 #   STEP_RATES, STEP_CALLS     the rate steps [2000 4000 8000 12000 16000 20000 24000], [20000]
-#   BUDGET_US                  CPU budget per pair for siplb [30]
+#                              (FIXED_RATES or STEP_RATES set empty: that part is skipped)
+#   BUDGET_US                  siplb's goal: CPU per pair at the first fixed rate [30]
+#   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh)
+#   KAMAILIO_MM                Kamailio's memory manager [tlsf]; qm or fm only to measure the choice
 # Needs: sipp (apt-get install -y sip-tester), kamailio (apt-get install -y kamailio) unless
 # BENCH_TARGETS leaves it out. Talks to 127.0.0.1 only; every sipp run is bounded by -m and
 # -timeout; every process it starts is stopped on exit, by the PID it started.
@@ -42,10 +51,10 @@ users=$scenarios/users.csv
 SIPLB_BIN=${SIPLB_BIN:-$root/target/release/siplb}
 BENCH_TARGETS=${BENCH_TARGETS:-direct siplb kamailio}
 WORKERS=${WORKERS:-2}
-FIXED_RATE=${FIXED_RATE:-2000}
+FIXED_RATES=${FIXED_RATES-2000 10000}
 FIXED_CALLS=${FIXED_CALLS:-60000}
 REPEAT=${REPEAT:-2}
-STEP_RATES=${STEP_RATES:-2000 4000 8000 12000 16000 20000 24000}
+STEP_RATES=${STEP_RATES-2000 4000 8000 12000 16000 20000 24000}
 STEP_CALLS=${STEP_CALLS:-20000}
 BUDGET_US=${BUDGET_US:-30}
 BACKENDS=4
@@ -180,6 +189,7 @@ wait_answering() {
 
 siplb_pid=
 siplb_addr=
+siplb_rcvbuf=
 start_siplb() {
     local port cfg servers="" a
     [[ -x $SIPLB_BIN ]] || die "no siplb binary at $SIPLB_BIN: run \`cargo build --release -p siplb\` or set SIPLB_BIN"
@@ -188,6 +198,7 @@ start_siplb() {
     for a in "${uas_addrs[@]}"; do
         servers+="  { address = \"$a\", transport = \"udp\" },"$'\n'
     done
+    # Health: siplb's defaults, and what Kamailio's dispatcher is given in kamailio.cfg.
     cat >"$cfg" <<EOF
 # written by bench/run.sh
 [listen]
@@ -216,6 +227,7 @@ EOF
         die "siplb did not print ready within 15 s (see $out/siplb.stderr)"
     siplb_addr=$(awk '$1 == "listening" && $2 == "udp" { print $3; exit }' "$out/siplb.stdout")
     siplb_addr=${siplb_addr:-127.0.0.1:$port}
+    siplb_rcvbuf=$(udp_receive_buffer "${siplb_addr##*:}")
     # Health starts from probes: a warm-up with no failure means every backend is in use.
     wait_answering "$siplb_addr" "siplb warm-up" 1000 ||
         die "siplb at $siplb_addr does not forward REGISTERs (see $out/siplb.stderr)"
@@ -226,12 +238,13 @@ start_kamailio() {
     local port
     command -v kamailio >/dev/null || die "kamailio not found: apt-get install -y kamailio (or BENCH_TARGETS without kamailio)"
     free_udp_port port
-    spawn_kamailio kamailio_pid "$root/bench/kamailio/kamailio.cfg" "$out/dispatcher.list" kamailio "$port"
+    spawn_kamailio kamailio_pid "$out/dispatcher.list" kamailio "$port"
     kamailio_addr=127.0.0.1:$port
-    # Up to 10 s for its PID file; not there yet is no error: the warm-up tells.
-    wait_started "$kamailio_pid" 100 kamailio "$out/kamailio.out" test -s "$out/kamailio.pid" || true
+    # Up to 10 s for its control socket; not there yet is no error: the warm-up tells.
+    wait_started "$kamailio_pid" 100 kamailio "$out/kamailio.out" test -S "$out/kamailio.ctl" || true
     wait_answering "$kamailio_addr" "kamailio warm-up" 1000 ||
         die "kamailio at $kamailio_addr does not forward REGISTERs (see $out/kamailio.out)"
+    kamailio_info=$(kamailio_settings kamailio "$port")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +299,11 @@ log "output in $out"
 start_backends
 log "backends: ${uas_addrs[*]}"
 if has_target siplb; then start_siplb; log "siplb $siplb_addr (pid $siplb_pid, $WORKERS workers)"; fi
-if has_target kamailio; then start_kamailio; log "kamailio $kamailio_addr (pid $kamailio_pid, $WORKERS children)"; fi
+kamailio_info=
+if has_target kamailio; then
+    start_kamailio
+    log "kamailio $kamailio_addr (pid $kamailio_pid): $kamailio_info"
+fi
 
 proxies=()
 for t in siplb kamailio; do has_target "$t" && proxies+=("$t"); done
@@ -304,22 +321,28 @@ if [[ ${#proxies[@]} -gt 0 ]]; then
     done
 fi
 
-# 1. CPU per pair at a fixed rate, proxies alternating.
-declare -A cpu_sum=() ok_sum=()
+# 1. CPU per pair at fixed rates, proxies alternating.
+declare -A cpu_sum=() ok_sum=() per_pair=() fixed_lossy=()
 fixed_rows=()
-for ((run = 1; run <= REPEAT; run++)); do
-    for t in "${proxies[@]}"; do
-        log "fixed rate: $t run $run: $FIXED_CALLS calls at $FIXED_RATE/s"
-        read -r ok failed retrans wall _ _ cpu per <<<"$(measure "$t" "fixed-$t-$run" "$FIXED_RATE" "$FIXED_CALLS")"
-        log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair"
-        fixed_rows+=("| $t | $run | $ok | $failed | $retrans | $wall | $cpu | $per |")
-        cpu_sum[$t]=$(awk -v a="${cpu_sum[$t]:-0}" -v b="$cpu" 'BEGIN { print a + b }')
-        ok_sum[$t]=$((${ok_sum[$t]:-0} + ok))
+for rate in $FIXED_RATES; do
+    for ((run = 1; run <= REPEAT; run++)); do
+        for t in "${proxies[@]}"; do
+            log "fixed rate: $t run $run: $FIXED_CALLS calls at $rate/s"
+            read -r ok failed retrans wall _ _ cpu per <<<"$(measure "$t" "fixed-$t-$rate-$run" "$rate" "$FIXED_CALLS")"
+            load=$(cut -d' ' -f1 /proc/loadavg)
+            log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair, load $load"
+            fixed_rows+=("| $rate | $t | $run | $ok | $failed | $retrans | $wall | $cpu | $per | $load |")
+            if awk -v f="$failed" -v re="$retrans" -v n="$FIXED_CALLS" -v maxl="$MAX_LOST_PCT" \
+                'BEGIN { exit !((f + re) * 100 >= maxl * n) }'; then
+                fixed_lossy[$rate]+="$t run $run, "
+            fi
+            cpu_sum[$t-$rate]=$(awk -v a="${cpu_sum[$t-$rate]:-0}" -v b="$cpu" 'BEGIN { print a + b }')
+            ok_sum[$t-$rate]=$((${ok_sum[$t-$rate]:-0} + ok))
+        done
     done
-done
-declare -A per_pair=()
-for t in "${proxies[@]}"; do
-    per_pair[$t]=$(awk -v c="${cpu_sum[$t]}" -v n="${ok_sum[$t]}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
+    for t in "${proxies[@]}"; do
+        per_pair[$t-$rate]=$(awk -v c="${cpu_sum[$t-$rate]}" -v n="${ok_sum[$t-$rate]}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
+    done
 done
 
 # 2. Highest sustained rate per target. Each rate is tried on every target still in the race
@@ -348,14 +371,18 @@ done
 # ---------------------------------------------------------------------------------------------
 # Report
 
-ratio="-"
-if [[ -n ${per_pair[siplb]:-} && -n ${per_pair[kamailio]:-} ]]; then
-    ratio=$(awk -v s="${per_pair[siplb]}" -v k="${per_pair[kamailio]}" 'BEGIN { if (k > 0) printf "%.2f", s / k; else print "-" }')
-fi
+# ratio RATE → siplb / Kamailio CPU per pair at the fixed rate RATE, or "-"
+ratio() {
+    awk -v s="${per_pair[siplb-$1]:--}" -v k="${per_pair[kamailio-$1]:--}" \
+        'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }'
+}
+first_rate=${FIXED_RATES%% *}
 budget="not measured"
-if [[ -n ${per_pair[siplb]:-} && ${per_pair[siplb]} != - ]]; then
-    budget=$(awk -v s="${per_pair[siplb]}" -v b="$BUDGET_US" 'BEGIN { print (s <= b) ? "within budget" : "OVER BUDGET" }')
+if [[ ${per_pair[siplb-$first_rate]:--} != - ]]; then
+    budget=$(awk -v s="${per_pair[siplb-$first_rate]}" -v b="$BUDGET_US" 'BEGIN { print (s <= b) ? "met" : "NOT MET" }')
 fi
+kamailio_memory=
+if [[ -n $kamailio_pid ]]; then kamailio_memory=$(kamailio_peak_memory); fi
 
 {
     echo "# siplb benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -365,18 +392,33 @@ fi
     echo "- topology: sipp UAC → proxy → $BACKENDS sipp UAS on 127.0.0.1; siplb workers = Kamailio children = $WORKERS;"
     echo "  direct = the same client and backends with no proxy (each REGISTER sent to a backend in turn)"
     echo "- scenario: REGISTER for users of tests/sipp/users.csv, 200 OK back (tests/sipp/*.xml)"
+    echo "- probing, both proxies: OPTIONS to every backend every 1 s, 500 ms timeout, fall 2, rise 2"
+    if [[ -n $siplb_pid ]]; then
+        echo "- siplb: bench/out/$stamp/siplb.toml (written by bench/run.sh); UDP receive buffer ${siplb_rcvbuf:-?} bytes (ss -m)"
+    fi
+    if [[ -n $kamailio_info ]]; then
+        echo "- Kamailio: \`-x $KAMAILIO_MM -X $KAMAILIO_MM -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB -n $WORKERS\`, bench/kamailio/kamailio.cfg; read back"
+        echo "  with kamcmd after the warm-up: $kamailio_info; at the end: $kamailio_memory"
+    fi
     echo
-    echo "## CPU per forwarded REGISTER + 200 OK ($FIXED_CALLS calls at $FIXED_RATE/s per run)"
+    echo "## CPU per forwarded REGISTER + 200 OK ($FIXED_CALLS calls per run)"
     echo
-    echo "| proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair |"
-    echo "| --- | --: | --: | --: | --: | --: | --: | --: |"
+    echo "| rate /s | proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair | load average (1 min) after |"
+    echo "| --: | --- | --: | --: | --: | --: | --: | --: | --: | --: |"
     printf '%s\n' "${fixed_rows[@]}"
     echo
-    for t in "${proxies[@]}"; do
-        echo "- **$t: ${per_pair[$t]} µs CPU per pair** (all runs; idle, it uses ${idle_ms[$t]} ms CPU per second)"
+    for rate in $FIXED_RATES; do
+        line="- at $rate/s:"
+        for t in "${proxies[@]}"; do line+=" **$t ${per_pair[$t-$rate]} µs** CPU per pair;"; done
+        echo "$line **siplb / Kamailio $(ratio "$rate")**"
+        if [[ -n ${fixed_lossy[$rate]:-} ]]; then
+            echo "  - NOT COMPARABLE: ${fixed_lossy[$rate]%, } lost pairs (failed calls + retransmissions ≥ $MAX_LOST_PCT% of"
+            echo "    the calls): the proxy or the machine did not carry the rate, and the CPU figure includes the"
+            echo "    work of the retransmissions"
+        fi
     done
-    echo "- **siplb / Kamailio CPU per pair: $ratio**"
-    echo "- siplb budget ≤ $BUDGET_US µs per pair: $budget"
+    for t in "${proxies[@]}"; do echo "- idle, $t uses ${idle_ms[$t]} ms CPU per second (timers, probes)"; done
+    echo "- siplb's goal, ≤ $BUDGET_US µs per pair at $first_rate/s: $budget"
     echo
     echo "## Highest sustained rate ($STEP_CALLS calls per step)"
     echo
@@ -389,6 +431,9 @@ fi
     printf '%s\n' "${step_rows[@]}"
     echo
     for t in $BENCH_TARGETS; do echo "- $t: highest sustained step **${best[$t]}/s**"; done
+    if has_target direct && [[ ${best[direct]} == none ]]; then
+        echo "- the baseline (no proxy) lost pairs at the first step: the machine could not carry this load during the run"
+    fi
     if has_target direct && [[ ${best[direct]} != none ]]; then
         for t in "${proxies[@]}"; do
             if [[ ${best[$t]} == "${best[direct]}" ]]; then
