@@ -82,6 +82,8 @@ pub struct RawHealth {
 pub struct RawRouting {
     pub no_route: Option<Int>,
     pub retry_after: Option<Str>,
+    pub server_header: Option<Str>,
+    pub branch_key_file: Option<Str>,
 }
 
 /// `[log]`.

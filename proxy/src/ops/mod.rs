@@ -238,7 +238,9 @@ pub fn explain(
 ) -> Result<RouteDoc, u16> {
     let request = crate::demo::request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
     let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
-    let d = Worker::new().explain(table, request.as_bytes(), src)?;
+    let d = Worker::new()
+        .explain(table, request.as_bytes(), src)
+        .map_err(|refusal| refusal.code())?;
     let server = d.server.map(|s| {
         let s = table.server(d.serving, s);
         RouteServer {
