@@ -48,6 +48,11 @@ pub fn assert_own_answer(sent: &[u8], answer: &Msg, status: u16, client: SocketA
         "top Via changed beyond received/rport\n{}",
         shown()
     );
+    let receiveds = got[0]
+        .split(';')
+        .filter(|p| p.trim().to_ascii_lowercase().starts_with("received"))
+        .count();
+    assert_eq!(receiveds, 1, "top Via must carry one received\n{}", shown());
     let received = param(&got[0], "received").flatten();
     assert_eq!(
         received.as_deref(),

@@ -220,6 +220,20 @@ impl Siplb {
         self.udp[0]
     }
 
+    /// Every UDP address siplb listens on, in the order of `[listen] udp`.
+    pub fn udp(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    /// The UDP address siplb listens on for IPv6 (the config must have an IPv6 listener).
+    pub fn addr_v6(&self) -> SocketAddr {
+        *self
+            .udp
+            .iter()
+            .find(|a| a.is_ipv6())
+            .expect("siplb has no IPv6 listener: add \"[::1]:0\" to [listen] udp")
+    }
+
     /// The ops endpoint's address (the config must have `[ops]`, see `Config::ops`).
     pub fn ops(&self) -> SocketAddr {
         self.ops

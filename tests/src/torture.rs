@@ -105,11 +105,11 @@ mod tests {
 
     #[test]
     fn every_torture_file_expands() {
-        for sub in ["valid", "invalid"] {
+        for sub in ["valid", "invalid", "ipv6"] {
             for entry in std::fs::read_dir(dir().join(sub)).unwrap() {
                 let path = entry.unwrap().path();
                 let text = std::fs::read_to_string(&path).unwrap();
-                assert!(text.starts_with("# RFC 4475 §"), "{}", path.display());
+                assert!(text.starts_with("# RFC "), "{}", path.display());
                 let bytes = expand(&text, &[]).unwrap();
                 assert!(find(&bytes, b"\r\n\r\n").is_some(), "{}", path.display());
             }
