@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 
 use siplb_e2e::client::ANSWER_WITHIN;
+use siplb_e2e::ops::{wait_until, Ops};
 use siplb_e2e::request::unique;
 use siplb_e2e::sip::show;
 use siplb_e2e::{
@@ -31,7 +32,9 @@ fn bed(behaviour: Behaviour) -> Testbed {
             .map(|i| Backend::start_on(&format!("fe{i}"), behaviour, v6()).expect("bind [::1]"))
             .collect(),
     };
-    let config = Config::single_pool(&farm.backends).listen(&["[::1]:0"]);
+    let config = Config::single_pool(&farm.backends)
+        .listen(&["[::1]:0"])
+        .ops();
     let siplb = Siplb::start(&config.render());
     assert!(siplb.addr().is_ipv6(), "siplb listens on {}", siplb.addr());
     Testbed {
@@ -149,5 +152,46 @@ fn a_response_whose_client_via_says_received_with_or_without_brackets_is_relayed
         assert_eq!(got.status(), Some(200));
         assert_eq!(got.vias().len(), 1, "{}", show(&got.raw));
         assert!(got.vias()[0].contains(&format!("received={form}")));
+    }
+}
+
+#[test]
+fn a_response_whose_ipv6_return_path_is_multicast_or_unspecified_is_dropped() {
+    // ff01::1 is interface-local all-nodes multicast (it never leaves this host), :: the
+    // unspecified address; both read from `received`, bracketed or not.
+    let mut tb = bed(Behaviour::Mute);
+    let ops = Ops::of(&tb.siplb);
+    for bad in ["ff01::1", "[ff01::1]", "::", "[::]"] {
+        let req = v6_register(&format!("{}@contoso.com", unique("u")));
+        tb.client.send(tb.siplb.addr(), &req);
+        let (server, fwd) = tb
+            .farm
+            .wait_forwarded(&req.call_id(), "1 REGISTER", ANSWER_WITHIN);
+        let fwd = Msg::must_parse(&fwd.bytes);
+        let genuine = response_to(&fwd, "SIP/2.0 200 OK");
+        let drops = || {
+            ops.metrics()
+                .sum("siplb_drops_total", &[("reason", "bad_destination")])
+        };
+        let before = drops();
+        let forged = with_client_received(&genuine, bad);
+        tb.farm.get(&server).send_raw(tb.siplb.addr(), &forged);
+        wait_until(
+            &format!("a bad_destination drop for received={bad}"),
+            ANSWER_WITHIN,
+            || {
+                let now = drops();
+                (now > before).then_some(()).ok_or(format!("{now}"))
+            },
+        );
+        tb.client.assert_no_answer(&req.call_id());
+        // The genuine response still goes through.
+        tb.farm.get(&server).send_raw(tb.siplb.addr(), &genuine);
+        let got = tb.client.final_response(&req);
+        assert_eq!(
+            got.and_then(|m| m.status()),
+            Some(200),
+            "genuine after {bad}"
+        );
     }
 }

@@ -15,7 +15,10 @@ use siplb_e2e::client::ANSWER_WITHIN;
 use siplb_e2e::ops::{wait_until, Ops};
 use siplb_e2e::request::unique;
 use siplb_e2e::sip::{show, split_head};
-use siplb_e2e::{torture, Behaviour, Config, Farm, Msg, Request, Siplb, Testbed};
+use siplb_e2e::{
+    assert_response_intact, response_to, torture, Backend, Behaviour, Client, Config, Farm, Msg,
+    Request, Siplb, Testbed,
+};
 
 /// Servers fe1 and fe2 in pool `fe`, a catch-all route, the ops endpoint on.
 fn bed() -> (Testbed, Ops) {
@@ -527,4 +530,83 @@ fn a_request_whose_top_via_is_unreadable_is_dropped_as_malformed() {
     tb.client.assert_no_answer(&req.call_id());
     assert_nothing_forwarded(&tb, &req.bytes());
     still_routes(&mut tb);
+}
+
+// RFC 4475's responses: a server (that writes its responses itself) answers a real forwarded
+// request with them.
+
+/// siplb in front of one server that answers nothing by itself; a REGISTER through it, and the
+/// request as the server received it.
+fn response_bed() -> (Backend, Siplb, Ops, Client, Request, Msg) {
+    let backend = Backend::start("fe1", Behaviour::Mute);
+    let config = Config::single_pool(std::slice::from_ref(&backend)).ops();
+    let siplb = Siplb::start(&config.render());
+    let ops = Ops::of(&siplb);
+    let client = Client::new();
+    let req = Request::register(&format!("{}@contoso.com", unique("u")));
+    client.send(siplb.addr(), &req);
+    let fwd = Msg::must_parse(&backend.wait_request(&req.call_id(), ANSWER_WITHIN).bytes);
+    (backend, siplb, ops, client, req, fwd)
+}
+
+/// `status_line` as the first line of the server's response to `fwd`, bytes and all.
+fn response_with(fwd: &Msg, status_line: &[u8]) -> Vec<u8> {
+    let plain = response_to(fwd, "SIP/2.0 200 OK");
+    let mut out = status_line.to_vec();
+    out.extend_from_slice(&plain["SIP/2.0 200 OK".len()..]);
+    out
+}
+
+#[test]
+fn rfc4475_3_1_1_12_unreason_unusual_reason_phrase_is_relayed_intact() {
+    // §3.1.1.12 (unreason): a 200 whose reason phrase is `= 2**3 * 5**2` and UTF-8 Cyrillic.
+    let (backend, siplb, _ops, mut client, req, fwd) = response_bed();
+    let mut line = b"SIP/2.0 200 = 2**3 * 5**2 ".to_vec();
+    line.extend_from_slice(
+        b"\xd0\xbd\xd0\xbe \xd1\x81\xd1\x82\xd0\xbe \xd0\xb4\xd0\xb5\xd0\xb2\xd1\x8f\xd0\xbd\xd0\xbe\xd1\x81\xd1\x82\xd0\xbe \xd0\xb4\xd0\xb5\xd0\xb2\xd1\x8f\xd1\x82\xd1\x8c",
+    );
+    let resp = response_with(&fwd, &line);
+    backend.send_raw(siplb.addr(), &resp);
+    let got = client
+        .final_response(&req)
+        .unwrap_or_else(|| panic!("not relayed:\n{}", show(&resp)));
+    assert_response_intact(&resp, &got.raw, siplb.addr());
+}
+
+#[test]
+fn rfc4475_3_1_1_13_noreason_empty_reason_phrase_is_relayed_intact() {
+    // §3.1.1.13 (noreason): `SIP/2.0 100 ` with nothing after the code's SP, then a final 200.
+    let (backend, siplb, _ops, mut client, req, fwd) = response_bed();
+    let resp = response_with(&fwd, b"SIP/2.0 100 ");
+    backend.send_raw(siplb.addr(), &resp);
+    let call_id = req.call_id();
+    let got = client
+        .wait_for(ANSWER_WITHIN, |m| {
+            m.status() == Some(100) && m.call_id() == Some(call_id.as_str())
+        })
+        .unwrap_or_else(|| panic!("not relayed:\n{}", show(&resp)));
+    assert_response_intact(&resp, &got.raw, siplb.addr());
+}
+
+#[test]
+fn rfc4475_3_1_2_19_bigcode_overlarge_status_code_is_dropped_as_malformed() {
+    // §3.1.2.19 (bigcode): status code 4294967301. A malformed response is dropped, counted.
+    let (backend, siplb, ops, mut client, req, fwd) = response_bed();
+    let before = drops(&ops, "malformed");
+    backend.send_raw(
+        siplb.addr(),
+        &response_with(&fwd, b"SIP/2.0 4294967301 better not break the receiver"),
+    );
+    wait_until("a malformed drop", ANSWER_WITHIN, || {
+        let now = drops(&ops, "malformed");
+        (now > before).then_some(()).ok_or(format!("drops {now}"))
+    });
+    client.assert_no_answer(&req.call_id());
+    // The genuine response still goes through.
+    let genuine = response_to(&fwd, "SIP/2.0 200 OK");
+    backend.send_raw(siplb.addr(), &genuine);
+    let got = client
+        .final_response(&req)
+        .expect("the genuine response relayed");
+    assert_response_intact(&genuine, &got.raw, siplb.addr());
 }
