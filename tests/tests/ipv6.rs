@@ -1,12 +1,14 @@
 //! IPv6 through siplb (an IPv6 listener on `[::1]`, servers on `[::1]`, a client on `::1`).
 //!
-//! RFC 3261 §25.1 writes `via-received = "received" EQUAL (IPv4address / IPv6address)`: an
-//! IPv6 `received` has no brackets (`received=::1`), unlike a Via sent-by, which takes an
-//! IPv6reference (`[::1]`). RFC 5118 §4.5 ("IPv6 Reference Delimiters in Via Header") shows both
-//! forms in the wild and asks implementations to be liberal in what they accept, and RFC 5954
-//! corrects RFC 3261's IPv6 ABNF without changing `via-received`. So siplb writes
-//! `received=::1` and reads both `received=::1` and `received=[::1]` on a response's Via.
-//! RFC 5118's IPv6 messages (§4.1, §4.3, §4.4, §4.6, in `tests/torture/ipv6/`) are routed and
+//! RFC 3261 §20.42 and §25.1: `via-received = "received" EQUAL (IPv4address / IPv6address)`, so
+//! an IPv6 `received` has no brackets (`received=::1`), unlike a Via sent-by, which takes an
+//! `IPv6reference` (`[::1]`). RFC 5954 corrects RFC 3261's `IPv6address` production (the one
+//! `via-received` uses) and keeps it bracket-free. RFC 5118 §4.5 ("IPv6 Reference Delimiters in
+//! Via Header") shows both forms and says "implementations must follow the Robustness Principle
+//! [RFC1122] and be liberal in accepting a 'received' parameter with or without the delimiting
+//! '[' and ']' tokens". So siplb writes `received=::1` and reads both forms.
+//!
+//! RFC 5118's IPv6 messages (§4.1, §4.3-§4.6, in `tests/torture/ipv6/`) are routed and
 //! forwarded with only siplb's edits, and a Route naming a server by its IPv6 reference goes to
 //! that server.
 
@@ -90,6 +92,35 @@ fn rfc5118_4_6_invite_with_ipv6_hosts_is_forwarded_intact() {
     let mut tb = bed(Behaviour::Accept);
     let ex = tb.exchange(&torture::load("ipv6/invite", &[]));
     assert_eq!(ex.response.and_then(|m| m.status()), Some(200));
+}
+
+/// RFC 5118 §4.5: a request whose top Via already has an IPv6 `received`, with or without
+/// brackets, is forwarded with that `received` replaced by the source address (`::1`).
+fn forwarded_with_received_replaced(name: &str, old: &str) {
+    let mut tb = bed(Behaviour::Accept);
+    let sent = torture::load(name, &[]);
+    let text = String::from_utf8(sent.clone()).expect("text");
+    assert!(text.contains(old), "{name} lacks {old}");
+    // What the server must see, before siplb's own edits: the request without the old value.
+    let expected = text.replacen(old, "", 1).into_bytes();
+    let ex = tb.exchange_expecting(&sent, &expected);
+    let fwd = ex.forwarded.msg().expect("forwarded SIP");
+    assert_eq!(
+        siplb_e2e::sip::param(&fwd.vias()[1], "received"),
+        Some(Some("::1".to_string())),
+        "{}",
+        fwd.vias()[1]
+    );
+}
+
+#[test]
+fn rfc5118_4_5_bracketed_received_in_a_request_is_replaced_unbracketed() {
+    forwarded_with_received_replaced("ipv6/via-received-delim", ";received=[2001:db8::9:255]");
+}
+
+#[test]
+fn rfc5118_4_5_unbracketed_received_in_a_request_is_replaced() {
+    forwarded_with_received_replaced("ipv6/via-received-no-delim", ";received=2001:db8::9:255");
 }
 
 #[test]
