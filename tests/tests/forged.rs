@@ -165,6 +165,44 @@ fn with_return_to(resp: &[u8], host: &str) -> Vec<u8> {
     format!("{}{host}{}", &text[..at], &text[end..]).into_bytes()
 }
 
+/// `resp` with its second Via line (the client's) replaced by `line`.
+fn with_client_via_line(resp: &[u8], line: &str) -> Vec<u8> {
+    let text = String::from_utf8(resp.to_vec()).expect("response is text");
+    let mut vias = 0;
+    let lines: Vec<String> = text
+        .split("\r\n")
+        .map(|l| {
+            let is_via = l
+                .split_once(':')
+                .is_some_and(|(n, _)| siplb_e2e::sip::canonical(n) == "via");
+            vias += usize::from(is_via);
+            if is_via && vias == 2 {
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(vias >= 2, "the response has no client Via");
+    lines.join("\r\n").into_bytes()
+}
+
+#[test]
+fn rfc4475_3_3_10_bcast_a_response_whose_next_via_is_broadcast_is_dropped() {
+    // RFC 4475 §3.3.10 (bcast): a 200 whose second Via is `SIP/2.0/UDP 255.255.255.255` with
+    // no received or rport, so the broadcast address is the return path itself.
+    let mut bed = bed();
+    let (req, fwd) = forwarded_register(&mut bed);
+    let genuine = response_to(&fwd, "SIP/2.0 200 OK");
+    let line = format!("Via: SIP/2.0/UDP 255.255.255.255;branch={}", req.branch());
+    let before = drops(&bed.ops, "bad_destination");
+    bed.backend
+        .send_raw(bed.siplb.addr(), &with_client_via_line(&genuine, &line));
+    wait_drop(&bed.ops, "bad_destination", before);
+    bed.client.assert_no_answer(&req.call_id());
+    genuine_goes_through(&mut bed, &req, &fwd);
+}
+
 #[test]
 fn a_response_whose_return_path_is_multicast_broadcast_or_unspecified_is_dropped() {
     let mut bed = bed();

@@ -461,13 +461,12 @@ fn sip_version_other_than_2_0_gets_505() {
 
 #[test]
 fn an_unknown_uri_scheme_gets_416() {
-    let mut req = Request::new(
+    let req = Request::new(
         "MESSAGE",
         "http://contoso.com/bob",
         "alice@contoso.com",
         "bob@contoso.com",
     );
-    req.start = "MESSAGE http://contoso.com/bob SIP/2.0".into();
     contract_rejected(req, 416, &["Unsupported URI Scheme"]);
 }
 
@@ -609,4 +608,43 @@ fn rfc4475_3_1_2_19_bigcode_overlarge_status_code_is_dropped_as_malformed() {
         .final_response(&req)
         .expect("the genuine response relayed");
     assert_response_intact(&genuine, &got.raw, siplb.addr());
+}
+
+// The other side of each check: what is valid stays forwarded, with only siplb's edits.
+
+#[test]
+fn sip_sips_and_tel_request_uris_are_forwarded() {
+    let (mut tb, _ops) = bed();
+    for ruri in [
+        "sip:bob@contoso.com",
+        "sips:bob@contoso.com",
+        "tel:+14255550100",
+    ] {
+        let req = Request::new("MESSAGE", ruri, "alice@contoso.com", "bob@contoso.com");
+        tb.exchange(&req.bytes());
+    }
+}
+
+#[test]
+fn require_without_proxy_require_is_forwarded() {
+    // Require is for the UAS (RFC 3261 §8.2.2.3); a proxy only looks at Proxy-Require (§16.3).
+    let (mut tb, _ops) = bed();
+    tb.exchange(&register().with("Require", "nothingSupportedHere").bytes());
+}
+
+#[test]
+fn boundary_values_are_forwarded() {
+    // CSeq 2**32 - 1, Max-Forwards 255 and 1, Content-Length equal to the body: all valid.
+    let (mut tb, _ops) = bed();
+    tb.exchange(&register().set("CSeq", "4294967295 REGISTER").bytes());
+    tb.exchange(&register().set("Max-Forwards", "255").bytes());
+    tb.exchange(&register().set("Max-Forwards", "1").bytes());
+    let req = Request::new(
+        "MESSAGE",
+        "sip:bob@contoso.com",
+        "alice@contoso.com",
+        "bob@contoso.com",
+    )
+    .body("text/plain", b"exactly this");
+    tb.exchange(&req.bytes());
 }
