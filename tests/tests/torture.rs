@@ -196,7 +196,7 @@ fn rejected(tb: &mut Testbed, ops: &Ops, sent: &[u8], expect: Expect) {
                 if status == 400 {
                     let r = reason(&answer);
                     assert!(
-                        r.starts_with("Bad ") || r.starts_with("Missing "),
+                        r != "Bad Request" && (r.starts_with("Bad ") || r.starts_with("Missing ")),
                         "a 400 must name the header: {:?}",
                         answer.start
                     );
