@@ -14,15 +14,15 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod health;
-pub mod hrw;
+pub(crate) mod hrw;
 pub mod logging;
 pub mod ops;
 pub mod reload;
 pub mod server;
-pub mod sip;
-pub mod stats;
+pub(crate) mod sip;
+pub(crate) mod stats;
 pub mod table;
-pub mod udp;
+pub(crate) mod udp;
 
 /// A multi-threaded tokio runtime with `workers` threads.
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

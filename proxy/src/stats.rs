@@ -154,7 +154,7 @@ pub(crate) fn drop_counters(reasons: &[&'static str]) -> Vec<Counter> {
 /// Registers every metric siplb exports, with its HELP text; counters start at 0 so that rates
 /// and alerts work before the first event. (Drop counters are registered by the workers, which
 /// know the reasons.)
-pub fn register() {
+pub(crate) fn register() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "siplb_requests_total",

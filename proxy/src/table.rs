@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use healthcheck::ServerState;
 
-use crate::config::{Config, FailoverMode, HostPort, KeyKind, Role, Transport};
+use crate::config::{Config, HostPort, KeyKind, Role, Transport};
 use crate::hrw;
 use crate::sip::branch::{self, BranchKey};
 use crate::sip::response::Refusal;
@@ -19,34 +19,32 @@ use crate::stats::Counters;
 
 /// One backend server as routing sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Server {
-    pub id: String,
-    pub address: SocketAddr,
-    pub transport: Transport,
-    pub weight: u32,
+pub(crate) struct Server {
+    pub(crate) id: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) weight: u32,
     /// `hrw::id_hash(id)`, computed once.
-    pub id_hash: u64,
-    pub state: ServerState,
+    pub(crate) id_hash: u64,
+    pub(crate) state: ServerState,
 }
 
 /// One pool: its servers and where its users are served now.
 #[derive(Debug, Clone)]
 pub struct Pool {
-    pub name: String,
-    pub role: Role,
+    pub(crate) name: String,
+    pub(crate) role: Role,
     /// Index of the paired pool.
-    pub pair: Option<usize>,
-    pub failover: FailoverMode,
-    pub min_up: usize,
-    pub servers: Vec<Server>,
-    pub id_hash: u64,
+    pub(crate) pair: Option<usize>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) id_hash: u64,
     /// This pool's users are served by its pair.
-    pub failed_over: bool,
+    pub(crate) failed_over: bool,
 }
 
 impl Pool {
     /// How many servers take traffic.
-    pub fn up_count(&self) -> usize {
+    pub(crate) fn up_count(&self) -> usize {
         self.servers
             .iter()
             .filter(|s| s.state.takes_traffic())
@@ -57,16 +55,16 @@ impl Pool {
 /// One `[[route]]`, with pool names resolved to indices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    pub methods: Option<Vec<String>>,
-    pub domain: Option<String>,
-    pub uri_user_param: Option<String>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) domain: Option<String>,
+    pub(crate) uri_user_param: Option<String>,
     pub pools: Vec<usize>,
-    pub key: Option<KeyKind>,
+    pub(crate) key: Option<KeyKind>,
 }
 
 impl Route {
     /// The key this route reads for a request of `method`.
-    pub fn key_for(&self, method: &[u8]) -> KeyKind {
+    pub(crate) fn key_for(&self, method: &[u8]) -> KeyKind {
         self.key.unwrap_or(if method == b"REGISTER" {
             KeyKind::ToAor
         } else {
@@ -116,14 +114,14 @@ pub(crate) struct RuriFacts<'a> {
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub route: usize,
+pub(crate) struct Decision {
+    pub(crate) route: usize,
     /// The user's home pool.
-    pub home: usize,
+    pub(crate) home: usize,
     /// The pool serving the home pool's users now (the pair when failed over).
-    pub serving: usize,
+    pub(crate) serving: usize,
     /// The chosen server of the serving pool, `None` when none is up.
-    pub server: Option<usize>,
+    pub(crate) server: Option<usize>,
 }
 
 /// What the table builder needs to know about health; `None` means "no news": a server starts
@@ -149,7 +147,7 @@ impl HealthView for ConfigHealth {
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     /// Increases with every table built by a process.
-    pub version: u64,
+    pub(crate) version: u64,
     /// The `host[:port]` siplb writes into its Via.
     pub advertise: HostPort,
     /// `Via: SIP/2.0/UDP <advertise>;branch=z9hG4bK-lb`, ready to be completed per message.
@@ -231,8 +229,6 @@ impl RoutingTable {
                     name: p.name.clone(),
                     role: p.role,
                     pair: p.pair.as_deref().and_then(|n| index.get(n).copied()),
-                    failover: p.failover,
-                    min_up: p.min_up,
                     servers,
                     id_hash: hrw::id_hash(&p.name),
                     failed_over: health.failed_over(&p.name),
@@ -285,7 +281,7 @@ impl RoutingTable {
     }
 
     /// The pool that serves `home`'s users now.
-    pub fn serving(&self, home: usize) -> usize {
+    pub(crate) fn serving(&self, home: usize) -> usize {
         let pool = &self.pools[home];
         match pool.pair {
             Some(pair) if pool.failed_over => pair,
@@ -296,7 +292,7 @@ impl RoutingTable {
     /// Routes a key (a [`hrw::key_hash`]) through route `route`: home pool by HRW over the
     /// route's pools, serving pool, then server by weighted HRW over the serving pool's servers
     /// that take traffic.
-    pub fn decide(&self, route: usize, key: u64) -> Decision {
+    pub(crate) fn decide(&self, route: usize, key: u64) -> Decision {
         let r = &self.routes[route];
         let home_at =
             hrw::pick(key, r.pools.iter().map(|&p| (self.pools[p].id_hash, 1))).unwrap_or_default();
@@ -318,17 +314,17 @@ impl RoutingTable {
     }
 
     /// The addresses siplb listens on.
-    pub fn local(&self) -> &[SocketAddr] {
+    pub(crate) fn local(&self) -> &[SocketAddr] {
         &self.local
     }
 
     /// The server at `(pool, server)` indices.
-    pub fn server(&self, pool: usize, server: usize) -> &Server {
+    pub(crate) fn server(&self, pool: usize, server: usize) -> &Server {
         &self.pools[pool].servers[server]
     }
 
     /// The configured server listening at `addr`, as `(pool, server)` indices.
-    pub fn server_at(&self, addr: SocketAddr) -> Option<(usize, usize)> {
+    pub(crate) fn server_at(&self, addr: SocketAddr) -> Option<(usize, usize)> {
         self.servers_by_addr.get(&addr).copied()
     }
 

@@ -30,7 +30,8 @@ pub(crate) use crate::sip::response::Refusal;
 use crate::sip::response::{self, Answer};
 use crate::sip::scan::{self, parse_uint, Hdr, Message, Span, StartLine};
 use crate::sip::{uri, via};
-use crate::stats::{self, Count};
+use crate::stats;
+pub use crate::stats::Count;
 use crate::table::{parse_ip, Decision, RoutingTable, RuriFacts};
 
 /// What to do with a datagram. The bytes to send are in [`Worker::out`].

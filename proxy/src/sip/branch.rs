@@ -26,7 +26,7 @@ const COOKIE: &[u8] = b"z9hG4bK";
 
 /// The 128-bit key siplb's branches are made with.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct BranchKey {
+pub(crate) struct BranchKey {
     k0: u64,
     k1: u64,
 }
