@@ -185,8 +185,24 @@ pub(crate) enum ScanError {
 
 /// Whether `c` may appear in a SIP token (RFC 3261 §25.1).
 pub(crate) fn is_token(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN[usize::from(c)]
 }
+
+/// [`is_token`] as a table: it runs for every byte of every header name and Via parameter.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
 
 /// One line: its content (terminator excluded) and where the next line starts.
 fn next_line(buf: &[u8], at: usize) -> Option<(Span, usize)> {
@@ -616,6 +632,14 @@ Content-Length: 0\r\n\
     fn never_panics_on_any_prefix() {
         for cut in 0..REGISTER.len() {
             let _ = scan(&REGISTER[..cut]);
+        }
+    }
+
+    #[test]
+    fn tokens_are_rfc_3261_tokens() {
+        let want = |c: u8| c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c);
+        for c in 0..=255u8 {
+            assert_eq!(is_token(c), want(c), "{c}");
         }
     }
 

@@ -63,19 +63,22 @@ fn skip_quoted(buf: &[u8], mut i: usize, end: usize) -> Option<usize> {
 pub(crate) fn first_value(buf: &[u8], value: Span) -> (Span, Option<usize>) {
     let mut i = value.start;
     while i < value.end {
+        let Some(at) = memchr::memchr2(b'"', b',', &buf[i..value.end]) else {
+            break;
+        };
+        i += at;
         match buf[i] {
             b'"' => match skip_quoted(buf, i, value.end) {
                 Some(after) => i = after,
                 None => break,
             },
-            b',' => {
+            _ => {
                 let mut end = i;
                 while end > value.start && matches!(buf[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
                     end -= 1;
                 }
                 return (Span::new(value.start, end), Some(i));
             }
-            _ => i += 1,
         }
     }
     (value, None)
