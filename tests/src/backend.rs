@@ -287,6 +287,24 @@ impl Backend {
             .collect()
     }
 
+    /// siplb's probes received at or after `since` and this backend's answers to them, read
+    /// together: a probe and its answer are recorded at once, so the two counts agree (read one
+    /// after the other, a probe arriving in between would be missing from the first).
+    pub fn probes_and_answers_since(&self, since: Instant) -> (usize, usize) {
+        let log = self.shared.log();
+        let probes = log
+            .received
+            .iter()
+            .filter(|d| d.at >= since && is_probe(&d.bytes))
+            .count();
+        let answers = log
+            .sent
+            .iter()
+            .filter(|d| d.at >= since && is_probe_answer(&d.bytes))
+            .count();
+        (probes, answers)
+    }
+
     /// Waits until more than `seen` datagrams were received (or `within` passed) and returns
     /// those after the first `seen`, probes included: for following the traffic as it comes.
     pub fn wait_received_after(&self, seen: usize, within: Duration) -> Vec<Datagram> {

@@ -221,8 +221,9 @@ fn a_response_whose_return_path_is_multicast_broadcast_or_unspecified_is_dropped
 }
 
 /// Two siplb replicas with the same servers and the same advertised address (as behind one
-/// DNS name or VIP), each started with `env` and `config`'s extras; a request goes through the
-/// first, its response is sent to the second.
+/// DNS name or VIP), each given as (environment, `branch_key_file`); they differ only in the
+/// address they listen on. A REGISTER goes through the first; the server sends its response to
+/// the second. Returns what the client got, and how many `not_ours` drops the second counted.
 fn response_via_the_other_replica(
     first: (&[(&str, &str)], Option<&str>),
     second: (&[(&str, &str)], Option<&str>),

@@ -648,3 +648,41 @@ fn boundary_values_are_forwarded() {
     .body("text/plain", b"exactly this");
     tb.exchange(&req.bytes());
 }
+
+// RFC 4475 §3.3 and §3.4: requests whose oddity is for the UAS or registrar to judge. A proxy
+// forwards them, with only its own edits.
+
+#[test]
+fn rfc4475_3_3_6_invut_unknown_content_type_is_forwarded_intact() {
+    forwarded_intact("valid/invut");
+}
+
+#[test]
+fn rfc4475_3_3_7_regaut01_unknown_authorization_scheme_is_forwarded_intact() {
+    forwarded_intact("valid/regaut01");
+}
+
+#[test]
+fn rfc4475_3_3_12_cparam01_contact_header_parameter_is_forwarded_intact() {
+    forwarded_intact("valid/cparam01");
+}
+
+#[test]
+fn rfc4475_3_3_13_cparam02_contact_url_parameter_is_forwarded_intact() {
+    forwarded_intact("valid/cparam02");
+}
+
+#[test]
+fn rfc4475_3_3_14_regescrt_escaped_header_in_contact_is_forwarded_intact() {
+    forwarded_intact("valid/regescrt");
+}
+
+#[test]
+fn rfc4475_3_3_15_sdp01_unacceptable_accept_is_forwarded_intact() {
+    forwarded_intact("valid/sdp01");
+}
+
+#[test]
+fn rfc4475_3_4_1_inv2543_rfc2543_syntax_is_forwarded_intact() {
+    forwarded_intact("valid/inv2543");
+}
