@@ -10,7 +10,7 @@ use rsip::headers::UntypedHeader;
 use rsip::{headers, Header, Headers};
 
 use super::edit::Edits;
-use super::scan::{header_lines, is_proxy_require, is_via, unsupported_tags, Hdr, Message, Span};
+use super::scan::{header_lines, is_proxy_require, is_via, unsupported_tags, Message, Span};
 use super::uri::header_uri;
 use super::via::{self, ViaParm};
 
@@ -107,7 +107,6 @@ pub(crate) fn build(
     out: &mut Vec<u8>,
 ) {
     let text = |s: Span| String::from_utf8_lossy(s.of(buf)).into_owned();
-    let value = |h: Option<Hdr>| h.map(|h| text(h.value)).unwrap_or_default();
     let mut hs: Vec<Header> = Vec::with_capacity(10);
     let mut first_via = true;
     let mut tags: Vec<String> = Vec::new();
@@ -126,15 +125,24 @@ pub(crate) fn build(
             );
         }
     }
-    hs.push(Header::From(headers::From::new(value(msg.from))));
-    let mut to = value(msg.to);
-    if !msg.to.is_some_and(|h| has_tag(buf, h.value)) {
-        to.push_str(";tag=");
-        to.push_str(answer.to_tag);
+    // What the request lacks, the answer lacks too (a 400 Missing <Header>).
+    if let Some(from) = msg.from {
+        hs.push(Header::From(headers::From::new(text(from.value))));
     }
-    hs.push(Header::To(headers::To::new(to)));
-    hs.push(Header::CallId(headers::CallId::new(value(msg.call_id))));
-    hs.push(Header::CSeq(headers::CSeq::new(value(msg.cseq))));
+    if let Some(h) = msg.to {
+        let mut to = text(h.value);
+        if !has_tag(buf, h.value) {
+            to.push_str(";tag=");
+            to.push_str(answer.to_tag);
+        }
+        hs.push(Header::To(headers::To::new(to)));
+    }
+    if let Some(h) = msg.call_id {
+        hs.push(Header::CallId(headers::CallId::new(text(h.value))));
+    }
+    if let Some(h) = msg.cseq {
+        hs.push(Header::CSeq(headers::CSeq::new(text(h.value))));
+    }
     if let Refusal::NoServer { retry_after } = answer.refusal {
         hs.push(Header::RetryAfter(headers::RetryAfter::new(
             retry_after.to_string(),
@@ -298,6 +306,20 @@ Content-Length: 0\r\n\r\n";
         let t = answer(req, Refusal::BadExtension, "192.0.2.3:5060", "siplb");
         assert!(t.starts_with("SIP/2.0 420 Bad Extension\r\n"), "{t}");
         assert!(t.contains("\r\nUnsupported: foo, bar, baz\r\n"), "{t}");
+    }
+
+    #[test]
+    fn headers_the_request_lacks_are_not_invented() {
+        let req = b"OPTIONS sip:bob@x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nTo: <sip:bob@x>\r\nCall-ID: c\r\n\r\n";
+        let t = answer(
+            req,
+            Refusal::MissingHeader("From"),
+            "192.0.2.3:5060",
+            "siplb",
+        );
+        assert!(t.starts_with("SIP/2.0 400 Missing From\r\n"), "{t}");
+        assert!(!t.contains("From:") && !t.contains("CSeq:"), "{t}");
+        assert!(t.contains("\r\nCall-ID: c\r\n"), "{t}");
     }
 
     #[test]

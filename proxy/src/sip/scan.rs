@@ -258,7 +258,9 @@ fn start_line(buf: &[u8], line: Span) -> Result<StartLine, ScanError> {
     if method.is_empty() || !method.iter().all(|&c| is_token(c)) || uri.is_empty() {
         return Err(ScanError::StartLine);
     }
-    let version = l[sp2 + 1..].trim_ascii_end();
+    // No white space after the version (RFC 3261 §25.1: Request-Line ends in SIP-Version CRLF;
+    // RFC 4475 §3.1.2.10).
+    let version = &l[sp2 + 1..];
     let sip = version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/");
     if !sip || !version.iter().all(|&c| is_token(c) || c == b'/') {
         return Err(ScanError::StartLine);
@@ -580,6 +582,10 @@ Content-Length: 0\r\n\
         assert_eq!(scan(b"HELLO\r\n\r\n"), Err(ScanError::StartLine));
         assert_eq!(
             scan(b"INVITE sip:a HTTP/1.1\r\n\r\n"),
+            Err(ScanError::StartLine)
+        );
+        assert_eq!(
+            scan(b"INVITE sip:a SIP/2.0 \r\n\r\n"),
             Err(ScanError::StartLine)
         );
         assert_eq!(scan(b"SIP/2.0 2000 OK\r\n\r\n"), Err(ScanError::StartLine));
