@@ -1,5 +1,6 @@
-//! Wire-path metrics, resolved once per routing table so that counting a message is one atomic
-//! add: no label formatting, no registry lookup, no allocation. Every label value comes from a
+//! Wire-path metrics, resolved ahead of time — requests, relayed responses and replies once per
+//! routing table ([`Counters`]), drops once per worker ([`drop_counters`]) — so that counting a
+//! message is one atomic add: no label formatting, no registry lookup, no allocation. Every label value comes from a
 //! fixed list or the config — never a user, a Call-ID or a client address.
 //!
 //! The core never counts: its outcome carries a [`Count`] (what a successful send stands for)
