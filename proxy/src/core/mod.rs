@@ -17,7 +17,6 @@
 //! server's exact address and carry the branch siplb made for that server; our Via is removed
 //! and the response goes where the next Via says.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use healthcheck::Failure;
@@ -330,7 +329,7 @@ impl Worker {
         match (msg.max_forwards, max_forwards) {
             (Some(h), Some(n)) => {
                 let start = self.scratch.len();
-                let _ = write!(self.scratch, "{}", n - 1);
+                via::push_decimal(&mut self.scratch, n - 1);
                 edits.push(
                     h.value.start,
                     h.value.len(),
@@ -536,6 +535,21 @@ fn cseq_ok(value: &[u8], method: &[u8]) -> bool {
 fn key(req: &Request<'_>, kind: KeyKind, ruri: Option<uri::Uri>) -> Result<u64, Refusal> {
     let (buf, msg) = (req.buf, req.msg);
     let aor = |u: uri::Uri| {
+        // Gathered on the stack and hashed in one go: a streaming hasher costs more to set up
+        // than a whole address of record costs to hash.
+        let mut gathered = [0u8; 256];
+        let mut n = 0;
+        let mut fits = true;
+        u.aor_pieces(buf, |piece| match gathered.get_mut(n..n + piece.len()) {
+            Some(to) if fits => {
+                to.copy_from_slice(piece);
+                n += piece.len();
+            }
+            _ => fits = false,
+        });
+        if fits {
+            return hrw::key_hash(&gathered[..n]);
+        }
         let mut h = hrw::key_hasher();
         u.aor_pieces(buf, |piece| h.update(piece));
         h.digest()

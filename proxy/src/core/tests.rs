@@ -926,3 +926,20 @@ fn outcomes_say_what_to_count() {
         (Action::Drop(DropReason::KeepAlive), None)
     );
 }
+
+#[test]
+fn an_address_of_record_hashes_the_same_however_long() {
+    let t = table();
+    for user in ["Bob".to_string(), "x".repeat(300)] {
+        let req = register(&user).replace("@contoso.com>", "@CONTOSO.com>");
+        let d = Worker::new()
+            .explain(&t, req.as_bytes(), CLIENT.parse().unwrap())
+            .expect("routed");
+        let aor = format!("{user}@contoso.com");
+        assert_eq!(
+            d,
+            t.decide(1, crate::hrw::key_hash(aor.as_bytes())),
+            "{user}"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! offsets into the message buffer so that edits can be spliced in directly.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::edit::{Edits, Insert};
 use super::scan::{is_token, Span};
@@ -232,7 +232,8 @@ pub(crate) fn push_return_path(
     // rport's value goes before a received appended at the same offset.
     if let Rport::Requested { name_end } = top.rport {
         let start = scratch.len();
-        let _ = write!(scratch, "={}", src.port());
+        scratch.push(b'=');
+        push_decimal(scratch, u64::from(src.port()));
         edits.push(
             name_end,
             0,
@@ -243,12 +244,40 @@ pub(crate) fn push_return_path(
     if top.received.is_none() {
         scratch.extend_from_slice(b";received=");
     }
-    let _ = write!(scratch, "{}", src.ip());
+    match src.ip() {
+        // The common case without the formatting machinery (a third of this function's cost).
+        IpAddr::V4(ip) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    scratch.push(b'.');
+                }
+                push_decimal(scratch, u64::from(octet));
+            }
+        }
+        IpAddr::V6(ip) => {
+            let _ = write!(scratch, "{ip}");
+        }
+    }
     let value = Insert::Scratch(Span::new(start, scratch.len()));
     match top.received {
         Some(old) => edits.push(old.start, old.len(), value),
         None => edits.push(top.span.end, 0, value),
     }
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -325,6 +354,15 @@ mod tests {
             parse(v, whole(v)).unwrap().branch.unwrap().of(v),
             b"z9hG4bK1"
         );
+    }
+
+    #[test]
+    fn writes_decimals() {
+        for n in [0, 7, 10, 255, 65535, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]
