@@ -20,7 +20,8 @@ pool = "fe"
 
 fn main() {
     let cfg = siplb::config::parse(Path::new("hotpath.toml"), CFG).expect("valid config");
-    let adv = siplb::server::advertise_of("127.0.0.1:5060".parse().unwrap());
+    let adv =
+        siplb::config::HostPort::from("127.0.0.1:5060".parse::<std::net::SocketAddr>().unwrap());
     let table = RoutingTable::build(
         &cfg,
         adv,
@@ -54,26 +55,26 @@ Content-Length: 0\r\n\r\n"
         })
         .collect();
     let mut w = Worker::new();
+    // Each user's 200 OK, and the server it comes from (the one its REGISTER went to: siplb
+    // relays a response only from there).
     let mut responses = Vec::with_capacity(users.len());
     for u in &users {
-        let Action::Forward(_) = w.handle(&table, u.as_bytes(), client) else {
+        let Action::Forward(server) = w.handle(&table, u.as_bytes(), client).action else {
             panic!("not forwarded")
         };
         let fwd = String::from_utf8_lossy(&w.out).into_owned();
-        responses.push(
-            fwd.replacen("REGISTER sip:contoso.com SIP/2.0", "SIP/2.0 200 OK", 1)
-                .into_bytes(),
-        );
+        let ok = fwd.replacen("REGISTER sip:contoso.com SIP/2.0", "SIP/2.0 200 OK", 1);
+        responses.push((ok.into_bytes(), server));
     }
-    let server = "127.0.0.1:5071".parse().unwrap();
     let start = Instant::now();
     let mut forwarded = 0usize;
     for i in 0..n {
         let k = i % users.len();
-        if let Action::Forward(_) = w.handle(&table, users[k].as_bytes(), client) {
+        if let Action::Forward(_) = w.handle(&table, users[k].as_bytes(), client).action {
             forwarded += 1;
         }
-        if let Action::Forward(_) = w.handle(&table, &responses[k], server) {
+        let (response, server) = &responses[k];
+        if let Action::Forward(_) = w.handle(&table, response, *server).action {
             forwarded += 1;
         }
     }

@@ -90,11 +90,7 @@ fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
     let Some(cfg) = load(path) else {
         return Ok(ExitCode::FAILURE);
     };
-    let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
-        let first = cfg.listen.udp.first().copied();
-        crate::server::advertise_of(first.unwrap_or(([127, 0, 0, 1], 5060).into()))
-    });
-    let table = RoutingTable::build(&cfg, advertise, cfg.listen.udp.clone(), 1, &AllUp);
+    let table = RoutingTable::unbound(&cfg, &AllUp);
     match explain::explain(&table, method, aor) {
         Ok(d) => {
             println!("route   {}", d.route);
@@ -107,7 +103,8 @@ fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
             println!("key     {}", d.key);
             Ok(ExitCode::SUCCESS)
         }
-        Err(code) => {
+        Err(refusal) => {
+            let code = refusal.code();
             eprintln!("siplb: {method} {aor} is not routed: siplb answers {code}");
             Ok(ExitCode::FAILURE)
         }

@@ -16,20 +16,20 @@
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
 /// The fixed seed ("SIPLB" and a format version). Changing it re-homes every user.
-pub const SEED: u64 = 0x5349_504c_4200_0001;
+pub(crate) const SEED: u64 = 0x5349_504c_4200_0001;
 
 /// Hashes a routing key (an address of record, a Call-ID, an address).
-pub fn key_hash(key: &[u8]) -> u64 {
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, SEED)
 }
 
 /// A streaming key hasher, for keys assembled from parts.
-pub fn key_hasher() -> Xxh3 {
+pub(crate) fn key_hasher() -> Xxh3 {
     Xxh3::with_seed(SEED)
 }
 
 /// Hashes a server (or pool) identity once, when a routing table is built.
-pub fn id_hash(id: &str) -> u64 {
+pub(crate) fn id_hash(id: &str) -> u64 {
     xxh3_64_with_seed(id.as_bytes(), SEED ^ 0x1d)
 }
 
@@ -42,7 +42,7 @@ fn pair_hash(key: u64, id: u64) -> u64 {
 }
 
 /// The score of a candidate with identity hash `id` and `weight` for `key`.
-pub fn score(key: u64, id: u64, weight: u32) -> f64 {
+pub(crate) fn score(key: u64, id: u64, weight: u32) -> f64 {
     // The top 53 bits as a float in (0, 1): never 0, never 1, so ln(u) < 0 and finite.
     let u = ((pair_hash(key, id) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     f64::from(weight) / -u.ln()
@@ -51,7 +51,7 @@ pub fn score(key: u64, id: u64, weight: u32) -> f64 {
 /// The index of the winning candidate among `(id_hash, weight)` pairs, or `None` when there are
 /// none. Ties (practically impossible) go to the lower identity hash, so the choice never
 /// depends on the order of the candidates.
-pub fn pick<I>(key: u64, candidates: I) -> Option<usize>
+pub(crate) fn pick<I>(key: u64, candidates: I) -> Option<usize>
 where
     I: IntoIterator<Item = (u64, u32)>,
 {

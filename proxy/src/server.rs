@@ -192,7 +192,7 @@ impl Proxy {
             .listen
             .advertise
             .clone()
-            .unwrap_or_else(|| advertise_of(first));
+            .unwrap_or_else(|| HostPort::from(first));
         let table = RoutingTable::build(&cfg, advertise, bound, 1, &ConfigHealth);
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
@@ -341,7 +341,7 @@ impl Proxy {
             .listen
             .advertise
             .clone()
-            .unwrap_or_else(|| advertise_of(bound[0]));
+            .unwrap_or_else(|| HostPort::from(bound[0]));
         let config = Arc::new(cfg);
         let reload = Reload {
             config: config.clone(),
@@ -401,18 +401,6 @@ impl Proxy {
         self.senders.set(next.iter().map(|(_, l)| l.sender.clone()));
         *listeners = next;
         Ok(bound)
-    }
-}
-
-/// The Via `host:port` for a bound address.
-pub fn advertise_of(addr: SocketAddr) -> HostPort {
-    let host = match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    HostPort {
-        host,
-        port: Some(addr.port()),
     }
 }
 

@@ -1,11 +1,17 @@
-//! Wire-path metrics, resolved once per routing table so that counting a message is one atomic
-//! add: no label formatting, no registry lookup, no allocation. Every label value comes from a
+//! Wire-path metrics, resolved ahead of time — requests, relayed responses and replies once per
+//! routing table ([`Counters`]), drops once per worker ([`drop_counters`]) — so that counting a
+//! message is one atomic add: no label formatting, no registry lookup, no allocation. Every label value comes from a
 //! fixed list or the config — never a user, a Call-ID or a client address.
+//!
+//! The core never counts: its outcome carries a [`Count`] (what a successful send stands for)
+//! and the I/O shell hands it to [`Counters::count`] once the kernel has taken the datagram.
+//! This module knows nothing of the core; the core's vocabulary (drop reasons, refusals) comes
+//! here as label strings and indices.
 
 use metrics::Counter;
 
 /// Methods counted by name; anything else counts as `other`.
-pub const METHODS: [&str; 16] = [
+pub(crate) const METHODS: [&str; 16] = [
     "REGISTER",
     "INVITE",
     "ACK",
@@ -24,77 +30,144 @@ pub const METHODS: [&str; 16] = [
     "PUBLISH",
 ];
 
+/// Response classes counted by name; anything else counts as `other`.
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "other"];
+
+/// The codes of siplb's own answers; anything else counts as `other`.
+const REPLY_CODES: [&str; 10] = [
+    "400", "403", "404", "416", "420", "483", "503", "505", "513", "other",
+];
+
 /// The index of `method` in [`METHODS`], or `METHODS.len()` for `other`.
-pub fn method_index(method: &[u8]) -> usize {
+pub(crate) fn method_index(method: &[u8]) -> usize {
     METHODS
         .iter()
         .position(|m| m.as_bytes() == method)
         .unwrap_or(METHODS.len())
 }
 
-/// `siplb_requests_total{method, pool}` for one pool.
-#[derive(Debug, Clone)]
-pub struct PoolCounters {
-    requests: Vec<Counter>,
+/// What one datagram the kernel took stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// A request forwarded to pool `pool`, method by [`method_index`].
+    Request { pool: usize, method: usize },
+    /// A response relayed towards a client.
+    Response { code: u16 },
+    /// An answer siplb gave itself.
+    Reply { code: u16 },
 }
 
-impl PoolCounters {
-    pub fn new(pool: &str) -> Self {
-        let requests = METHODS
-            .iter()
-            .copied()
-            .chain(std::iter::once("other"))
-            .map(|m| metrics::counter!("siplb_requests_total", "method" => m, "pool" => pool.to_string()))
-            .collect();
-        PoolCounters { requests }
+/// `siplb_requests_total`, `siplb_responses_total` and `siplb_replies_total`, resolved once.
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    /// Per pool, per method (`other` last).
+    requests: Vec<Vec<Counter>>,
+    responses: Vec<Counter>,
+    replies: Vec<Counter>,
+}
+
+impl Counters {
+    /// The counters of a routing table whose pools are named `pools`, in order.
+    pub(crate) fn new<'a>(pools: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::with(pools, |name, labels| {
+            let labels: Vec<metrics::Label> = labels
+                .iter()
+                .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+                .collect();
+            metrics::counter!(name, labels)
+        })
     }
 
-    /// Counts one request forwarded to this pool.
-    pub fn request(&self, method: &[u8]) {
-        if let Some(c) = self.requests.get(method_index(method)) {
-            c.increment(1);
+    /// Builds the counters with `make(metric, labels)`.
+    fn with<'a>(
+        pools: impl IntoIterator<Item = &'a str>,
+        mut make: impl FnMut(&'static str, &[(&'static str, String)]) -> Counter,
+    ) -> Self {
+        let requests = pools
+            .into_iter()
+            .map(|pool| {
+                METHODS
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once("other"))
+                    .map(|m| {
+                        make(
+                            "siplb_requests_total",
+                            &[("method", m.to_string()), ("pool", pool.to_string())],
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let responses = CLASSES
+            .iter()
+            .map(|c| make("siplb_responses_total", &[("class", c.to_string())]))
+            .collect();
+        let replies = REPLY_CODES
+            .iter()
+            .map(|c| make("siplb_replies_total", &[("code", c.to_string())]))
+            .collect();
+        Counters {
+            requests,
+            responses,
+            replies,
+        }
+    }
+
+    /// Counts one datagram the kernel took.
+    pub(crate) fn count(&self, c: Count) {
+        let counter = match c {
+            Count::Request { pool, method } => self.requests.get(pool).and_then(|p| p.get(method)),
+            Count::Response { code } => {
+                let class = usize::from(code / 100)
+                    .wrapping_sub(1)
+                    .min(CLASSES.len() - 1);
+                self.responses.get(class)
+            }
+            Count::Reply { code } => {
+                let text = [code / 100, code / 10 % 10, code % 10].map(|d| b'0' + d as u8);
+                let at = REPLY_CODES
+                    .iter()
+                    .position(|c| c.as_bytes() == text)
+                    .unwrap_or(REPLY_CODES.len() - 1);
+                self.replies.get(at)
+            }
+        };
+        if let Some(counter) = counter {
+            counter.increment(1);
         }
     }
 }
 
-/// Counts a response relayed back towards a client, by class.
-pub fn response(code: u16) {
-    const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
-    let class = CLASSES
-        .get(usize::from(code / 100).saturating_sub(1))
-        .copied()
-        .unwrap_or("other");
-    metrics::counter!("siplb_responses_total", "class" => class).increment(1);
-}
-
-/// Counts an answer siplb gave itself.
-pub fn reply(code: u16) {
-    let code = match code {
-        400 => "400",
-        403 => "403",
-        404 => "404",
-        483 => "483",
-        503 => "503",
-        _ => "other",
-    };
-    metrics::counter!("siplb_replies_total", "code" => code).increment(1);
+/// `siplb_drops_total{reason}`, one counter per label of `reasons`, resolved once and
+/// registered at 0.
+pub(crate) fn drop_counters(reasons: &[&'static str]) -> Vec<Counter> {
+    reasons
+        .iter()
+        .map(|&r| {
+            let c = metrics::counter!("siplb_drops_total", "reason" => r);
+            c.increment(0);
+            c
+        })
+        .collect()
 }
 
 /// Registers every metric siplb exports, with its HELP text; counters start at 0 so that rates
-/// and alerts work before the first event.
-pub fn register() {
+/// and alerts work before the first event. (Drop counters are registered by the workers, which
+/// know the reasons.)
+pub(crate) fn register() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "siplb_requests_total",
-        "Requests forwarded, by method and by the pool they went to"
+        "Requests forwarded (sends the kernel took), by method and by the pool they went to"
     );
     describe_counter!(
         "siplb_responses_total",
-        "Responses relayed back towards clients, by status class"
+        "Responses relayed back towards clients (sends the kernel took), by status class"
     );
     describe_counter!(
         "siplb_replies_total",
-        "Answers siplb gave itself (400, 403, 404, 483, 503)"
+        "Answers siplb gave itself (sends the kernel took), by status code"
     );
     describe_counter!("siplb_drops_total", "Datagrams not forwarded, by reason");
     describe_counter!("siplb_send_errors_total", "Sends the kernel refused");
@@ -120,9 +193,6 @@ pub fn register() {
         "Routing tables built and swapped in"
     );
     describe_counter!("siplb_config_reloads_total", "Config reloads, by result");
-    for reason in crate::core::DropReason::ALL {
-        metrics::counter!("siplb_drops_total", "reason" => reason.as_str()).increment(0);
-    }
     for result in ["ok", "error"] {
         metrics::counter!("siplb_config_reloads_total", "result" => result).increment(0);
     }
@@ -167,8 +237,47 @@ pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::P
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Counters whose values a test can read: `metric{labels}` → value.
+    pub(crate) struct Probe {
+        cells: HashMap<String, Arc<AtomicU64>>,
+    }
+
+    impl Probe {
+        pub(crate) fn get(&self, key: &str) -> u64 {
+            self.cells
+                .get(key)
+                .map_or(u64::MAX, |c| c.load(Ordering::Relaxed))
+        }
+
+        pub(crate) fn total(&self) -> u64 {
+            self.cells.values().map(|c| c.load(Ordering::Relaxed)).sum()
+        }
+    }
+
+    /// Counters for `pools` backed by atomics a test can read.
+    pub(crate) fn probed<'a>(pools: impl IntoIterator<Item = &'a str>) -> (Counters, Probe) {
+        let mut cells = HashMap::new();
+        let counters = Counters::with(pools, |name, labels| {
+            let key = format!(
+                "{name}{{{}}}",
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let cell = Arc::new(AtomicU64::new(0));
+            cells.insert(key, cell.clone());
+            Counter::from_arc(cell)
+        });
+        (counters, Probe { cells })
+    }
 
     #[test]
     fn methods_map_to_a_bounded_set() {
@@ -179,5 +288,31 @@ mod tests {
             "methods are case-sensitive"
         );
         assert_eq!(method_index(b"X-ANYTHING"), METHODS.len());
+    }
+
+    #[test]
+    fn each_count_lands_on_its_labels() {
+        let (c, p) = probed(["fe", "med"]);
+        c.count(Count::Request {
+            pool: 1,
+            method: method_index(b"INVITE"),
+        });
+        c.count(Count::Request {
+            pool: 0,
+            method: method_index(b"X-FOO"),
+        });
+        c.count(Count::Response { code: 180 });
+        c.count(Count::Response { code: 699 });
+        c.count(Count::Response { code: 999 });
+        c.count(Count::Reply { code: 420 });
+        c.count(Count::Reply { code: 299 });
+        assert_eq!(p.get("siplb_requests_total{method=INVITE,pool=med}"), 1);
+        assert_eq!(p.get("siplb_requests_total{method=other,pool=fe}"), 1);
+        assert_eq!(p.get("siplb_responses_total{class=1xx}"), 1);
+        assert_eq!(p.get("siplb_responses_total{class=6xx}"), 1);
+        assert_eq!(p.get("siplb_responses_total{class=other}"), 1);
+        assert_eq!(p.get("siplb_replies_total{code=420}"), 1);
+        assert_eq!(p.get("siplb_replies_total{code=other}"), 1);
+        assert_eq!(p.total(), 7);
     }
 }

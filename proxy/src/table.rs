@@ -5,73 +5,66 @@
 //! reload — builds a new table aside with [`RoutingTable::build`] and swaps it in whole, so a
 //! message is always routed against one consistent view.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 use healthcheck::ServerState;
 
-use crate::config::{Config, HostPort, KeyKind, Mode, Role, Transport};
+use crate::config::{Config, HostPort, KeyKind, Role, Transport};
 use crate::hrw;
-use crate::sip::uri::UriFacts;
-use crate::stats::PoolCounters;
+use crate::sip::branch::{self, BranchKey};
+use crate::sip::response::Refusal;
+use crate::stats::Counters;
 
 /// One backend server as routing sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Server {
-    pub id: String,
-    pub address: SocketAddr,
-    pub transport: Transport,
-    pub weight: u32,
+pub(crate) struct Server {
+    pub(crate) id: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) weight: u32,
     /// `hrw::id_hash(id)`, computed once.
-    pub id_hash: u64,
-    pub state: ServerState,
+    pub(crate) id_hash: u64,
+    pub(crate) state: ServerState,
 }
 
 /// One pool: its servers and where its users are served now.
 #[derive(Debug, Clone)]
 pub struct Pool {
-    pub name: String,
-    pub role: Role,
+    pub(crate) name: String,
+    pub(crate) role: Role,
     /// Index of the paired pool.
-    pub pair: Option<usize>,
-    pub failover: Mode,
-    pub min_up: usize,
-    pub servers: Vec<Server>,
-    pub id_hash: u64,
+    pub(crate) pair: Option<usize>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) id_hash: u64,
     /// This pool's users are served by its pair.
-    pub failed_over: bool,
-    /// Requests forwarded to this pool, by method.
-    pub counters: PoolCounters,
+    pub(crate) failed_over: bool,
 }
 
 impl Pool {
     /// How many servers take traffic.
-    pub fn up_count(&self) -> usize {
+    pub(crate) fn up_count(&self) -> usize {
         self.servers
             .iter()
             .filter(|s| s.state.takes_traffic())
             .count()
-    }
-
-    /// A pool is up while at least `min_up` of its servers are.
-    pub fn is_up(&self) -> bool {
-        self.up_count() >= self.min_up
     }
 }
 
 /// One `[[route]]`, with pool names resolved to indices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    pub methods: Option<Vec<String>>,
-    pub domain: Option<String>,
-    pub uri_user_param: Option<String>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) domain: Option<String>,
+    pub(crate) uri_user_param: Option<String>,
     pub pools: Vec<usize>,
-    pub key: Option<KeyKind>,
+    pub(crate) key: Option<KeyKind>,
 }
 
 impl Route {
     /// The key this route reads for a request of `method`.
-    pub fn key_for(&self, method: &[u8]) -> KeyKind {
+    pub(crate) fn key_for(&self, method: &[u8]) -> KeyKind {
         self.key.unwrap_or(if method == b"REGISTER" {
             KeyKind::ToAor
         } else {
@@ -79,9 +72,10 @@ impl Route {
         })
     }
 
-    /// Whether a request with this method and request-URI matches. CANCEL and ACK match the
-    /// routes INVITE matches, so they follow their INVITE (RFC 3261 §16.11).
-    pub fn matches(&self, method: &[u8], ruri: Option<&UriFacts>) -> bool {
+    /// Whether a request with this method and request-URI matches (`ruri`: its host and `user=`
+    /// parameter, when it could be read). CANCEL and ACK match the routes INVITE matches, so they
+    /// follow their INVITE (RFC 3261 §16.11). Hosts and `user=` compare case-insensitively.
+    pub(crate) fn matches(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> bool {
         if let Some(methods) = &self.methods {
             let follows_invite = method == b"CANCEL" || method == b"ACK";
             let hit = methods
@@ -92,13 +86,13 @@ impl Route {
             }
         }
         if let Some(domain) = &self.domain {
-            if ruri.map(|u| u.host.as_str()) != Some(domain.as_str()) {
+            if !ruri.is_some_and(|u| u.host.eq_ignore_ascii_case(domain.as_bytes())) {
                 return false;
             }
         }
         if let Some(want) = &self.uri_user_param {
-            let got = ruri.and_then(|u| u.user_param.as_deref());
-            if !got.is_some_and(|g| g.eq_ignore_ascii_case(want)) {
+            let got = ruri.and_then(|u| u.user_param);
+            if !got.is_some_and(|g| g.eq_ignore_ascii_case(want.as_bytes())) {
                 return false;
             }
         }
@@ -111,16 +105,23 @@ impl Route {
     }
 }
 
+/// What routes match on in a request-URI, as bytes of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RuriFacts<'a> {
+    pub(crate) host: &'a [u8],
+    pub(crate) user_param: Option<&'a [u8]>,
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub route: usize,
+pub(crate) struct Decision {
+    pub(crate) route: usize,
     /// The user's home pool.
-    pub home: usize,
+    pub(crate) home: usize,
     /// The pool serving the home pool's users now (the pair when failed over).
-    pub serving: usize,
+    pub(crate) serving: usize,
     /// The chosen server of the serving pool, `None` when none is up.
-    pub server: Option<usize>,
+    pub(crate) server: Option<usize>,
 }
 
 /// What the table builder needs to know about health; `None` means "no news": a server starts
@@ -146,26 +147,53 @@ impl HealthView for ConfigHealth {
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     /// Increases with every table built by a process.
-    pub version: u64,
+    pub(crate) version: u64,
     /// The `host[:port]` siplb writes into its Via.
     pub advertise: HostPort,
     /// `Via: SIP/2.0/UDP <advertise>;branch=z9hG4bK-lb`, ready to be completed per message.
-    pub via_prefix: Vec<u8>,
+    pub(crate) via_prefix: Vec<u8>,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
-    pub no_route: u16,
-    pub retry_after_secs: u64,
+    /// The answer to a request no route matches.
+    pub(crate) no_route: Refusal,
+    pub(crate) retry_after_secs: u64,
+    /// The `Server` header of siplb's answers; empty for none.
+    pub(crate) server_header: String,
+    /// What siplb's branches are keyed with.
+    pub(crate) branch_key: BranchKey,
     /// Whether any route reads the request-URI.
-    pub needs_ruri: bool,
+    pub(crate) needs_ruri: bool,
+    /// The wire-path counters of this table's pools.
+    pub(crate) counters: Counters,
     servers_by_addr: HashMap<SocketAddr, (usize, usize)>,
-    server_ips: HashSet<IpAddr>,
     local: Vec<SocketAddr>,
 }
 
-/// The branch prefix of every Via siplb writes: RFC 3261's magic cookie and our mark.
-pub const BRANCH_PREFIX: &[u8] = b"z9hG4bK-lb";
+/// The branch key of a process whose config names none: drawn once, so that every table the
+/// process builds verifies the branches of the ones before it.
+fn process_branch_key() -> BranchKey {
+    static KEY: OnceLock<BranchKey> = OnceLock::new();
+    *KEY.get_or_init(|| {
+        tracing::info!(
+            "no [routing] branch_key_file and no SIPLB_BRANCH_KEY: Via branches are keyed with a \
+             random key of this process; replicas will not verify each other's responses"
+        );
+        BranchKey::random()
+    })
+}
 
 impl RoutingTable {
+    /// A table for `cfg` as written, with nothing bound: its `[listen] udp` addresses count as
+    /// siplb's own and it advertises `[listen] advertise` or the first of them. For
+    /// `siplb route` and for routing in tests and benchmarks.
+    pub fn unbound(cfg: &Config, health: &dyn HealthView) -> RoutingTable {
+        let first = cfg.listen.udp.first().copied();
+        let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
+            HostPort::from(first.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))))
+        });
+        RoutingTable::build(cfg, advertise, cfg.listen.udp.clone(), 1, health)
+    }
+
     /// Builds a table from a validated config, the addresses siplb listens on (`local`), the
     /// address it advertises, and what health says.
     pub fn build(
@@ -182,7 +210,6 @@ impl RoutingTable {
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
         let mut servers_by_addr = HashMap::new();
-        let mut server_ips = HashSet::new();
         let pools: Vec<Pool> = cfg
             .pools
             .iter()
@@ -194,7 +221,6 @@ impl RoutingTable {
                     .enumerate()
                     .map(|(si, s)| {
                         servers_by_addr.insert(s.address, (pi, si));
-                        server_ips.insert(s.address.ip());
                         let default = if s.drained {
                             ServerState::Drained
                         } else {
@@ -214,12 +240,9 @@ impl RoutingTable {
                     name: p.name.clone(),
                     role: p.role,
                     pair: p.pair.as_deref().and_then(|n| index.get(n).copied()),
-                    failover: p.failover,
-                    min_up: p.min_up,
                     servers,
                     id_hash: hrw::id_hash(&p.name),
                     failed_over: health.failed_over(&p.name),
-                    counters: PoolCounters::new(&p.name),
                 }
             })
             .collect();
@@ -239,29 +262,37 @@ impl RoutingTable {
             })
             .collect();
         let mut via_prefix = format!("Via: SIP/2.0/UDP {advertise};branch=").into_bytes();
-        via_prefix.extend_from_slice(BRANCH_PREFIX);
+        via_prefix.extend_from_slice(branch::PREFIX);
+        let branch_key = match &cfg.routing.branch_key {
+            Some(secret) => BranchKey::from_secret(&secret.0),
+            None => process_branch_key(),
+        };
         RoutingTable {
             version,
             needs_ruri: routes.iter().any(Route::needs_ruri),
             advertise,
             via_prefix,
+            counters: Counters::new(pools.iter().map(|p| p.name.as_str())),
             pools,
             routes,
-            no_route: cfg.routing.no_route,
+            no_route: Refusal::NoRoute {
+                forbidden: cfg.routing.no_route == 403,
+            },
             retry_after_secs: cfg.routing.retry_after.as_secs(),
+            server_header: cfg.routing.server_header.clone(),
+            branch_key,
             servers_by_addr,
-            server_ips,
             local,
         }
     }
 
     /// The first route that matches, if any.
-    pub fn match_route(&self, method: &[u8], ruri: Option<&UriFacts>) -> Option<usize> {
+    pub(crate) fn match_route(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> Option<usize> {
         self.routes.iter().position(|r| r.matches(method, ruri))
     }
 
     /// The pool that serves `home`'s users now.
-    pub fn serving(&self, home: usize) -> usize {
+    pub(crate) fn serving(&self, home: usize) -> usize {
         let pool = &self.pools[home];
         match pool.pair {
             Some(pair) if pool.failed_over => pair,
@@ -272,7 +303,7 @@ impl RoutingTable {
     /// Routes a key (a [`hrw::key_hash`]) through route `route`: home pool by HRW over the
     /// route's pools, serving pool, then server by weighted HRW over the serving pool's servers
     /// that take traffic.
-    pub fn decide(&self, route: usize, key: u64) -> Decision {
+    pub(crate) fn decide(&self, route: usize, key: u64) -> Decision {
         let r = &self.routes[route];
         let home_at =
             hrw::pick(key, r.pools.iter().map(|&p| (self.pools[p].id_hash, 1))).unwrap_or_default();
@@ -294,37 +325,41 @@ impl RoutingTable {
     }
 
     /// The addresses siplb listens on.
-    pub fn local(&self) -> &[SocketAddr] {
+    pub(crate) fn local(&self) -> &[SocketAddr] {
         &self.local
     }
 
     /// The server at `(pool, server)` indices.
-    pub fn server(&self, pool: usize, server: usize) -> &Server {
+    pub(crate) fn server(&self, pool: usize, server: usize) -> &Server {
         &self.pools[pool].servers[server]
     }
 
     /// The configured server listening at `addr`, as `(pool, server)` indices.
-    pub fn server_at(&self, addr: SocketAddr) -> Option<(usize, usize)> {
+    pub(crate) fn server_at(&self, addr: SocketAddr) -> Option<(usize, usize)> {
         self.servers_by_addr.get(&addr).copied()
     }
 
-    /// Whether `ip` is the address of a configured server.
-    pub fn is_server_ip(&self, ip: IpAddr) -> bool {
-        self.server_ips.contains(&ip)
-    }
-
     /// Whether `host:port` (as written in a URI or Via) names this siplb instance.
-    pub fn is_us(&self, host: &str, port: Option<u16>) -> bool {
+    pub(crate) fn is_us(&self, host: &[u8], port: Option<u16>) -> bool {
         let port = port.unwrap_or(5060);
-        if host.eq_ignore_ascii_case(&self.advertise.host)
+        if host.eq_ignore_ascii_case(self.advertise.host.as_bytes())
             && port == self.advertise.port_or_default()
         {
             return true;
         }
-        let ip = host.trim_start_matches('[').trim_end_matches(']');
-        ip.parse::<IpAddr>()
-            .is_ok_and(|ip| self.local.iter().any(|l| l.ip() == ip && l.port() == port))
+        parse_ip(host).is_some_and(|ip| self.local.iter().any(|l| l.ip() == ip && l.port() == port))
     }
+}
+
+/// Reads an IP address as a URI or Via writes it: IPv6 with or without brackets. No
+/// allocation.
+pub(crate) fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let host = host.strip_prefix(b"[").unwrap_or(host);
+    let host = host.strip_suffix(b"]").unwrap_or(host);
+    if host.len() > 45 {
+        return None;
+    }
+    std::str::from_utf8(host).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -383,13 +418,10 @@ pools = ["a", "b"]
         )
     }
 
-    fn facts(host: &str, user_param: Option<&str>) -> UriFacts {
-        UriFacts {
-            user: None,
-            host: host.into(),
-            port: None,
-            user_param: user_param.map(Into::into),
-            lr: false,
+    fn facts<'a>(host: &'a str, user_param: Option<&'a str>) -> RuriFacts<'a> {
+        RuriFacts {
+            host: host.as_bytes(),
+            user_param: user_param.map(str::as_bytes),
         }
     }
 
@@ -398,13 +430,13 @@ pools = ["a", "b"]
         let t = table(&ConfigHealth);
         let phone = facts("gw.contoso.com", Some("PHONE"));
         let fe = facts("contoso.com", None);
-        assert_eq!(t.match_route(b"INVITE", Some(&phone)), Some(0));
-        assert_eq!(t.match_route(b"INVITE", Some(&fe)), Some(1));
-        assert_eq!(t.match_route(b"CANCEL", Some(&fe)), Some(1));
-        assert_eq!(t.match_route(b"ACK", Some(&fe)), Some(1));
-        assert_eq!(t.match_route(b"MESSAGE", Some(&fe)), None);
+        assert_eq!(t.match_route(b"INVITE", Some(phone)), Some(0));
+        assert_eq!(t.match_route(b"INVITE", Some(fe)), Some(1));
+        assert_eq!(t.match_route(b"CANCEL", Some(fe)), Some(1));
+        assert_eq!(t.match_route(b"ACK", Some(fe)), Some(1));
+        assert_eq!(t.match_route(b"MESSAGE", Some(fe)), None);
         assert_eq!(
-            t.match_route(b"INVITE", Some(&facts("fabrikam.com", None))),
+            t.match_route(b"INVITE", Some(facts("fabrikam.com", None))),
             None
         );
         assert!(t.needs_ruri);
@@ -438,11 +470,17 @@ pools = ["a", "b"]
     #[test]
     fn knows_itself_and_its_servers() {
         let t = table(&ConfigHealth);
-        assert!(t.is_us("LB.contoso.com", None));
-        assert!(t.is_us("127.0.0.1", Some(5060)));
-        assert!(!t.is_us("127.0.0.1", Some(5071)));
+        assert!(t.is_us(b"LB.contoso.com", None));
+        assert!(t.is_us(b"127.0.0.1", Some(5060)));
+        assert!(!t.is_us(b"127.0.0.1", Some(5071)));
         assert_eq!(t.server_at("127.0.0.1:5082".parse().unwrap()), Some((1, 1)));
-        assert!(t.is_server_ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(t.server_at("127.0.0.1:5083".parse().unwrap()), None);
+        assert_eq!(parse_ip(b"[::1]"), parse_ip(b"::1"));
+        assert_eq!(
+            parse_ip(b"::1"),
+            Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
+        );
+        assert_eq!(parse_ip(b"host"), None);
         assert_eq!(
             t.via_prefix,
             b"Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"

@@ -4,6 +4,10 @@
 //! spreads datagrams over them by flow; each socket has its own task and its own [`Worker`]
 //! buffers. A message is routed against whatever table is current when it arrives.
 //!
+//! The core decides, the shell acts ([`deliver`]): it passes the outcome's passive health signal
+//! to the supervisor, sends, and counts what the outcome says only once the kernel took the
+//! datagram (a refused send counts in `siplb_send_errors_total` only).
+//!
 //! The sockets ask for ICMP errors (`IP_RECVERR`): when a forward to a server draws a port
 //! unreachable, the next receive fails with `ECONNREFUSED`, the error queue names the server,
 //! and the health supervisor hears of it before the server's next probe.
@@ -13,13 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use metrics::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use healthcheck::Failure;
 
-use crate::core::{Action, Worker};
+use crate::core::{Action, DropReason, Outcome, Worker};
 use crate::health::Control;
 use crate::table::RoutingTable;
 
@@ -49,7 +54,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// Binds `workers` sockets to `addr` (port 0 picks one port for all of them). Returns the
 /// sockets and the address actually bound.
-pub fn bind(
+pub(crate) fn bind(
     addr: SocketAddr,
     workers: usize,
 ) -> io::Result<(Vec<std::net::UdpSocket>, SocketAddr)> {
@@ -114,6 +119,93 @@ impl Senders {
     }
 }
 
+/// Where the shell sends datagrams: a socket, or a test's stand-in.
+pub(crate) trait Sender {
+    async fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+}
+
+/// A worker's socket, the sockets of the other family, and the health supervisor to tell of
+/// ICMP errors.
+struct SocketSender<'a> {
+    socket: &'a UdpSocket,
+    v6: bool,
+    senders: &'a Senders,
+    control: &'a Control,
+}
+
+impl Sender for SocketSender<'_> {
+    async fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        // Across families, from a socket of the destination's family; with none (a client of a
+        // family siplb does not listen on), the send fails and is counted.
+        let other = if to.is_ipv6() == self.v6 {
+            None
+        } else {
+            self.senders.of(to)
+        };
+        let socket = other.as_deref().unwrap_or(self.socket);
+        let sent = socket.send_to(buf, to).await;
+        if matches!(&sent, Err(e) if is_icmp_error(e)) {
+            // A pending ICMP error from an earlier forward (to some other server) is reported
+            // by whatever syscall comes next — here, this send, which the kernel then refuses.
+            // The error is consumed by that: note who it was about, and send this message again.
+            drain_errors(socket, self.control);
+            return socket.send_to(buf, to).await;
+        }
+        sent
+    }
+}
+
+/// The counters the shell owns: drops by reason and refused sends.
+pub(crate) struct ShellCounters {
+    /// Indexed by `DropReason as usize` (the order of [`DropReason::ALL`]).
+    drops: Vec<Counter>,
+    send_errors: Counter,
+}
+
+impl ShellCounters {
+    fn new() -> Self {
+        ShellCounters {
+            drops: crate::stats::drop_counters(&DropReason::ALL.map(DropReason::as_str)),
+            send_errors: metrics::counter!("siplb_send_errors_total"),
+        }
+    }
+}
+
+/// Carries out one outcome of the core: the passive health signal, the send of `out`, and the
+/// counting — of the outcome's [`crate::stats::Count`] after the kernel took the datagram, of
+/// a send error otherwise, of the reason for a drop.
+pub(crate) async fn deliver(
+    outcome: Outcome,
+    out: &[u8],
+    table: &RoutingTable,
+    sender: &impl Sender,
+    counters: &ShellCounters,
+    mut passive: impl FnMut(SocketAddr, Failure),
+) {
+    if let Some((server, failure)) = outcome.passive {
+        passive(server, failure);
+    }
+    match outcome.action {
+        Action::Forward(to) | Action::Reply(to) => match sender.send(out, to).await {
+            Ok(_) => {
+                if let Some(c) = outcome.count {
+                    table.counters.count(c);
+                }
+            }
+            Err(e) => {
+                counters.send_errors.increment(1);
+                tracing::debug!(error = %e, %to, "udp send failed");
+            }
+        },
+        Action::Drop(reason) => {
+            if let Some(c) = counters.drops.get(reason as usize) {
+                c.increment(1);
+            }
+            tracing::debug!(reason = reason.as_str(), "dropped");
+        }
+    }
+}
+
 /// Serves one socket until the task is dropped. Datagrams for an address of the other family
 /// go out from that family's socket in `senders`.
 pub async fn serve(
@@ -124,6 +216,13 @@ pub async fn serve(
 ) {
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut worker = Worker::new();
+    let counters = ShellCounters::new();
+    let sender = SocketSender {
+        socket: &socket,
+        v6,
+        senders: &senders,
+        control: &control,
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -147,38 +246,19 @@ pub async fn serve(
             }
         };
         let table = tables.load();
-        match worker.handle(&table, &buf[..n], src) {
-            Action::Forward(to) | Action::Reply(to) => {
-                if let Some((server, failure)) = worker.passive {
-                    control.passive(server, failure);
-                }
-                // Across families, from a socket of the destination's family; with none (a
-                // client of a family siplb does not listen on), the send fails and is counted.
-                let other = if to.is_ipv6() == v6 {
-                    None
-                } else {
-                    senders.of(to)
-                };
-                let out = other.as_deref().unwrap_or(&socket);
-                let mut sent = out.send_to(&worker.out, to).await;
-                if matches!(&sent, Err(e) if is_icmp_error(e)) {
-                    // A pending ICMP error from an earlier forward (to some other server) is
-                    // reported by whatever syscall comes next — here, this send, which the
-                    // kernel then refuses. The error is consumed by that: note who it was
-                    // about, and send this message again.
-                    drain_errors(out, &control);
-                    sent = out.send_to(&worker.out, to).await;
-                }
-                if let Err(e) = sent {
-                    metrics::counter!("siplb_send_errors_total").increment(1);
-                    tracing::debug!(error = %e, %to, "udp send failed");
-                }
-            }
-            Action::Drop(reason) => {
-                metrics::counter!("siplb_drops_total", "reason" => reason.as_str()).increment(1);
-                tracing::debug!(reason = reason.as_str(), %src, len = n, "dropped");
-            }
+        let outcome = worker.handle(&table, &buf[..n], src);
+        if let Action::Drop(reason) = outcome.action {
+            tracing::debug!(reason = reason.as_str(), %src, len = n, "dropped");
         }
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &sender,
+            &counters,
+            |server, failure| control.passive(server, failure),
+        )
+        .await;
     }
 }
 
@@ -281,5 +361,146 @@ mod icmp {
 
     pub fn pop(_: &impl std::os::fd::AsRawFd) -> Option<super::QueuedError> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::stats::tests::probed;
+    use crate::table::ConfigHealth;
+
+    /// A sender that records what it was asked to send and fails when told to.
+    struct FakeSender {
+        fail: bool,
+        sent: RefCell<Vec<SocketAddr>>,
+    }
+
+    impl Sender for FakeSender {
+        async fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+            self.sent.borrow_mut().push(to);
+            if self.fail {
+                Err(io::ErrorKind::PermissionDenied.into())
+            } else {
+                Ok(buf.len())
+            }
+        }
+    }
+
+    const CFG: &str = r#"
+[listen]
+udp = ["127.0.0.1:5060"]
+[[pool]]
+name = "fe"
+servers = [{ address = "127.0.0.1:5071" }]
+[[route]]
+pool = "fe"
+"#;
+
+    const REGISTER: &[u8] = b"REGISTER sip:contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bKd1;rport\r\n\
+From: <sip:alice@contoso.com>;tag=1\r\nTo: <sip:alice@contoso.com>\r\n\
+Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+
+    fn shell_counters() -> (ShellCounters, Arc<AtomicU64>) {
+        let errors = Arc::new(AtomicU64::new(0));
+        let counters = ShellCounters {
+            drops: DropReason::ALL
+                .iter()
+                .map(|_| Counter::from_arc(Arc::new(AtomicU64::new(0))))
+                .collect(),
+            send_errors: Counter::from_arc(errors.clone()),
+        };
+        (counters, errors)
+    }
+
+    #[tokio::test]
+    async fn a_send_the_kernel_refuses_counts_as_a_send_error_only() {
+        let cfg = crate::config::parse(Path::new("t.toml"), CFG).expect("valid config");
+        let mut table = RoutingTable::build(
+            &cfg,
+            crate::config::HostPort::from("127.0.0.1:5060".parse::<SocketAddr>().unwrap()),
+            vec!["127.0.0.1:5060".parse().unwrap()],
+            1,
+            &ConfigHealth,
+        );
+        let (table_counters, probe) = probed(["fe"]);
+        table.counters = table_counters;
+        let (counters, errors) = shell_counters();
+        let mut worker = Worker::new();
+        let client: SocketAddr = "192.0.2.7:5099".parse().unwrap();
+        let requests = "siplb_requests_total{method=REGISTER,pool=fe}";
+
+        let outcome = worker.handle(&table, REGISTER, client);
+        let failing = FakeSender {
+            fail: true,
+            sent: RefCell::default(),
+        };
+        deliver(outcome, &worker.out, &table, &failing, &counters, |_, _| {}).await;
+        assert_eq!(failing.sent.borrow().len(), 1, "the send was tried");
+        assert_eq!(
+            probe.get(requests),
+            0,
+            "a refused send is no request forwarded"
+        );
+        assert_eq!(probe.total(), 0);
+        assert_eq!(errors.load(Ordering::Relaxed), 1);
+
+        let working = FakeSender {
+            fail: false,
+            sent: RefCell::default(),
+        };
+        deliver(outcome, &worker.out, &table, &working, &counters, |_, _| {}).await;
+        assert_eq!(probe.get(requests), 1);
+        assert_eq!(errors.load(Ordering::Relaxed), 1);
+
+        // An answer (a 483) is counted the same way: after the send only.
+        let hops = String::from_utf8_lossy(REGISTER)
+            .replace("Content-Length: 0", "Max-Forwards: 0\r\nContent-Length: 0");
+        let outcome = worker.handle(&table, hops.as_bytes(), client);
+        assert_eq!(outcome.action, Action::Reply(client));
+        deliver(outcome, &worker.out, &table, &failing, &counters, |_, _| {}).await;
+        assert_eq!(probe.get("siplb_replies_total{code=483}"), 0);
+        deliver(outcome, &worker.out, &table, &working, &counters, |_, _| {}).await;
+        assert_eq!(probe.get("siplb_replies_total{code=483}"), 1);
+        assert_eq!(errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_passive_signal_is_passed_on_whatever_the_send_does() {
+        let cfg = crate::config::parse(Path::new("t.toml"), CFG).expect("valid config");
+        let table = RoutingTable::build(
+            &cfg,
+            crate::config::HostPort::from("127.0.0.1:5060".parse::<SocketAddr>().unwrap()),
+            vec!["127.0.0.1:5060".parse().unwrap()],
+            1,
+            &ConfigHealth,
+        );
+        let (counters, _) = shell_counters();
+        let mut worker = Worker::new();
+        let client: SocketAddr = "192.0.2.7:5099".parse().unwrap();
+        let server: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+        worker.handle(&table, REGISTER, client);
+        let resp = String::from_utf8_lossy(&worker.out).replacen(
+            "REGISTER sip:contoso.com SIP/2.0",
+            "SIP/2.0 503 Service Unavailable",
+            1,
+        );
+        let outcome = worker.handle(&table, resp.as_bytes(), server);
+        assert_eq!(outcome.passive, Some((server, Failure::Passive503)));
+        let failing = FakeSender {
+            fail: true,
+            sent: RefCell::default(),
+        };
+        let mut heard = Vec::new();
+        deliver(outcome, &worker.out, &table, &failing, &counters, |s, f| {
+            heard.push((s, f))
+        })
+        .await;
+        assert_eq!(heard, vec![(server, Failure::Passive503)]);
     }
 }

@@ -44,6 +44,9 @@ pub enum Behaviour {
     /// `200 OK` to everything, with every Via value written on one `Via:` line (RFC 3261 §7.3.1
     /// allows it), so siplb must pop its value from a shared line.
     CombineVias,
+    /// Records every request but answers none (probes are still answered, so it stays up):
+    /// the test writes the responses itself, with [`response_to`] and [`Backend::send_raw`].
+    Mute,
 }
 
 /// How a backend answers siplb's OPTIONS probes; switchable while it runs
@@ -129,6 +132,8 @@ pub struct Backend {
     behaviour: Behaviour,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// A handle on the bound socket, for datagrams the test sends from this exact address.
+    socket: Option<UdpSocket>,
 }
 
 impl Backend {
@@ -155,6 +160,7 @@ impl Backend {
             behaviour,
             shared,
             thread: None,
+            socket: None,
         };
         backend.bind_and_serve(addr)?;
         Ok(backend)
@@ -164,6 +170,7 @@ impl Backend {
         let socket = UdpSocket::bind(addr)?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         self.addr = socket.local_addr()?;
+        self.socket = Some(socket.try_clone()?);
         self.shared.stop.store(false, Ordering::Relaxed);
         let responder = Responder {
             id: self.id.clone(),
@@ -184,6 +191,30 @@ impl Backend {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.socket = None;
+    }
+
+    /// Sends `bytes` to `to` from this backend's own socket (its exact address, as siplb knows
+    /// it): for responses a test writes itself, genuine or forged.
+    pub fn send_raw(&self, to: SocketAddr, bytes: &[u8]) {
+        let socket = self
+            .socket
+            .as_ref()
+            .unwrap_or_else(|| panic!("backend {} is stopped", self.id));
+        socket.send_to(bytes, to).expect("send from the backend");
+    }
+
+    /// Waits until this backend has received a non-probe request with `call_id`; returns the
+    /// last one, or panics after `within`.
+    pub fn wait_request(&self, call_id: &str, within: Duration) -> Datagram {
+        self.wait_call_id(call_id, 1, within)
+            .pop()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} received nothing of {call_id} within {within:?}",
+                    self.id
+                )
+            })
     }
 
     /// Binds the same address again and answers as before (the records go on accumulating).
@@ -254,6 +285,24 @@ impl Backend {
             .filter(|d| d.at >= since && is_probe_answer(&d.bytes))
             .cloned()
             .collect()
+    }
+
+    /// siplb's probes received at or after `since` and this backend's answers to them, read
+    /// together: a probe and its answer are recorded at once, so the two counts agree (read one
+    /// after the other, a probe arriving in between would be missing from the first).
+    pub fn probes_and_answers_since(&self, since: Instant) -> (usize, usize) {
+        let log = self.shared.log();
+        let probes = log
+            .received
+            .iter()
+            .filter(|d| d.at >= since && is_probe(&d.bytes))
+            .count();
+        let answers = log
+            .sent
+            .iter()
+            .filter(|d| d.at >= since && is_probe_answer(&d.bytes))
+            .count();
+        (probes, answers)
     }
 
     /// Waits until more than `seen` datagrams were received (or `within` passed) and returns
@@ -400,7 +449,7 @@ impl Responder {
 
     fn answer(&self, req: &Msg) -> Option<Vec<u8>> {
         let method = req.method()?;
-        if method == "ACK" || method == "BENOTIFY" {
+        if method == "ACK" || method == "BENOTIFY" || self.behaviour == Behaviour::Mute {
             return None;
         }
         let (status, extra): (String, Vec<String>) = match (self.behaviour, method) {
@@ -444,22 +493,41 @@ impl Responder {
                 out.push_str("\r\n");
             }
         }
-        for name in ["from", "to", "call-id", "cseq"] {
-            let Some(h) = req.header_lines(name).next() else {
-                continue;
-            };
-            out.push_str(&h.raw);
-            if name == "to" && crate::sip::param(&h.value, "tag").is_none() {
-                out.push_str(&format!(";tag={}", unique("be")));
-            }
-            out.push_str("\r\n");
-        }
+        copy_dialog_headers(req, &mut out);
         for line in extra {
             out.push_str(&line);
             out.push_str("\r\n");
         }
         out.push_str("Content-Length: 0\r\n\r\n");
         out.into_bytes()
+    }
+}
+
+/// The response a server writes to `req` (as it received it): `status_line` (e.g.
+/// `SIP/2.0 200 OK`), every Via line as received, From, To (plus a tag), Call-ID, CSeq, no
+/// body. For tests that answer for a [`Behaviour::Mute`] backend, and then forge the answer.
+pub fn response_to(req: &Msg, status_line: &str) -> Vec<u8> {
+    let mut out = format!("{status_line}\r\n");
+    for h in req.header_lines("via") {
+        out.push_str(&h.raw);
+        out.push_str("\r\n");
+    }
+    copy_dialog_headers(req, &mut out);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out.into_bytes()
+}
+
+/// From, To (with a tag added when it had none), Call-ID and CSeq of `req`, as lines.
+fn copy_dialog_headers(req: &Msg, out: &mut String) {
+    for name in ["from", "to", "call-id", "cseq"] {
+        let Some(h) = req.header_lines(name).next() else {
+            continue;
+        };
+        out.push_str(&h.raw);
+        if name == "to" && crate::sip::param(&h.value, "tag").is_none() {
+            out.push_str(&format!(";tag={}", unique("be")));
+        }
+        out.push_str("\r\n");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Builds siplb configurations as TOML text, in the words of DESIGN.md's configuration contract.
 //!
-//! Every config listens on `127.0.0.1:0` with no `advertise` (siplb advertises the bound address).
+//! By default a config listens on `127.0.0.1:0` with no `advertise` (siplb advertises the bound
+//! address); [`Config::listen`] and [`Config::advertise`] change that.
 //! By default there is no `[ops]`, and probes are frequent and tolerant (`fall` high), so a
 //! backend busy answering a load run is never taken for dead; health and failover tests set
 //! their own `[health]` and pool options.
@@ -154,8 +155,12 @@ impl Pool {
 #[derive(Debug, Clone)]
 pub struct Config {
     workers: usize,
+    listen: Vec<String>,
+    advertise: Option<String>,
     no_route: Option<u16>,
     retry_after: Option<String>,
+    server_header: Option<String>,
+    branch_key_file: Option<String>,
     health: Health,
     ops: bool,
     pools: Vec<Pool>,
@@ -173,8 +178,12 @@ impl Config {
     pub fn new() -> Config {
         Config {
             workers: 1,
+            listen: vec!["127.0.0.1:0".to_string()],
+            advertise: None,
             no_route: None,
             retry_after: None,
+            server_header: None,
+            branch_key_file: None,
             health: Health::options("200ms", "150ms", 25, 1),
             ops: false,
             pools: Vec::new(),
@@ -191,6 +200,31 @@ impl Config {
 
     pub fn workers(mut self, n: usize) -> Config {
         self.workers = n;
+        self
+    }
+
+    /// `[listen] udp`: the addresses to listen on (default `["127.0.0.1:0"]`), e.g.
+    /// `"[::1]:0"` for an IPv6 listener.
+    pub fn listen(mut self, addrs: &[&str]) -> Config {
+        self.listen = addrs.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// `[listen] advertise`: the `host[:port]` siplb writes into its Via.
+    pub fn advertise(mut self, host_port: &str) -> Config {
+        self.advertise = Some(host_port.to_string());
+        self
+    }
+
+    /// `[routing] server_header`: the `Server` value of siplb's own answers (`""`: none).
+    pub fn server_header(mut self, value: &str) -> Config {
+        self.server_header = Some(value.to_string());
+        self
+    }
+
+    /// `[routing] branch_key_file`: the file holding the key siplb's branches are made with.
+    pub fn branch_key_file(mut self, path: &str) -> Config {
+        self.branch_key_file = Some(path.to_string());
         self
     }
 
@@ -234,9 +268,14 @@ impl Config {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "[listen]\nudp = [\"127.0.0.1:0\"]\nworkers = {}\n",
+            "[listen]\nudp = {}\nworkers = {}",
+            list(&self.listen),
             self.workers
         );
+        if let Some(a) = &self.advertise {
+            let _ = writeln!(t, "advertise = {}", quote(a));
+        }
+        t.push('\n');
         let h = &self.health;
         let _ = writeln!(
             t,
@@ -250,13 +289,23 @@ impl Config {
         if self.ops {
             t.push_str("[ops]\nlisten = \"127.0.0.1:0\"\n\n");
         }
-        if self.no_route.is_some() || self.retry_after.is_some() {
+        if self.no_route.is_some()
+            || self.retry_after.is_some()
+            || self.server_header.is_some()
+            || self.branch_key_file.is_some()
+        {
             t.push_str("[routing]\n");
             if let Some(s) = self.no_route {
                 let _ = writeln!(t, "no_route = {s}");
             }
             if let Some(d) = &self.retry_after {
                 let _ = writeln!(t, "retry_after = {}", quote(d));
+            }
+            if let Some(v) = &self.server_header {
+                let _ = writeln!(t, "server_header = {}", quote(v));
+            }
+            if let Some(p) = &self.branch_key_file {
+                let _ = writeln!(t, "branch_key_file = {}", quote(p));
             }
             t.push('\n');
         }

@@ -31,8 +31,22 @@ pub fn undo_forward_edits(
 ) -> Result<(Vec<u8>, String), String> {
     let orig = Msg::parse(original).ok_or("original is not SIP")?;
     let (head, body) = split_head(forwarded).ok_or("forwarded message has no end of headers")?;
-    let head = std::str::from_utf8(head).map_err(|_| "forwarded head is not UTF-8")?;
-    let mut lines: Vec<String> = head.split("\r\n").map(str::to_string).collect();
+    // Every byte kept as one char (Latin-1), so a head with NULs or bytes that are not UTF-8
+    // (RFC 4475 §3.1.1.2) is edited and compared losslessly.
+    let head = latin1(head);
+    // A header folded over several lines (RFC 3261 §7.3.1) is one element, its lines joined
+    // by CRLF, so the edits inside it are found and joining with CRLF restores the bytes.
+    let mut lines: Vec<String> = Vec::new();
+    for line in head.split("\r\n") {
+        let n = lines.len();
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) && n > 1 => {
+                last.push_str("\r\n");
+                last.push_str(line);
+            }
+            _ => lines.push(line.to_string()),
+        }
+    }
 
     // 1. siplb's Via line, right before the client's first Via line.
     let first_via = lines
@@ -86,19 +100,29 @@ pub fn undo_forward_edits(
                 lines[mf]
             ))
         }
-        Some(_) => {
+        Some(given) => {
+            // The value is siplb's to rewrite (one less), in its own digits: `0068` may become
+            // `67`. The original's text is put back once the number is shown right.
+            let given_n: u64 = given
+                .parse()
+                .map_err(|_| format!("original Max-Forwards unreadable: {given:?}"))?;
             let line = &lines[mf];
             let colon = line.find(':').unwrap_or(0);
             let digits = line[colon + 1..].trim();
             let n: u64 = digits
                 .parse()
                 .map_err(|_| format!("forwarded Max-Forwards unreadable: {line:?}"))?;
+            if n + 1 != given_n {
+                return Err(format!(
+                    "Max-Forwards {given} was forwarded as {digits}, not one less"
+                ));
+            }
             let at = colon + 1 + line[colon + 1..].find(digits).unwrap_or(0);
-            lines[mf] = format!("{}{}", &line[..at], n + 1);
+            lines[mf] = format!("{}{}{}", &line[..at], given, &line[at + digits.len()..]);
         }
     }
 
-    let mut out = lines.join("\r\n").into_bytes();
+    let mut out = unlatin1(&lines.join("\r\n"));
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
     Ok((out, branch))
@@ -126,15 +150,15 @@ pub fn assert_forwarded_intact(original: &[u8], forwarded: &[u8], hop: Hop) -> S
 /// Asserts the client received exactly what the backend sent, less siplb's own Via line (which
 /// must be the response's first Via line).
 pub fn assert_response_intact(backend_sent: &[u8], client_received: &[u8], siplb: SocketAddr) {
-    let text = String::from_utf8_lossy(backend_sent);
+    // Byte offsets, not text: a response may carry bytes that are not UTF-8.
     let prefix = format!("\r\nVia: SIP/2.0/UDP {siplb};branch=z9hG4bK-lb");
-    let start = text.find(&prefix).unwrap_or_else(|| {
+    let start = find_bytes(backend_sent, prefix.as_bytes()).unwrap_or_else(|| {
         panic!(
             "backend response has no siplb Via line:\n{}",
             show(backend_sent)
         )
     });
-    let end = start + 2 + text[start + 2..].find("\r\n").expect("line end");
+    let end = start + 2 + find_bytes(&backend_sent[start + 2..], b"\r\n").expect("line end");
     let mut expected = backend_sent[..start].to_vec();
     expected.extend_from_slice(&backend_sent[end..]);
     assert_same_bytes(
@@ -142,6 +166,10 @@ pub fn assert_response_intact(backend_sent: &[u8], client_received: &[u8], siplb
         &expected,
         client_received,
     );
+}
+
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `original` without its header line `line` (for edits the test itself expects, such as the
@@ -155,6 +183,16 @@ pub fn without_line(original: &[u8], line: &str) -> Vec<u8> {
     let mut out = original[..at].to_vec();
     out.extend_from_slice(&original[at + needle.len() - 2..]);
     out
+}
+
+/// Bytes as chars U+0000..U+00FF, one per byte.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// The inverse of [`latin1`].
+fn unlatin1(text: &str) -> Vec<u8> {
+    text.chars().map(|c| c as u32 as u8).collect()
 }
 
 fn header_name(line: &str) -> &str {

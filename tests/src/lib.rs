@@ -7,6 +7,8 @@
 //! - [`backend`] is a server peer that records what it received and answers like a registrar;
 //! - [`client`] is a user agent that sends raw requests and collects responses;
 //! - [`request`] builds the exact request bytes; [`sip`] reads messages for assertions;
+//! - [`answer`] checks siplb's own answers (copied headers, `received`/`rport`);
+//! - [`torture`] reads the RFC 4475 torture messages kept in `tests/torture/`;
 //! - [`edits`] undoes the edits siplb is allowed to make, to prove every other byte survived;
 //! - [`testbed`] is farm + siplb + client, and runs one request through checking both
 //!   directions that way;
@@ -28,6 +30,7 @@
 //! load loop is bounded in count and time.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod backend;
 pub mod chromium;
 pub mod client;
@@ -48,8 +51,9 @@ pub mod request;
 pub mod sip;
 pub mod sipp;
 pub mod testbed;
+pub mod torture;
 
-pub use backend::{Backend, Behaviour, Datagram, ProbeAnswer};
+pub use backend::{response_to, Backend, Behaviour, Datagram, ProbeAnswer};
 pub use client::Client;
 pub use config::{Config, Route, Server};
 pub use edits::{assert_forwarded_intact, assert_response_intact, Hop};

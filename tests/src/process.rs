@@ -200,7 +200,23 @@ impl Siplb {
                         siplb.udp.push(addr);
                     }
                 }
-                Err(_) => panic!(
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: siplb exited (a refused config, say) before `ready`.
+                    let reaped = Instant::now() + Duration::from_secs(1);
+                    let mut status = None;
+                    while status.is_none() && Instant::now() < reaped {
+                        status = siplb.child.try_wait().ok().flatten();
+                        if status.is_none() {
+                            // Polling the child's exit under a deadline.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    panic!(
+                        "siplb exited ({status:?}) before printing `ready`\nconfig:\n{config_text}\nstderr:\n{}",
+                        siplb.stderr()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                     "siplb did not print `ready` within {READY_WITHIN:?} (alive: {})\nconfig:\n{config_text}\nstderr:\n{}",
                     siplb.is_alive(),
                     siplb.stderr()
@@ -223,6 +239,15 @@ impl Siplb {
     /// Every UDP address siplb listens on, in config order.
     pub fn udp(&self) -> &[SocketAddr] {
         &self.udp
+    }
+
+    /// The UDP address siplb listens on for IPv6 (the config must have an IPv6 listener).
+    pub fn addr_v6(&self) -> SocketAddr {
+        *self
+            .udp
+            .iter()
+            .find(|a| a.is_ipv6())
+            .expect("siplb has no IPv6 listener: add \"[::1]:0\" to [listen] udp")
     }
 
     /// The ops endpoint's address (the config must have `[ops]`, see `Config::ops`).

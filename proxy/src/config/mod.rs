@@ -85,6 +85,20 @@ impl HostPort {
     }
 }
 
+impl From<SocketAddr> for HostPort {
+    /// The Via `host:port` for a bound address (IPv6 in brackets).
+    fn from(addr: SocketAddr) -> Self {
+        let host = match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        HostPort {
+            host,
+            port: Some(addr.port()),
+        }
+    }
+}
+
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.port {
@@ -128,6 +142,21 @@ pub struct Routing {
     pub(crate) no_route: u16,
     /// `Retry-After` in the 503 sent when no server of the serving pool is up.
     pub(crate) retry_after: Duration,
+    /// The `Server` header of siplb's own answers; empty for none (default `siplb`).
+    pub server_header: String,
+    /// The secret siplb's Via branches are keyed with, shared by replicas: the content of
+    /// `branch_key_file` (trimmed) or of `SIPLB_BRANCH_KEY`; `None` for a random key per process.
+    pub branch_key: Option<BranchSecret>,
+}
+
+/// Secret bytes (at least 16) that never show in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BranchSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for BranchSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BranchSecret({} bytes)", self.0.len())
+    }
 }
 
 /// `[log]`: how siplb logs. `RUST_LOG`, when set, overrides `level`.

@@ -82,6 +82,8 @@ pub(crate) struct RawHealth {
 pub(crate) struct RawRouting {
     pub(crate) no_route: Option<Int>,
     pub(crate) retry_after: Option<Str>,
+    pub(crate) server_header: Option<Str>,
+    pub(crate) branch_key_file: Option<Str>,
 }
 
 /// `[log]`.

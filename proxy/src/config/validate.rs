@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
-use super::{Config, ConfigError, Health, Listen, Log, LogFormat, Ops, ProbeKind, Routing};
+use super::{
+    BranchSecret, Config, ConfigError, Health, Listen, Log, LogFormat, Ops, ProbeKind, Routing,
+};
 
 pub(crate) use summary::summary;
 
@@ -39,10 +41,17 @@ const DEFAULT_HEALTH: Health = Health {
 };
 
 /// `[routing]` when the file leaves a key out.
-const DEFAULT_ROUTING: Routing = Routing {
-    no_route: 404,
-    retry_after: Duration::from_secs(30),
-};
+fn default_routing() -> Routing {
+    Routing {
+        no_route: 404,
+        retry_after: Duration::from_secs(30),
+        server_header: "siplb".to_string(),
+        branch_key: None,
+    }
+}
+
+/// The shortest branch key accepted, in bytes.
+const MIN_BRANCH_KEY: usize = 16;
 
 /// The most UDP worker sockets per address we accept.
 const MAX_WORKERS: i64 = 256;
@@ -379,8 +388,55 @@ fn health(
 
 /// `[routing]`: the answers siplb gives when it cannot route.
 fn routing(ctx: &mut Ctx<'_>, raw: Option<&RawRouting>) -> Routing {
-    let mut routing = DEFAULT_ROUTING;
-    let Some(raw) = raw else { return routing };
+    let mut routing = default_routing();
+    let from_env = || {
+        let v = std::env::var_os("SIPLB_BRANCH_KEY")?;
+        Some(v.as_encoded_bytes().trim_ascii().to_vec())
+    };
+    let Some(raw) = raw else {
+        routing.branch_key = branch_key_from_env(ctx, from_env());
+        return routing;
+    };
+    if let Some(v) = &raw.server_header {
+        let s = v.get_ref();
+        if s.bytes().any(|c| c.is_ascii_control()) {
+            ctx.error(
+                v.span(),
+                "routing.server_header",
+                "a header value cannot hold control characters or line breaks; use e.g. \"siplb\", \
+                 or \"\" for no Server header",
+            );
+        } else {
+            routing.server_header = s.trim().to_string();
+        }
+    }
+    match &raw.branch_key_file {
+        Some(file) => {
+            let base = ctx.base_dir();
+            if let Some(path) = values::file_path(ctx, file, "routing.branch_key_file", &base) {
+                match std::fs::read(&path) {
+                    Ok(bytes) if bytes.trim_ascii().len() >= MIN_BRANCH_KEY => {
+                        routing.branch_key = Some(BranchSecret(bytes.trim_ascii().to_vec()));
+                    }
+                    Ok(_) => ctx.error(
+                        file.span(),
+                        "routing.branch_key_file",
+                        format!(
+                            "{} holds fewer than {MIN_BRANCH_KEY} bytes; put a random secret of \
+                             at least {MIN_BRANCH_KEY} bytes in it, e.g. `openssl rand -hex 16`",
+                            path.display()
+                        ),
+                    ),
+                    Err(e) => ctx.error(
+                        file.span(),
+                        "routing.branch_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                }
+            }
+        }
+        None => routing.branch_key = branch_key_from_env(ctx, from_env()),
+    }
     if let Some(code) = &raw.no_route {
         match *code.get_ref() {
             403 => routing.no_route = 403,
@@ -413,4 +469,21 @@ fn routing(ctx: &mut Ctx<'_>, raw: Option<&RawRouting>) -> Routing {
         }
     }
     routing
+}
+
+/// The branch key from `SIPLB_BRANCH_KEY`, when set and long enough.
+fn branch_key_from_env(ctx: &mut Ctx<'_>, value: Option<Vec<u8>>) -> Option<BranchSecret> {
+    let v = value?;
+    if v.len() < MIN_BRANCH_KEY {
+        ctx.error_at_line(
+            0,
+            "SIPLB_BRANCH_KEY",
+            format!(
+                "SIPLB_BRANCH_KEY holds fewer than {MIN_BRANCH_KEY} bytes; use a random secret of \
+                 at least {MIN_BRANCH_KEY} bytes, e.g. `openssl rand -hex 16`"
+            ),
+        );
+        return None;
+    }
+    Some(BranchSecret(v))
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::Worker;
+use super::{Refusal, Worker};
 use crate::table::RoutingTable;
 
 /// A minimal SIP request for `aor`, as a UA would send it through siplb. A REGISTER goes to
@@ -66,9 +66,9 @@ pub(crate) struct RouteServer {
     pub transport: &'static str,
 }
 
-/// Routes a synthetic request through the wire path's own decision; `Err` is the status siplb
-/// would answer with.
-pub(crate) fn explain(table: &RoutingTable, method: &str, aor: &str) -> Result<RouteDoc, u16> {
+/// Routes a synthetic request through the wire path's own decision; `Err` is the answer siplb
+/// would give instead.
+pub(crate) fn explain(table: &RoutingTable, method: &str, aor: &str) -> Result<RouteDoc, Refusal> {
     let request = request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
     let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
     let d = Worker::new().explain(table, request.as_bytes(), src)?;

@@ -1,30 +1,37 @@
-//! The stateless core: one datagram in, one action out.
+//! The stateless core: one datagram in, one outcome out.
 //!
 //! [`Worker::handle`] is a plain function of the routing table, the bytes and the sender's
-//! address — no socket, no clock, no lock — so every routing rule of DESIGN.md is unit-testable
-//! and the I/O shell only moves bytes. Each worker owns its output and scratch buffers, so a
-//! forwarded message costs no allocation once they have grown.
+//! address — no socket, no clock, no lock, no global — so every routing rule of DESIGN.md is
+//! unit-testable and the I/O shell only moves bytes. Its [`Outcome`] says everything the shell
+//! must do: the [`Action`] (with the bytes in [`Worker::out`]), the passive health signal the
+//! message carries, and what a successful send counts. Each worker owns its output and scratch
+//! buffers, so a forwarded message costs no allocation once they have grown.
 //!
-//! Requests, in order (DESIGN.md "Routing semantics"): scan; Max-Forwards 0 → 483; our own top
-//! Route is removed and any other Route must name a configured server (never an open relay);
-//! the first matching route names the home pool; its key picks the serving pool's server by
-//! HRW; our Via goes on top with a branch derived from the incoming one (RFC 3261 §16.11), and
-//! the client's Via gets `received`/`rport` (RFC 3581). Responses: the top Via must be ours; it
-//! is removed and the response goes where the next Via says.
+//! Requests, in order (DESIGN.md "Routing semantics", RFC 3261 §16.3): scan (which reads the top
+//! Via); a request whose top Via cannot be read is dropped, an invalid one is answered (505, 400
+//! naming the header, 416, 483, 420); our own top Route is removed and any other Route must name
+//! a configured server (never an open relay); the first matching route names the home pool; its
+//! key picks the serving pool's server by HRW; our Via goes on top with a keyed branch
+//! ([`crate::sip::branch`]), and the client's Via gets `received`/`rport` (RFC 3581); a request
+//! that no longer fits a datagram is answered 513. Responses: they must come from a configured
+//! server's exact address and carry the branch siplb made for that server; our Via is removed
+//! and the response goes where the next Via says.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use healthcheck::Failure;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::KeyKind;
 use crate::hrw;
+use crate::sip::branch::{self, Transaction};
 use crate::sip::edit::{Edits, Insert};
+pub(crate) use crate::sip::response::Refusal;
+use crate::sip::response::{self, Answer};
 use crate::sip::scan::{self, parse_uint, Hdr, Message, Span, StartLine};
-use crate::sip::{response, uri, via};
+use crate::sip::{uri, via};
 use crate::stats;
-use crate::table::{Decision, RoutingTable, BRANCH_PREFIX};
+pub use crate::stats::Count;
+use crate::table::{parse_ip, Decision, RoutingTable, RuriFacts};
 
 /// What to do with a datagram. The bytes to send are in [`Worker::out`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,37 +44,62 @@ pub enum Action {
     Drop(DropReason),
 }
 
+/// Everything the shell must do about one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: Action,
+    /// What the message says about a server's health: a 503 answer from it (RFC 3261
+    /// §21.5.4). The shell passes it on whatever the action.
+    pub passive: Option<(SocketAddr, Failure)>,
+    /// What a send of [`Worker::out`] stands for; the shell counts it once the kernel took the
+    /// datagram. `None` for a drop (counted by its reason).
+    pub count: Option<Count>,
+}
+
+impl Outcome {
+    fn drop(reason: DropReason) -> Self {
+        Outcome {
+            action: Action::Drop(reason),
+            passive: None,
+            count: None,
+        }
+    }
+}
+
 /// Why a datagram was not forwarded. Bounded set: these are metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// Not a SIP message siplb can read.
+    /// Not a SIP message siplb can read or answer.
     Malformed,
     /// Blank lines only (a keep-alive).
     KeepAlive,
-    /// A response whose top Via is not siplb's.
+    /// A response whose top Via is not siplb's, or whose branch does not verify.
     NotOurs,
-    /// A response from an address that is not a configured server.
+    /// A response from an address that is not a configured server's.
     UnknownSender,
     /// A response with no Via left to send it to, or one naming a host siplb cannot reach
     /// without a DNS lookup.
     NoReturnPath,
     /// An ACK siplb could not route: ACKs are never answered (RFC 3261 §17.1.1.3).
     AckUnroutable,
+    /// A return path to a broadcast, multicast or unspecified address: siplb never sends there.
+    BadDestination,
 }
 
 impl DropReason {
     /// Every reason, for registering the metric.
-    pub const ALL: [DropReason; 6] = [
+    pub(crate) const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::KeepAlive,
         DropReason::NotOurs,
         DropReason::UnknownSender,
         DropReason::NoReturnPath,
         DropReason::AckUnroutable,
+        DropReason::BadDestination,
     ];
 
     /// The metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
             DropReason::KeepAlive => "keepalive",
@@ -75,82 +107,158 @@ impl DropReason {
             DropReason::UnknownSender => "unknown_sender",
             DropReason::NoReturnPath => "no_return_path",
             DropReason::AckUnroutable => "ack_unroutable",
+            DropReason::BadDestination => "bad_destination",
         }
     }
 }
+
+/// The largest UDP payload to an IPv4 destination (65,535 − 8 − 20) and to an IPv6 one
+/// (65,535 − 8; no jumbograms).
+const MAX_UDP_V4: usize = 65_507;
+const MAX_UDP_V6: usize = 65_527;
 
 /// Per-worker buffers, reused for every message.
 #[derive(Default)]
 pub struct Worker {
     /// The bytes of the last [`Action::Forward`] or [`Action::Reply`].
     pub out: Vec<u8>,
-    /// Set by [`Worker::handle`] when the message says something about a server's health:
-    /// a 503 answer from it (RFC 3261 §21.5.4).
-    pub passive: Option<(SocketAddr, Failure)>,
     scratch: Vec<u8>,
-    key: Vec<u8>,
 }
 
-/// The request facts siplb's answers and branches are derived from.
+/// A request whose top Via could be read: the facts siplb's answers and branches come from.
 struct Request<'a> {
     buf: &'a [u8],
-    msg: Message,
+    msg: &'a Message,
     method: &'a [u8],
-    ruri: &'a [u8],
-    top_via: via::ViaParm,
+    ruri: Span,
+    version_ok: bool,
+    top: via::ViaParm,
     src: SocketAddr,
+}
+
+impl Request<'_> {
+    /// The client transaction siplb's branch is derived from.
+    fn transaction(&self) -> Transaction<'_> {
+        transaction(self.buf, self.msg, &self.top)
+    }
+}
+
+fn transaction<'a>(buf: &'a [u8], msg: &Message, v: &via::ViaParm) -> Transaction<'a> {
+    let value = |h: Option<Hdr>| h.map(|h| h.value.of(buf)).unwrap_or_default();
+    Transaction::of(v.branch.map(|b| b.of(buf)), || {
+        (
+            value(msg.from),
+            value(msg.call_id),
+            value(msg.cseq),
+            v.sent_by.of(buf),
+        )
+    })
+}
+
+/// Whether siplb must never send to `ip` (RFC 3261 gives a proxy no business there, and a
+/// forged Via must not turn siplb into an amplifier).
+fn bad_destination(ip: IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    broadcast || ip.is_multicast() || ip.is_unspecified()
 }
 
 impl Worker {
     pub fn new() -> Self {
         Worker {
             out: Vec::with_capacity(4096),
-            passive: None,
             scratch: Vec::with_capacity(256),
-            key: Vec::with_capacity(128),
         }
     }
 
     /// Decides what to do with one datagram `buf` received from `src`.
-    pub fn handle(&mut self, table: &RoutingTable, buf: &[u8], src: SocketAddr) -> Action {
-        self.passive = None;
+    pub fn handle(&mut self, table: &RoutingTable, buf: &[u8], src: SocketAddr) -> Outcome {
         let msg = match scan::scan(buf) {
             Ok(m) => m,
-            Err(scan::ScanError::Empty) => return Action::Drop(DropReason::KeepAlive),
-            Err(_) => return Action::Drop(DropReason::Malformed),
+            Err(scan::ScanError::Empty) => return Outcome::drop(DropReason::KeepAlive),
+            Err(_) => return Outcome::drop(DropReason::Malformed),
         };
         match msg.start {
-            StartLine::Response { .. } => self.response(table, buf, msg, src),
-            StartLine::Request { method, uri } => {
-                let Some(top) = msg.via.and_then(|h| parse_first_via(buf, h)) else {
-                    return Action::Drop(DropReason::Malformed);
+            StartLine::Response { code } => self.response(table, buf, &msg, code, src),
+            StartLine::Request {
+                method,
+                uri,
+                version_ok,
+            } => {
+                let Some(top) = msg.top_via else {
+                    return Outcome::drop(DropReason::Malformed);
                 };
                 let req = Request {
                     buf,
-                    msg,
+                    msg: &msg,
                     method: method.of(buf),
-                    ruri: uri.of(buf),
-                    top_via: top,
+                    ruri: uri,
+                    version_ok,
+                    top,
                     src,
                 };
-                self.request(table, &req)
+                match self.forward(table, &req) {
+                    Ok(outcome) => outcome,
+                    Err(refusal) => self.answer(table, &req, refusal),
+                }
             }
         }
     }
 
-    fn request(&mut self, table: &RoutingTable, req: &Request<'_>) -> Action {
-        let (buf, msg) = (req.buf, &req.msg);
-        let branch = branch_hash(req);
+    /// Checks a request as RFC 3261 §16.3 asks before a proxy forwards it; returns its
+    /// Max-Forwards.
+    fn validate(req: &Request<'_>) -> Result<Option<u64>, Refusal> {
+        let (buf, msg) = (req.buf, req.msg);
+        if !req.version_ok {
+            return Err(Refusal::VersionNotSupported);
+        }
+        if let Some(name) = msg.missing() {
+            return Err(Refusal::MissingHeader(name));
+        }
+        for (h, name) in [(msg.from, "From"), (msg.to, "To")] {
+            if h.and_then(|h| uri::header_uri(buf, h.value)).is_none() {
+                return Err(Refusal::BadHeader(name));
+            }
+        }
+        if !msg
+            .cseq
+            .is_some_and(|h| cseq_ok(h.value.of(buf), req.method))
+        {
+            return Err(Refusal::BadHeader("CSeq"));
+        }
+        if msg.bad_content_length {
+            return Err(Refusal::BadHeader("Content-Length"));
+        }
         let max_forwards = match msg.max_forwards {
             Some(h) => match parse_uint(h.value.of(buf)) {
-                Some(n) => Some(n),
-                None => return self.answer(table, req, 400, branch),
+                Some(n) if n <= 255 => Some(n),
+                _ => return Err(Refusal::BadHeader("Max-Forwards")),
             },
             None => None,
         };
-        if max_forwards == Some(0) {
-            return self.answer(table, req, 483, branch);
+        let ruri = req.ruri.of(buf);
+        let Some(colon) = ruri.iter().position(|&c| c == b':') else {
+            return Err(Refusal::BadHeader("Request-URI"));
+        };
+        let scheme = &ruri[..colon];
+        if ![&b"sip"[..], b"sips", b"tel"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+        {
+            return Err(Refusal::UnsupportedUriScheme);
         }
+        if max_forwards == Some(0) {
+            return Err(Refusal::TooManyHops);
+        }
+        if msg.unsupported_proxy_require {
+            return Err(Refusal::BadExtension);
+        }
+        Ok(max_forwards)
+    }
+
+    /// Forwards a request: the outcome, or why siplb answers instead.
+    fn forward(&mut self, table: &RoutingTable, req: &Request<'_>) -> Result<Outcome, Refusal> {
+        let (buf, msg) = (req.buf, req.msg);
+        let max_forwards = Self::validate(req)?;
 
         let mut edits = Edits::default();
         // Route (RFC 3261 §16.4): drop our own entry; whatever remains must be a server of ours.
@@ -158,7 +266,7 @@ impl Worker {
         if let Some(route) = msg.route {
             let (first, comma) = via::first_value(buf, route.value);
             let mut hop = Some(first);
-            if route_hop(buf, first).is_some_and(|u| table.is_us(&u.host, u.port)) {
+            if route_hop(buf, first).is_some_and(|u| table.is_us(u.host.of(buf), u.port)) {
                 hop = match comma {
                     Some(c) => {
                         let next = via::after_comma(buf, c, route.value.end);
@@ -173,34 +281,41 @@ impl Worker {
             }
             if let Some(hop) = hop {
                 let server = route_hop(buf, hop)
-                    .and_then(|u| u.socket_addr())
+                    .and_then(|u| {
+                        Some(SocketAddr::new(
+                            parse_ip(u.host.of(buf))?,
+                            u.port.unwrap_or(5060),
+                        ))
+                    })
                     .and_then(|a| table.server_at(a));
                 match server {
                     Some((p, s)) => next_hop = Some((p, table.server(p, s).address)),
-                    None => return self.answer(table, req, 403, branch),
+                    None => return Err(Refusal::ForeignRoute),
                 }
             }
         }
 
         let (pool, dest) = match next_hop {
             Some(hop) => hop,
-            None => match self.choose(table, req) {
-                Ok(Decision {
-                    serving,
-                    server: Some(s),
-                    ..
-                }) => (serving, table.server(serving, s).address),
-                Ok(_) => return self.answer(table, req, 503, branch),
-                Err(code) => return self.answer(table, req, code, branch),
-            },
+            None => {
+                let d = self.choose(table, req)?;
+                let Some(s) = d.server else {
+                    return Err(Refusal::NoServer {
+                        retry_after: table.retry_after_secs,
+                    });
+                };
+                (d.serving, table.server(d.serving, s).address)
+            }
         };
 
-        // Our Via on top, with the derived branch.
+        // Our Via on top, with the keyed branch.
         self.scratch.clear();
+        let hash = branch::hash(&table.branch_key, &req.transaction(), dest);
         let via_line = {
             let start = self.scratch.len();
             self.scratch.extend_from_slice(&table.via_prefix);
-            let _ = write!(self.scratch, "{branch:016x}\r\n");
+            self.scratch.extend_from_slice(&branch::hex(hash));
+            self.scratch.extend_from_slice(b"\r\n");
             Span::new(start, self.scratch.len())
         };
         edits.push(
@@ -209,44 +324,12 @@ impl Worker {
             Insert::Scratch(via_line),
         );
         // RFC 3581 §4: received always (we add it even when it equals sent-by), rport on request.
-        let top = &req.top_via;
-        let received = {
-            let start = self.scratch.len();
-            match (req.src.ip(), top.received.is_some()) {
-                (IpAddr::V6(ip), false) => {
-                    let _ = write!(self.scratch, ";received=[{ip}]");
-                }
-                (IpAddr::V4(ip), false) => {
-                    let _ = write!(self.scratch, ";received={ip}");
-                }
-                (IpAddr::V6(ip), true) => {
-                    let _ = write!(self.scratch, "[{ip}]");
-                }
-                (IpAddr::V4(ip), true) => {
-                    let _ = write!(self.scratch, "{ip}");
-                }
-            }
-            Span::new(start, self.scratch.len())
-        };
-        // rport's value goes before a received appended at the same offset.
-        if let via::Rport::Requested { name_end } = top.rport {
-            let start = self.scratch.len();
-            let _ = write!(self.scratch, "={}", req.src.port());
-            edits.push(
-                name_end,
-                0,
-                Insert::Scratch(Span::new(start, self.scratch.len())),
-            );
-        }
-        match top.received {
-            Some(old) => edits.push(old.start, old.len(), Insert::Scratch(received)),
-            None => edits.push(top.span.end, 0, Insert::Scratch(received)),
-        }
+        via::push_return_path(&req.top, req.src, &mut self.scratch, &mut edits);
         // Max-Forwards (RFC 3261 §16.6 step 3).
         match (msg.max_forwards, max_forwards) {
             (Some(h), Some(n)) => {
                 let start = self.scratch.len();
-                let _ = write!(self.scratch, "{}", n.min(256) - 1);
+                via::push_decimal(&mut self.scratch, n - 1);
                 edits.push(
                     h.value.start,
                     h.value.len(),
@@ -256,137 +339,141 @@ impl Worker {
             _ => edits.push(msg.headers_end, 0, Insert::Static(b"Max-Forwards: 70\r\n")),
         }
         edits.apply(buf, msg.end(), &self.scratch, &mut self.out);
-        table.pools[pool].counters.request(req.method);
-        Action::Forward(dest)
+        let limit = if dest.is_ipv4() {
+            MAX_UDP_V4
+        } else {
+            MAX_UDP_V6
+        };
+        if self.out.len() > limit {
+            return Err(Refusal::TooLarge);
+        }
+        Ok(Outcome {
+            action: Action::Forward(dest),
+            passive: None,
+            count: Some(Count::Request {
+                pool,
+                method: stats::method_index(req.method),
+            }),
+        })
     }
 
-    /// Picks route, home pool, serving pool and server; `Err` is the status to answer with.
-    fn choose(&mut self, table: &RoutingTable, req: &Request<'_>) -> Result<Decision, u16> {
+    /// Picks route, home pool, serving pool and server.
+    fn choose(&mut self, table: &RoutingTable, req: &Request<'_>) -> Result<Decision, Refusal> {
+        let buf = req.buf;
         let ruri = if table.needs_ruri {
-            uri::parse(req.ruri)
+            uri::read(buf, req.ruri)
         } else {
             None
         };
-        let route = table
-            .match_route(req.method, ruri.as_ref())
-            .ok_or(table.no_route)?;
+        let facts = ruri.map(|u| RuriFacts {
+            host: u.host.of(buf),
+            user_param: u.user_param.map(|p| p.of(buf)),
+        });
+        let route = table.match_route(req.method, facts).ok_or(table.no_route)?;
         let kind = table.routes[route].key_for(req.method);
-        let key = self.key(req, kind, ruri.as_ref()).ok_or(400u16)?;
+        let key = key(req, kind, ruri)?;
         Ok(table.decide(route, key))
     }
 
-    /// Where a request would be routed (for `siplb route` and `/route`): the decision, or the
-    /// status siplb would answer with. Route headers are not considered.
-    pub fn explain(
+    /// Where a request would be routed (for `siplb route` and `/route`): the decision, or what
+    /// siplb would answer. Route headers are not considered.
+    pub(crate) fn explain(
         &mut self,
         table: &RoutingTable,
         buf: &[u8],
         src: SocketAddr,
-    ) -> Result<Decision, u16> {
-        let msg = scan::scan(buf).map_err(|_| 400u16)?;
-        let StartLine::Request { method, uri } = msg.start else {
-            return Err(400);
+    ) -> Result<Decision, Refusal> {
+        let unreadable = Refusal::BadHeader("Request");
+        let msg = scan::scan(buf).map_err(|_| unreadable)?;
+        let StartLine::Request {
+            method,
+            uri,
+            version_ok,
+        } = msg.start
+        else {
+            return Err(unreadable);
         };
-        let top_via = msg
-            .via
-            .and_then(|h| parse_first_via(buf, h))
-            .ok_or(400u16)?;
+        let top = msg.top_via.ok_or(Refusal::BadHeader("Via"))?;
         let req = Request {
             buf,
-            msg,
+            msg: &msg,
             method: method.of(buf),
-            ruri: uri.of(buf),
-            top_via,
+            ruri: uri,
+            version_ok,
+            top,
             src,
         };
+        Self::validate(&req)?;
         self.choose(table, &req)
     }
 
-    /// Computes the routing key's hash.
-    fn key(
-        &mut self,
-        req: &Request<'_>,
-        kind: KeyKind,
-        ruri: Option<&uri::UriFacts>,
-    ) -> Option<u64> {
-        let (buf, msg) = (req.buf, &req.msg);
-        let aor = |this: &mut Self, facts: Option<uri::UriFacts>| {
-            let f = facts?;
-            this.key.clear();
-            f.write_aor(&mut this.key);
-            Some(hrw::key_hash(&this.key))
+    /// Answers the request statelessly — except an ACK, which is never answered.
+    fn answer(&mut self, table: &RoutingTable, req: &Request<'_>, refusal: Refusal) -> Outcome {
+        if req.method == b"ACK" {
+            return Outcome::drop(if refusal.is_invalid() {
+                DropReason::Malformed
+            } else {
+                DropReason::AckUnroutable
+            });
+        }
+        // RFC 3261 §18.2.2: to the source address, at rport or at the sent-by port.
+        let port = match req.top.rport {
+            via::Rport::Requested { .. } => req.src.port(),
+            _ => req.top.port.unwrap_or(5060),
         };
-        let header_aor = |h: Option<Hdr>| {
-            h.and_then(|h| uri::header_uri(buf, h.value))
-                .and_then(|u| uri::parse(u.of(buf)))
+        let to = SocketAddr::new(req.src.ip(), port);
+        if bad_destination(to.ip()) {
+            return Outcome::drop(DropReason::BadDestination);
+        }
+        let unrouted = SocketAddr::from(([0, 0, 0, 0], 0));
+        let tag = format!(
+            "lb{:016x}",
+            branch::hash(&table.branch_key, &req.transaction(), unrouted)
+        );
+        let answer = Answer {
+            refusal,
+            src: req.src,
+            to_tag: &tag,
+            server: &table.server_header,
         };
-        match kind {
-            KeyKind::ToAor => aor(self, header_aor(msg.to)),
-            KeyKind::FromAor => aor(self, header_aor(msg.from)),
-            KeyKind::RuriAor => aor(self, ruri.cloned().or_else(|| uri::parse(req.ruri))),
-            KeyKind::CallId => msg.call_id.map(|h| hrw::key_hash(h.value.of(buf))),
-            KeyKind::SourceIp => Some(match req.src.ip() {
-                IpAddr::V4(ip) => hrw::key_hash(&ip.octets()),
-                IpAddr::V6(ip) => hrw::key_hash(&ip.octets()),
+        response::build(req.buf, req.msg, &req.top, &answer, &mut self.out);
+        Outcome {
+            action: Action::Reply(to),
+            passive: None,
+            count: Some(Count::Reply {
+                code: refusal.code(),
             }),
         }
-    }
-
-    /// Answers the request statelessly with `code` — except an ACK, which is never answered.
-    fn answer(
-        &mut self,
-        table: &RoutingTable,
-        req: &Request<'_>,
-        code: u16,
-        branch: u64,
-    ) -> Action {
-        if req.method == b"ACK" {
-            return Action::Drop(DropReason::AckUnroutable);
-        }
-        stats::reply(code);
-        let retry_after = (code == 503).then_some(table.retry_after_secs);
-        let tag = format!("lb{branch:016x}");
-        response::build(req.buf, &req.msg, code, retry_after, &tag, &mut self.out);
-        // RFC 3261 §18.2.2: to the source address, at rport or at the sent-by port.
-        let port = match req.top_via.rport {
-            via::Rport::Requested { .. } => req.src.port(),
-            _ => req.top_via.port.unwrap_or(5060),
-        };
-        Action::Reply(SocketAddr::new(req.src.ip(), port))
     }
 
     fn response(
         &mut self,
         table: &RoutingTable,
         buf: &[u8],
-        msg: Message,
+        msg: &Message,
+        code: u16,
         src: SocketAddr,
-    ) -> Action {
-        if !table.is_server_ip(src.ip()) {
-            return Action::Drop(DropReason::UnknownSender);
+    ) -> Outcome {
+        if table.server_at(src).is_none() {
+            return Outcome::drop(DropReason::UnknownSender);
         }
-        if msg.start == (StartLine::Response { code: 503 }) {
-            self.passive = Some((src, Failure::Passive503));
-        }
-        let Some(top_line) = msg.via else {
-            return Action::Drop(DropReason::Malformed);
+        let (Some(top_line), Some(top), None, false) =
+            (msg.via, msg.top_via, msg.missing(), msg.bad_content_length)
+        else {
+            return Outcome::drop(DropReason::Malformed);
         };
-        let (first, comma) = via::first_value(buf, top_line.value);
-        let Some(top) = via::parse(buf, first) else {
-            return Action::Drop(DropReason::Malformed);
-        };
-        let ours = top
+        if !top
             .branch
-            .is_some_and(|b| b.of(buf).starts_with(BRANCH_PREFIX))
-            && std::str::from_utf8(top.host.of(buf)).is_ok_and(|h| table.is_us(h, top.port));
-        if !ours {
-            return Action::Drop(DropReason::NotOurs);
+            .is_some_and(|b| b.of(buf).starts_with(branch::PREFIX))
+            || !table.is_us(top.host.of(buf), top.port)
+        {
+            return Outcome::drop(DropReason::NotOurs);
         }
         let mut edits = Edits::default();
-        let next = match comma {
+        let next = match msg.top_via_comma {
             Some(c) => {
                 let next = via::after_comma(buf, c, top_line.value.end);
-                edits.push(first.start, next - first.start, Insert::Nothing);
+                edits.push(top.span.start, next - top.span.start, Insert::Nothing);
                 via::parse(
                     buf,
                     via::first_value(buf, Span::new(next, top_line.value.end)).0,
@@ -394,34 +481,108 @@ impl Worker {
             }
             None => {
                 edits.push(top_line.line.start, top_line.line.len(), Insert::Nothing);
-                msg.via2.and_then(|h| parse_first_via(buf, h))
+                msg.via2
+                    .and_then(|h| via::parse(buf, via::first_value(buf, h.value).0))
             }
         };
-        let Some(dest) = next.and_then(|v| via_return_address(buf, &v)) else {
-            return Action::Drop(DropReason::NoReturnPath);
+        let Some(next) = next else {
+            return Outcome::drop(DropReason::NoReturnPath);
         };
-        edits.apply(buf, msg.end(), &[], &mut self.out);
-        if let StartLine::Response { code } = msg.start {
-            stats::response(code);
+        let expected = branch::hash(&table.branch_key, &transaction(buf, msg, &next), src);
+        if !top
+            .branch
+            .is_some_and(|b| branch::verifies(b.of(buf), expected))
+        {
+            return Outcome::drop(DropReason::NotOurs);
         }
-        Action::Forward(dest)
+        let passive = (code == 503).then_some((src, Failure::Passive503));
+        let Some(dest) = via_return_address(buf, &next) else {
+            return Outcome {
+                passive,
+                ..Outcome::drop(DropReason::NoReturnPath)
+            };
+        };
+        if bad_destination(dest.ip()) {
+            return Outcome {
+                passive,
+                ..Outcome::drop(DropReason::BadDestination)
+            };
+        }
+        edits.apply(buf, msg.end(), &[], &mut self.out);
+        Outcome {
+            action: Action::Forward(dest),
+            passive,
+            count: Some(Count::Response { code }),
+        }
     }
 }
 
-fn parse_first_via(buf: &[u8], h: Hdr) -> Option<via::ViaParm> {
-    via::parse(buf, via::first_value(buf, h.value).0)
+/// Whether a CSeq value is `<32-bit number> <method>` for a request of `method`
+/// (RFC 3261 §8.1.1.5, §20.16).
+fn cseq_ok(value: &[u8], method: &[u8]) -> bool {
+    let mut parts = value
+        .split(|c| c.is_ascii_whitespace())
+        .filter(|p| !p.is_empty());
+    let (Some(number), Some(m), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    number.len() <= 10
+        && parse_uint(number).is_some_and(|n| n <= u64::from(u32::MAX))
+        && m == method
+}
+
+/// Computes the routing key's hash, or why the request cannot be keyed.
+fn key(req: &Request<'_>, kind: KeyKind, ruri: Option<uri::Uri>) -> Result<u64, Refusal> {
+    let (buf, msg) = (req.buf, req.msg);
+    let aor = |u: uri::Uri| {
+        // Gathered on the stack and hashed in one go: a streaming hasher costs more to set up
+        // than a whole address of record costs to hash.
+        let mut gathered = [0u8; 256];
+        let mut n = 0;
+        let mut fits = true;
+        u.aor_pieces(buf, |piece| match gathered.get_mut(n..n + piece.len()) {
+            Some(to) if fits => {
+                to.copy_from_slice(piece);
+                n += piece.len();
+            }
+            _ => fits = false,
+        });
+        if fits {
+            return hrw::key_hash(&gathered[..n]);
+        }
+        let mut h = hrw::key_hasher();
+        u.aor_pieces(buf, |piece| h.update(piece));
+        h.digest()
+    };
+    let header_aor = |h: Option<Hdr>, name: &'static str| {
+        h.and_then(|h| uri::header_uri(buf, h.value))
+            .and_then(|u| uri::read(buf, u))
+            .map(aor)
+            .ok_or(Refusal::BadHeader(name))
+    };
+    match kind {
+        KeyKind::ToAor => header_aor(msg.to, "To"),
+        KeyKind::FromAor => header_aor(msg.from, "From"),
+        KeyKind::RuriAor => ruri
+            .or_else(|| uri::read(buf, req.ruri))
+            .map(aor)
+            .ok_or(Refusal::BadHeader("Request-URI")),
+        KeyKind::CallId => msg
+            .call_id
+            .map(|h| hrw::key_hash(h.value.of(buf)))
+            .ok_or(Refusal::MissingHeader("Call-ID")),
+        KeyKind::SourceIp => Ok(match req.src.ip() {
+            IpAddr::V4(ip) => hrw::key_hash(&ip.octets()),
+            IpAddr::V6(ip) => hrw::key_hash(&ip.octets()),
+        }),
+    }
 }
 
 /// Where a response goes for this Via: `received` (or the sent-by host when it is an address)
-/// at `rport` (or the sent-by port, or 5060). RFC 3261 §18.2.2, RFC 3581 §4.
+/// at `rport` (or the sent-by port, or 5060). RFC 3261 §18.2.2, RFC 3581 §4. `received` is
+/// read with or without brackets around an IPv6 address.
 fn via_return_address(buf: &[u8], v: &via::ViaParm) -> Option<SocketAddr> {
-    let host = v.received.unwrap_or(v.host).of(buf);
-    let host = std::str::from_utf8(host).ok()?;
-    let ip: IpAddr = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
+    let ip = parse_ip(v.received.unwrap_or(v.host).of(buf))?;
     let port = match v.rport {
         via::Rport::Value(p) => p,
         _ => v.port.unwrap_or(5060),
@@ -430,54 +591,8 @@ fn via_return_address(buf: &[u8], v: &via::ViaParm) -> Option<SocketAddr> {
 }
 
 /// The URI of one Route value.
-fn route_hop(buf: &[u8], value: Span) -> Option<uri::UriFacts> {
-    uri::header_uri(buf, value).and_then(|u| uri::parse(u.of(buf)))
-}
-
-trait HopAddr {
-    fn socket_addr(&self) -> Option<SocketAddr>;
-}
-
-impl HopAddr for uri::UriFacts {
-    fn socket_addr(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok()?;
-        Some(SocketAddr::new(ip, self.port.unwrap_or(5060)))
-    }
-}
-
-/// The hash behind our branch. With an RFC 3261 branch it is a function of that branch and the
-/// request-URI, so a retransmission, the CANCEL and the non-2xx ACK of an INVITE (which carry
-/// the INVITE's branch) get the INVITE's branch from us too. Without the magic cookie it is a
-/// function of the fields RFC 3261 §16.11 lists (From tag, Call-ID, CSeq number, top Via,
-/// request-URI; the To tag is left out so the ACK still matches).
-fn branch_hash(req: &Request<'_>) -> u64 {
-    const SEED: u64 = 0x6272_616e_6368; // "branch"
-    let buf = req.buf;
-    let mut h = hrw::key_hasher();
-    let incoming = req
-        .top_via
-        .branch
-        .map(|b| b.of(buf))
-        .filter(|b| b.starts_with(b"z9hG4bK"));
-    match incoming {
-        Some(b) => h.update(b),
-        None => {
-            let value = |x: Option<Hdr>| x.map(|x| x.value.of(buf)).unwrap_or_default();
-            h.update(value(req.msg.from));
-            h.update(value(req.msg.call_id));
-            let cseq = value(req.msg.cseq);
-            h.update(cseq.split(|&c| c == b' ').next().unwrap_or_default());
-            h.update(req.top_via.span.of(buf));
-        }
-    }
-    h.update(b"\0");
-    h.update(req.ruri);
-    xxh3_64_with_seed(&h.digest().to_le_bytes(), SEED)
+fn route_hop(buf: &[u8], value: Span) -> Option<uri::Uri> {
+    uri::header_uri(buf, value).and_then(|u| uri::read(buf, u))
 }
 
 pub(crate) mod explain;

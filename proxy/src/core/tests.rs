@@ -85,7 +85,9 @@ fn handle(msg: &str) -> (Action, String) {
 
 fn handle_from(msg: &str, src: &str) -> (Action, String) {
     let mut w = Worker::new();
-    let a = w.handle(&table(), msg.as_bytes(), src.parse().unwrap());
+    let a = w
+        .handle(&table(), msg.as_bytes(), src.parse().unwrap())
+        .action;
     (a, String::from_utf8_lossy(&w.out).into_owned())
 }
 
@@ -192,10 +194,14 @@ fn max_forwards_zero_is_answered_483_and_absent_is_added() {
         out.ends_with("Content-Length: 0\r\nMax-Forwards: 70\r\n\r\n"),
         "{out}"
     );
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: 255\r\n"));
+    assert!(out.contains("Max-Forwards: 254\r\n"), "{out}");
+    // Above 255 is not a Max-Forwards (RFC 3261 §25.1: 1*DIGIT, §8.1.1.6); it is answered, not
+    // rewritten.
     let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: 1000\r\n"));
-    assert!(out.contains("Max-Forwards: 255\r\n"), "{out}");
+    assert!(out.starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"), "{out}");
     let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: x\r\n"));
-    assert!(out.starts_with("SIP/2.0 400 "), "{out}");
+    assert!(out.starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"), "{out}");
 }
 
 #[test]
@@ -293,10 +299,25 @@ fn responses_lose_our_via_and_go_where_the_next_via_says() {
 
 #[test]
 fn responses_with_several_vias_on_one_line_keep_the_others() {
-    let resp = "SIP/2.0 180 Ringing\r\n\
-Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb01, SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc;received=[2001:db8::8]\r\n\
-From: <sip:a@contoso.com>;tag=1\r\nTo: <sip:b@contoso.com>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-    let (a, out) = handle_from(resp, "127.0.0.1:5072");
+    // The server put siplb's Via and the client's on one line; the client's `received` is
+    // read with brackets too.
+    let req = "INVITE sip:b@contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc;received=[2001:db8::8]\r\n\
+From: <sip:a@contoso.com>;tag=1\r\nTo: <sip:b@contoso.com>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let (a, fwd) = handle_from(req, "[2001:db8::8]:5062");
+    let server = forwarded_to(a);
+    let ours = fwd.lines().nth(1).unwrap().to_string();
+    let theirs = "Via: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc;received=2001:db8::8";
+    assert!(fwd.contains(theirs), "{fwd}");
+    let resp = fwd
+        .replacen("INVITE sip:b@contoso.com SIP/2.0", "SIP/2.0 180 Ringing", 1)
+        .replacen(
+            &format!("{ours}\r\n{theirs}"),
+            &format!("{ours}, {}", &theirs[5..]),
+            1,
+        )
+        .replace(";received=2001:db8::8", ";received=[2001:db8::8]");
+    let (a, out) = handle_from(&resp, &server.to_string());
     assert_eq!(forwarded_to(a), "[2001:db8::8]:5062".parse().unwrap());
     assert!(
         out.contains(
@@ -333,7 +354,7 @@ CSeq: 3 BENOTIFY\r\n\
 l: 5\r\n\r\nhello-and-trailing-junk";
     let (a, out) = handle_from(req, "[2001:db8::7]:5099");
     forwarded_to(a);
-    assert!(out.contains("v: SIP/2.0/UDP [2001:db8::7]:5099;branch=z9hG4bKbn;rport=5099;received=[2001:db8::7]\r\n"), "{out}");
+    assert!(out.contains("v: SIP/2.0/UDP [2001:db8::7]:5099;branch=z9hG4bKbn;rport=5099;received=2001:db8::7\r\n"), "{out}");
     assert!(
         out.ends_with("\r\n\r\nhello"),
         "body cut at Content-Length: {out}"
@@ -346,11 +367,11 @@ fn garbage_is_dropped_without_panicking() {
     let t = table();
     let src: SocketAddr = CLIENT.parse().unwrap();
     assert_eq!(
-        w.handle(&t, b"\r\n\r\n", src),
+        w.handle(&t, b"\r\n\r\n", src).action,
         Action::Drop(DropReason::KeepAlive)
     );
     assert_eq!(
-        w.handle(&t, b"GET / HTTP/1.1\r\n\r\n", src),
+        w.handle(&t, b"GET / HTTP/1.1\r\n\r\n", src).action,
         Action::Drop(DropReason::Malformed)
     );
     let req = register("eve");
@@ -518,7 +539,7 @@ fn forwarding_changes_only_our_bytes_for_any_request() {
     let mut w = Worker::new();
     for n in 0..5_000 {
         let (req, rport, max_forwards) = random_request(&mut g, n);
-        let action = w.handle(&t, req.as_bytes(), CLIENT.parse().unwrap());
+        let action = w.handle(&t, req.as_bytes(), CLIENT.parse().unwrap()).action;
         forwarded_to(action);
         let out = String::from_utf8(w.out.clone()).expect("utf-8 in, utf-8 out");
         // Undo siplb's edits, independently of how siplb made them.
@@ -551,5 +572,374 @@ fn forwarding_changes_only_our_bytes_for_any_request() {
         }
         let original = req.trim_end_matches("junk past Content-Length");
         assert_eq!(undone, original, "request {n}:\n{req}\nforwarded as\n{out}");
+    }
+}
+
+// ---- Section 5 of issue 7 (notes: contract5) ---------------------------------------------------
+
+fn table_with(routing: &str) -> RoutingTable {
+    let text = CFG.replace("[routing]\n", &format!("[routing]\n{routing}\n"));
+    let cfg = parse(Path::new("t.toml"), &text).expect("valid config");
+    let adv = cfg.listen.advertise.clone().expect("advertise");
+    RoutingTable::build(
+        &cfg,
+        adv,
+        vec!["127.0.0.1:5060".parse().unwrap()],
+        1,
+        &ConfigHealth,
+    )
+}
+
+fn keyed(secret: &str) -> RoutingTable {
+    let mut t = table();
+    t.branch_key = crate::sip::branch::BranchKey::from_secret(secret.as_bytes());
+    t
+}
+
+fn unrouted(via: &str) -> String {
+    invite("z9hG4bK1", "INVITE", "")
+        .replace("bob@contoso.com SIP", "bob@fabrikam.com SIP")
+        .replace("Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK1", via)
+}
+
+#[test]
+fn own_answers_carry_received_and_rport_and_go_back_there() {
+    let req = unrouted("Via: SIP/2.0/UDP 10.0.0.1:5070;rport;received=10.9.9.9;branch=z9hG4bK1");
+    let (a, out) = handle_from(&req, "198.51.100.4:40000");
+    assert_eq!(a, Action::Reply("198.51.100.4:40000".parse().unwrap()));
+    assert!(
+        out.contains("\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;rport=40000;received=198.51.100.4;branch=z9hG4bK1\r\n"),
+        "{out}"
+    );
+    // Without rport: to the source IP at the sent-by port; received is still added.
+    let req = unrouted("Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1");
+    let (a, out) = handle_from(&req, "198.51.100.4:40000");
+    assert_eq!(a, Action::Reply("198.51.100.4:5070".parse().unwrap()));
+    assert!(
+        out.contains(
+            "\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;received=198.51.100.4\r\n"
+        ),
+        "{out}"
+    );
+    let req = unrouted("Via: SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1;rport");
+    let (a, out) = handle_from(&req, "[2001:db8::2]:6000");
+    assert_eq!(a, Action::Reply("[2001:db8::2]:6000".parse().unwrap()));
+    assert!(
+        out.contains("\r\nVia: SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK1;rport=6000;received=2001:db8::2\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_server_header_is_configurable() {
+    let req = unrouted("Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1");
+    let mut w = Worker::new();
+    let src: SocketAddr = CLIENT.parse().unwrap();
+    w.handle(&table(), req.as_bytes(), src);
+    let out = String::from_utf8_lossy(&w.out).into_owned();
+    assert!(
+        out.contains("\r\nServer: siplb\r\n"),
+        "default, no version: {out}"
+    );
+    w.handle(&table_with("server_header = \"\""), req.as_bytes(), src);
+    let out = String::from_utf8_lossy(&w.out).into_owned();
+    assert!(!out.to_ascii_lowercase().contains("server:"), "{out}");
+    w.handle(&table_with("server_header = \"lb-7\""), req.as_bytes(), src);
+    let out = String::from_utf8_lossy(&w.out).into_owned();
+    assert!(out.contains("\r\nServer: lb-7\r\n"), "{out}");
+}
+
+/// A REGISTER forwarded by `t`, turned into the server's 200 OK: (response, server).
+fn answered(t: &RoutingTable, user: &str) -> (String, SocketAddr) {
+    let mut w = Worker::new();
+    let a = w.handle(t, register(user).as_bytes(), CLIENT.parse().unwrap());
+    let server = forwarded_to(a.action);
+    let fwd = String::from_utf8_lossy(&w.out).into_owned();
+    (
+        fwd.replacen("REGISTER sip:contoso.com SIP/2.0", "SIP/2.0 200 OK", 1),
+        server,
+    )
+}
+
+fn relay(t: &RoutingTable, resp: &str, from: SocketAddr) -> Outcome {
+    Worker::new().handle(t, resp.as_bytes(), from)
+}
+
+#[test]
+fn a_response_is_relayed_only_from_the_server_its_branch_names() {
+    let t = table();
+    let (resp, server) = answered(&t, "grace");
+    let ok = relay(&t, &resp, server);
+    assert_eq!(ok.action, Action::Forward(CLIENT.parse().unwrap()));
+    assert_eq!(
+        ok.count,
+        Some(Count::Response { code: 200 }),
+        "counted once sent"
+    );
+    // Same IP, another port: not a configured server's exact address.
+    let other_port = SocketAddr::new(server.ip(), 5999);
+    assert_eq!(
+        relay(&t, &resp, other_port).action,
+        Action::Drop(DropReason::UnknownSender)
+    );
+    // Another configured server: the branch was made for `server`, not for it.
+    let other = ["127.0.0.1:5071", "127.0.0.1:5072", "127.0.0.1:5073"]
+        .iter()
+        .map(|s| s.parse::<SocketAddr>().unwrap())
+        .find(|s| *s != server)
+        .unwrap();
+    assert_eq!(
+        relay(&t, &resp, other).action,
+        Action::Drop(DropReason::NotOurs)
+    );
+    // A branch with siplb's prefix that siplb did not make.
+    let ours = resp.split("branch=").nth(1).unwrap()[..26].to_string();
+    let mut forged = ours.clone().into_bytes();
+    forged[25] = if forged[25] == b'0' { b'1' } else { b'0' };
+    let forged = resp.replacen(&ours, std::str::from_utf8(&forged).unwrap(), 1);
+    assert_eq!(
+        relay(&t, &forged, server).action,
+        Action::Drop(DropReason::NotOurs)
+    );
+    // The client's branch changed below ours: not the transaction siplb forwarded.
+    let moved = resp.replacen("branch=z9hG4bK-grace-1", "branch=z9hG4bK-mallory-1", 1);
+    assert_eq!(
+        relay(&t, &moved, server).action,
+        Action::Drop(DropReason::NotOurs)
+    );
+}
+
+#[test]
+fn replicas_sharing_a_key_verify_each_others_branches() {
+    let a = keyed("replicas share this secret");
+    let b = keyed("replicas share this secret");
+    let c = keyed("another farm's secret, not ours");
+    let (resp, server) = answered(&a, "heidi");
+    assert!(matches!(
+        relay(&b, &resp, server).action,
+        Action::Forward(_)
+    ));
+    assert_eq!(
+        relay(&c, &resp, server).action,
+        Action::Drop(DropReason::NotOurs)
+    );
+    // The branch is the documented format: prefix and 16 lowercase hex digits.
+    let branch = resp
+        .split("branch=")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .next()
+        .unwrap();
+    assert_eq!(branch.len(), "z9hG4bK-lb".len() + 16, "{branch}");
+    assert!(branch[10..]
+        .bytes()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+}
+
+#[test]
+fn a_503_is_a_health_signal_only_from_the_server_the_request_went_to() {
+    let t = table();
+    let (resp, server) = answered(&t, "ivan");
+    let busy = resp.replacen("SIP/2.0 200 OK", "SIP/2.0 503 Service Unavailable", 1);
+    let o = relay(&t, &busy, server);
+    assert_eq!(o.passive, Some((server, Failure::Passive503)));
+    assert!(matches!(o.action, Action::Forward(_)));
+    let other_port = SocketAddr::new(server.ip(), 5999);
+    assert_eq!(relay(&t, &busy, other_port).passive, None);
+}
+
+#[test]
+fn siplb_never_sends_to_broadcast_multicast_or_unspecified_addresses() {
+    let t = table();
+    for bad in ["255.255.255.255", "224.0.0.251", "0.0.0.0", "ff02::1", "::"] {
+        let (resp, server) = answered(&t, "judy");
+        let resp = resp.replacen("received=192.0.2.7", &format!("received={bad}"), 1);
+        assert_eq!(
+            relay(&t, &resp, server).action,
+            Action::Drop(DropReason::BadDestination),
+            "{bad}"
+        );
+    }
+    // An answer whose return path is such an address.
+    let req = unrouted("Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1");
+    let (a, _) = handle_from(&req, "0.0.0.0:5060");
+    assert_eq!(a, Action::Drop(DropReason::BadDestination));
+}
+
+fn answer_line(req: &str) -> String {
+    let (a, out) = handle(req);
+    assert!(matches!(a, Action::Reply(_)), "{a:?}\n{req}");
+    out[..out.find("\r\n").unwrap()].to_string()
+}
+
+#[test]
+fn invalid_requests_are_answered_naming_what_is_wrong() {
+    let ok = invite("z9hG4bK1", "INVITE", "");
+    let cases = [
+        (
+            ok.replace(" SIP/2.0\r\n", " SIP/3.0\r\n"),
+            "SIP/2.0 505 Version Not Supported",
+        ),
+        (
+            ok.replace("Call-ID: call-1\r\n", ""),
+            "SIP/2.0 400 Missing Call-ID",
+        ),
+        (
+            ok.replace("CSeq: 1 INVITE\r\n", ""),
+            "SIP/2.0 400 Missing CSeq",
+        ),
+        (
+            ok.replace("To: <sip:bob@contoso.com>\r\n", ""),
+            "SIP/2.0 400 Missing To",
+        ),
+        (
+            ok.replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            "SIP/2.0 400 Bad CSeq",
+        ),
+        (
+            ok.replace("CSeq: 1 INVITE", "CSeq: one INVITE"),
+            "SIP/2.0 400 Bad CSeq",
+        ),
+        (
+            ok.replace("CSeq: 1 INVITE", "CSeq: 4294967296 INVITE"),
+            "SIP/2.0 400 Bad CSeq",
+        ),
+        (
+            ok.replace("CSeq: 1 INVITE", "CSeq: 1"),
+            "SIP/2.0 400 Bad CSeq",
+        ),
+        (
+            ok.replace("From: \"Alice\" <sip:alice@contoso.com>", "From: Alice"),
+            "SIP/2.0 400 Bad From",
+        ),
+        (
+            ok.replace("Content-Length: 0", "Content-Length: 10"),
+            "SIP/2.0 400 Bad Content-Length",
+        ),
+        (
+            ok.replace(
+                "Content-Length: 0",
+                "Max-Forwards: 256\r\nContent-Length: 0",
+            ),
+            "SIP/2.0 400 Bad Max-Forwards",
+        ),
+        (
+            ok.replace("INVITE sip:bob@contoso.com", "INVITE http:bob@contoso.com"),
+            "SIP/2.0 416 Unsupported URI Scheme",
+        ),
+        (
+            ok.replace(
+                "Content-Length: 0",
+                "Proxy-Require: foo\r\nContent-Length: 0",
+            ),
+            "SIP/2.0 420 Bad Extension",
+        ),
+    ];
+    for (req, want) in cases {
+        assert_eq!(answer_line(&req), want, "{req}");
+    }
+    let (_, out) = handle(&ok.replace(
+        "Content-Length: 0",
+        "Proxy-Require: foo, bar\r\nContent-Length: 0",
+    ));
+    assert!(out.contains("\r\nUnsupported: foo, bar\r\n"), "{out}");
+    // Lync's option tag is supported: forwarded.
+    let lync = ok.replace(
+        "Content-Length: 0",
+        "Proxy-Require: ms-benotify\r\nContent-Length: 0",
+    );
+    forwarded_to(handle(&lync).0);
+    // 416 comes before 483 (RFC 3261 §16.3 steps 2 and 3).
+    let both = ok
+        .replace("INVITE sip:bob@contoso.com", "INVITE im:bob@contoso.com")
+        .replace("Content-Length: 0", "Max-Forwards: 0\r\nContent-Length: 0");
+    assert_eq!(answer_line(&both), "SIP/2.0 416 Unsupported URI Scheme");
+}
+
+#[test]
+fn invalid_acks_and_unreadable_requests_are_dropped() {
+    let ack = invite("z9hG4bK1", "ACK", "");
+    assert_eq!(
+        handle(&ack.replace("Call-ID: call-1\r\n", "")).0,
+        Action::Drop(DropReason::Malformed)
+    );
+    assert_eq!(
+        handle(&ack.replace("Content-Length: 0", "Max-Forwards: 0\r\nContent-Length: 0")).0,
+        Action::Drop(DropReason::AckUnroutable)
+    );
+    let no_via = invite("z9hG4bK1", "INVITE", "")
+        .replace("Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK1\r\n", "");
+    assert_eq!(handle(&no_via).0, Action::Drop(DropReason::Malformed));
+    let bad_via = invite("z9hG4bK1", "INVITE", "").replace("SIP/2.0/UDP 192.0.2.7", "SIP/2.0/UDP");
+    assert_eq!(handle(&bad_via).0, Action::Drop(DropReason::Malformed));
+    // Malformed responses from a server are dropped too.
+    let (resp, server) = answered(&table(), "karl");
+    assert_eq!(
+        relay(&table(), &resp.replace("CSeq: 1 REGISTER\r\n", ""), server).action,
+        Action::Drop(DropReason::Malformed)
+    );
+}
+
+#[test]
+fn a_request_that_no_longer_fits_a_datagram_is_answered_513() {
+    let fill = |n: usize| {
+        let body = "x".repeat(n);
+        invite("z9hG4bK1", "MESSAGE", "").replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!("Content-Length: {n}\r\n\r\n{body}"),
+        )
+    };
+    let fits = fill(60_000);
+    let (a, out) = handle(&fits);
+    forwarded_to(a);
+    assert!(out.len() <= 65_507);
+    // As large as a datagram can be: siplb's Via pushes it over.
+    let base = fill(0).len();
+    let full = fill(65_507 - base - 4); // "0" became five digits
+    assert_eq!(full.len(), 65_507);
+    assert_eq!(answer_line(&full), "SIP/2.0 513 Message Too Large");
+}
+
+#[test]
+fn outcomes_say_what_to_count() {
+    let t = table();
+    let mut w = Worker::new();
+    let src: SocketAddr = CLIENT.parse().unwrap();
+    let o = w.handle(&t, register("leo").as_bytes(), src);
+    assert_eq!(
+        o.count,
+        Some(Count::Request {
+            pool: 0,
+            method: crate::stats::method_index(b"REGISTER")
+        })
+    );
+    let o = w.handle(
+        &t,
+        unrouted("Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1").as_bytes(),
+        src,
+    );
+    assert_eq!(o.count, Some(Count::Reply { code: 404 }));
+    let o = w.handle(&t, b"\r\n\r\n", src);
+    assert_eq!(
+        (o.action, o.count),
+        (Action::Drop(DropReason::KeepAlive), None)
+    );
+}
+
+#[test]
+fn an_address_of_record_hashes_the_same_however_long() {
+    let t = table();
+    for user in ["Bob".to_string(), "x".repeat(300)] {
+        let req = register(&user).replace("@contoso.com>", "@CONTOSO.com>");
+        let d = Worker::new()
+            .explain(&t, req.as_bytes(), CLIENT.parse().unwrap())
+            .expect("routed");
+        let aor = format!("{user}@contoso.com");
+        assert_eq!(
+            d,
+            t.decide(1, crate::hrw::key_hash(aor.as_bytes())),
+            "{user}"
+        );
     }
 }

@@ -172,9 +172,9 @@ async fn route(State(ops): State<Ops>, Query(q): Query<RouteQuery>) -> Response 
     let table = ops.proxy.tables.load();
     match explain::explain(&table, &q.method, &q.aor) {
         Ok(doc) => Json(doc).into_response(),
-        Err(code) => (
+        Err(refusal) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({ "routed": false, "answer": code })),
+            Json(serde_json::json!({ "routed": false, "answer": refusal.code() })),
         )
             .into_response(),
     }

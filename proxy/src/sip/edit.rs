@@ -1,15 +1,16 @@
 //! Byte splicing: copy a message into an output buffer with a few ranges replaced.
 //!
-//! siplb never re-serialises a message. It lists its edits (insert our Via, add `received`,
-//! rewrite Max-Forwards, drop our Route, cut the body at Content-Length), and [`Edits::apply`]
-//! copies every other byte unchanged around them in one pass and one allocation, reused across
-//! messages by each worker.
+//! siplb never re-serialises a message. It lists its edits (insert our Via, add `received` and
+//! fill `rport`, rewrite or add Max-Forwards, drop our Route or our Via), and [`Edits::apply`]
+//! copies every other byte unchanged around them in one pass into a buffer each worker reuses.
+//! The body is not an edit: `apply` copies up to the message's end, so bytes past
+//! Content-Length are left out.
 
 use super::scan::Span;
 
 /// What an edit puts in place of what it removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Insert {
+pub(crate) enum Insert {
     Nothing,
     Static(&'static [u8]),
     /// A range of the scratch buffer passed to [`Edits::apply`].
@@ -18,15 +19,15 @@ pub enum Insert {
 
 /// One edit: at `at`, remove `remove` bytes and put `insert` there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Edit {
-    pub at: usize,
-    pub remove: usize,
-    pub insert: Insert,
+pub(crate) struct Edit {
+    pub(crate) at: usize,
+    pub(crate) remove: usize,
+    pub(crate) insert: Insert,
 }
 
 /// Up to [`Edits::MAX`] non-overlapping edits of one message.
 #[derive(Debug)]
-pub struct Edits {
+pub(crate) struct Edits {
     list: [Edit; Edits::MAX],
     len: usize,
 }
@@ -45,11 +46,12 @@ impl Default for Edits {
 }
 
 impl Edits {
-    /// The most edits one message needs (our Via, received, rport, Max-Forwards, Route, body).
-    pub const MAX: usize = 8;
+    /// The most edits one message needs (our Via, received, rport, Max-Forwards, Route), with
+    /// room to spare.
+    pub(crate) const MAX: usize = 8;
 
     /// Adds an edit. Edits may be pushed in any order; they must not overlap.
-    pub fn push(&mut self, at: usize, remove: usize, insert: Insert) {
+    pub(crate) fn push(&mut self, at: usize, remove: usize, insert: Insert) {
         debug_assert!(self.len < Self::MAX, "more edits than one message needs");
         if self.len < Self::MAX {
             self.list[self.len] = Edit { at, remove, insert };
@@ -59,7 +61,7 @@ impl Edits {
 
     /// Copies `src[..end]` into `out` (cleared first) with the edits applied. Edits at the same
     /// offset apply in the order they were pushed.
-    pub fn apply(&mut self, src: &[u8], end: usize, scratch: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn apply(&mut self, src: &[u8], end: usize, scratch: &[u8], out: &mut Vec<u8>) {
         let edits = &mut self.list[..self.len];
         edits.sort_by_key(|e| e.at); // stable: pushes at one offset keep their order
         out.clear();

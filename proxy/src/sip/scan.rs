@@ -1,54 +1,69 @@
 //! A zero-copy scanner for one SIP message (RFC 3261 §7).
 //!
 //! [`scan`] walks the start line and the header lines once, classifies the handful of headers
-//! siplb reads (Via, From, To, Call-ID, CSeq, Max-Forwards, Route, Content-Length, in full or
-//! compact form and in any case), and records where each one sits as byte ranges. It neither
-//! copies nor decodes anything else, so what siplb does not own can be passed through
-//! byte-identical. Folded header lines (a continuation starting with SP/HT) belong to the
-//! header above them. Lines may end in CRLF or, leniently, a bare LF.
+//! siplb reads (Via, From, To, Call-ID, CSeq, Max-Forwards, Route, Content-Length,
+//! Proxy-Require, in full or compact form and in any case), records where each one sits as byte
+//! ranges and reads the top Via value (sent-by, branch, `received`, `rport`), so the core works
+//! from one reading of the message. It neither copies nor decodes anything else, so what siplb
+//! does not own can be passed through byte-identical. Folded header lines (a continuation
+//! starting with SP/HT) belong to the header above them. Lines may end in CRLF or, leniently, a
+//! bare LF.
+//!
+//! The scan refuses only what cannot be a SIP message (no start line, a header line without a
+//! name). What makes a request invalid but answerable (a missing header, a bad Content-Length,
+//! another SIP version) is recorded, and the core answers it (RFC 3261 §16.3 step 1).
 
 use memchr::memchr;
 
+use super::via::{self, ViaParm};
+
 /// A byte range into the scanned buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 impl Span {
-    pub fn new(start: usize, end: usize) -> Self {
+    pub(crate) fn new(start: usize, end: usize) -> Self {
         Span { start, end }
     }
 
     /// The bytes this span covers in `buf`.
-    pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+    pub(crate) fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         &buf[self.start..self.end]
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.end - self.start
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.start == self.end
     }
 }
 
 /// Where one header sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hdr {
+pub(crate) struct Hdr {
     /// From the first byte of the name to just past the line terminator (folded lines included).
-    pub line: Span,
+    pub(crate) line: Span,
     /// The value with surrounding white space trimmed (may contain folded line breaks).
-    pub value: Span,
+    pub(crate) value: Span,
 }
 
 /// The first line of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartLine {
-    Request { method: Span, uri: Span },
-    Response { code: u16 },
+pub(crate) enum StartLine {
+    /// `version_ok`: the request line says `SIP/2.0` (another `SIP/x` is answered 505).
+    Request {
+        method: Span,
+        uri: Span,
+        version_ok: bool,
+    },
+    Response {
+        code: u16,
+    },
 }
 
 /// The headers siplb reads; everything else is `Other` and passes through untouched.
@@ -62,6 +77,7 @@ enum Name {
     MaxForwards,
     Route,
     ContentLength,
+    ProxyRequire,
     Other,
 }
 
@@ -83,6 +99,7 @@ fn classify(name: &[u8]) -> Name {
         5 if is(b"route") => Name::Route,
         7 if is(b"call-id") => Name::CallId,
         12 if is(b"max-forwards") => Name::MaxForwards,
+        13 if is(b"proxy-require") => Name::ProxyRequire,
         14 if is(b"content-length") => Name::ContentLength,
         _ => Name::Other,
     }
@@ -90,59 +107,72 @@ fn classify(name: &[u8]) -> Name {
 
 /// What a scan found: ranges into the buffer that was scanned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    pub start: StartLine,
+pub(crate) struct Message {
+    pub(crate) start: StartLine,
     /// The first Via header line and the second one (a line may carry several values).
-    pub via: Option<Hdr>,
-    pub via2: Option<Hdr>,
-    pub from: Option<Hdr>,
-    pub to: Option<Hdr>,
-    pub call_id: Option<Hdr>,
-    pub cseq: Option<Hdr>,
-    pub max_forwards: Option<Hdr>,
+    pub(crate) via: Option<Hdr>,
+    pub(crate) via2: Option<Hdr>,
+    /// The first value of the first Via line, read; `None` when absent or unreadable.
+    pub(crate) top_via: Option<ViaParm>,
+    /// The comma after the top Via value, when its line carries more values.
+    pub(crate) top_via_comma: Option<usize>,
+    pub(crate) from: Option<Hdr>,
+    pub(crate) to: Option<Hdr>,
+    pub(crate) call_id: Option<Hdr>,
+    pub(crate) cseq: Option<Hdr>,
+    pub(crate) max_forwards: Option<Hdr>,
     /// The first Route header line and the second one.
-    pub route: Option<Hdr>,
-    pub route2: Option<Hdr>,
-    pub content_length: Option<usize>,
+    pub(crate) route: Option<Hdr>,
+    pub(crate) route2: Option<Hdr>,
+    /// A Proxy-Require header names an option tag siplb does not support (RFC 3261 §16.3
+    /// step 5).
+    pub(crate) unsupported_proxy_require: bool,
+    /// Content-Length is not a number, two disagree, or it is larger than the datagram's body
+    /// (RFC 3261 §18.3); the body is then the rest of the datagram.
+    pub(crate) bad_content_length: bool,
     /// Where the first header line starts.
-    pub headers_start: usize,
+    pub(crate) headers_start: usize,
     /// Where the blank line that ends the headers starts: a new header line goes here.
-    pub headers_end: usize,
+    pub(crate) headers_end: usize,
     /// The body as delimited by Content-Length (or the rest of the datagram without one).
-    pub body: Span,
+    pub(crate) body: Span,
 }
 
 impl Message {
     /// Whether this is a request.
-    pub fn is_request(&self) -> bool {
+    pub(crate) fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
     }
 
     /// The request method, or `None` for a response.
-    pub fn method<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+    pub(crate) fn method<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
         match self.start {
             StartLine::Request { method, .. } => Some(method.of(buf)),
             StartLine::Response { .. } => None,
         }
     }
 
-    /// The request-URI, or `None` for a response.
-    pub fn request_uri<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
-        match self.start {
-            StartLine::Request { uri, .. } => Some(uri.of(buf)),
-            StartLine::Response { .. } => None,
-        }
+    /// The end of the message: bytes past it (beyond Content-Length) are not part of it.
+    pub(crate) fn end(&self) -> usize {
+        self.body.end
     }
 
-    /// The end of the message: bytes past it (beyond Content-Length) are not part of it.
-    pub fn end(&self) -> usize {
-        self.body.end
+    /// The first header RFC 3261 §8.1.1 requires that is missing (Via aside).
+    pub(crate) fn missing(&self) -> Option<&'static str> {
+        [
+            (self.from, "From"),
+            (self.to, "To"),
+            (self.call_id, "Call-ID"),
+            (self.cseq, "CSeq"),
+        ]
+        .into_iter()
+        .find_map(|(h, name)| h.is_none().then_some(name))
     }
 }
 
 /// Why a buffer is not a SIP message siplb can handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ScanError {
+pub(crate) enum ScanError {
     #[error("empty message")]
     Empty,
     #[error("start line is neither a request line nor a status line")]
@@ -151,18 +181,28 @@ pub enum ScanError {
     HeaderLine(usize),
     #[error("headers are not closed by a blank line")]
     Unterminated,
-    #[error("Content-Length is not a number, or two disagree")]
-    ContentLength,
-    #[error("Content-Length is larger than the body received")]
-    BodyShort,
-    #[error("a mandatory header is missing: {0}")]
-    Missing(&'static str),
 }
 
 /// Whether `c` may appear in a SIP token (RFC 3261 §25.1).
-pub fn is_token(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+pub(crate) fn is_token(c: u8) -> bool {
+    TOKEN[usize::from(c)]
 }
+
+/// [`is_token`] as a table: it runs for every byte of every header name and Via parameter.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
 
 /// One line: its content (terminator excluded) and where the next line starts.
 fn next_line(buf: &[u8], at: usize) -> Option<(Span, usize)> {
@@ -186,7 +226,7 @@ fn trim(buf: &[u8], mut s: Span) -> Span {
 }
 
 /// Parses a run of ASCII digits (surrounding white space allowed) into a number.
-pub fn parse_uint(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn parse_uint(bytes: &[u8]) -> Option<u64> {
     let t = bytes.trim_ascii();
     if t.is_empty() || t.len() > 19 {
         return None;
@@ -218,23 +258,22 @@ fn start_line(buf: &[u8], line: Span) -> Result<StartLine, ScanError> {
     if method.is_empty() || !method.iter().all(|&c| is_token(c)) || uri.is_empty() {
         return Err(ScanError::StartLine);
     }
-    if !l[sp2 + 1..]
-        .trim_ascii_end()
-        .eq_ignore_ascii_case(b"SIP/2.0")
-    {
+    // No white space after the version (RFC 3261 §25.1: Request-Line ends in SIP-Version CRLF;
+    // RFC 4475 §3.1.2.10).
+    let version = &l[sp2 + 1..];
+    let sip = version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/");
+    if !sip || !version.iter().all(|&c| is_token(c) || c == b'/') {
         return Err(ScanError::StartLine);
     }
     Ok(StartLine::Request {
         method: Span::new(line.start, line.start + sp1),
         uri: Span::new(line.start + sp1 + 1, line.start + sp2),
+        version_ok: version.eq_ignore_ascii_case(b"SIP/2.0"),
     })
 }
 
 /// Scans `buf` as one SIP message carried in a datagram.
-///
-/// Requests and responses alike must carry Via, From, To, Call-ID and CSeq (RFC 3261 §8.1.1);
-/// a message without them cannot be routed or answered and is refused here.
-pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
+pub(crate) fn scan(buf: &[u8]) -> Result<Message, ScanError> {
     // RFC 3261 §7.5: ignore CRLFs before the start line.
     let mut at = buf
         .iter()
@@ -248,6 +287,8 @@ pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
         start,
         via: None,
         via2: None,
+        top_via: None,
+        top_via_comma: None,
         from: None,
         to: None,
         call_id: None,
@@ -255,13 +296,14 @@ pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
         max_forwards: None,
         route: None,
         route2: None,
-        content_length: None,
+        unsupported_proxy_require: false,
+        bad_content_length: false,
         headers_start: next,
         headers_end: 0,
         body: Span::default(),
     };
     let mut current: Option<(Name, Hdr)> = None;
-    let mut content_length: Option<u64> = None;
+    let mut content_length: Result<Option<u64>, ()> = Ok(None);
 
     loop {
         let (line, after) = next_line(buf, at).ok_or(ScanError::Unterminated)?;
@@ -276,7 +318,7 @@ pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
             continue;
         }
         if let Some((name, hdr)) = current.take() {
-            store(&mut m, &mut content_length, buf, name, hdr)?;
+            store(&mut m, &mut content_length, buf, name, hdr);
         }
         if bytes.is_empty() {
             m.headers_end = at;
@@ -301,30 +343,25 @@ pub fn scan(buf: &[u8]) -> Result<Message, ScanError> {
     let body_start = next;
     let available = buf.len() - body_start;
     let body_len = match content_length {
-        Some(n) if n > available as u64 => return Err(ScanError::BodyShort),
-        Some(n) => n as usize,
-        None => available,
-    };
-    m.content_length = content_length.map(|n| n as usize);
-    m.body = Span::new(body_start, body_start + body_len);
-
-    for (present, name) in [
-        (m.via.is_some(), "Via"),
-        (m.from.is_some(), "From"),
-        (m.to.is_some(), "To"),
-        (m.call_id.is_some(), "Call-ID"),
-        (m.cseq.is_some(), "CSeq"),
-    ] {
-        if !present {
-            return Err(ScanError::Missing(name));
+        Ok(Some(n)) if n <= available as u64 => n as usize,
+        Ok(None) => available,
+        _ => {
+            m.bad_content_length = true;
+            available
         }
+    };
+    m.body = Span::new(body_start, body_start + body_len);
+    if let Some(h) = m.via {
+        let (first, comma) = via::first_value(buf, h.value);
+        m.top_via = via::parse(buf, first);
+        m.top_via_comma = comma;
     }
     Ok(m)
 }
 
 /// Every header line of a scanned message as (name, value), folded lines joined. For the rare
 /// paths (answers siplb writes) that need headers the scan did not keep.
-pub fn header_lines(buf: &[u8], m: &Message) -> Vec<(Span, Span)> {
+pub(crate) fn header_lines(buf: &[u8], m: &Message) -> Vec<(Span, Span)> {
     let mut out: Vec<(Span, Span)> = Vec::with_capacity(16);
     let mut at = m.headers_start;
     while at < m.headers_end {
@@ -346,17 +383,40 @@ pub fn header_lines(buf: &[u8], m: &Message) -> Vec<(Span, Span)> {
 }
 
 /// Whether `name` (as written) is the Via header, in full or compact form.
-pub fn is_via(name: &[u8]) -> bool {
+pub(crate) fn is_via(name: &[u8]) -> bool {
     classify(name) == Name::Via
+}
+
+/// The option tags siplb supports in Proxy-Require. `ms-benotify` (MS-SIP: a NOTIFY that gets
+/// no response) asks nothing of a stateless proxy beyond routing the BENOTIFY method, which
+/// siplb does; Lync clients put it in every roaming SUBSCRIBE.
+const SUPPORTED_OPTION_TAGS: [&[u8]; 1] = [b"ms-benotify"];
+
+/// The option tags of a Proxy-Require value siplb does not support.
+pub(crate) fn unsupported_tags(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&c| c == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .filter(|t| {
+            !SUPPORTED_OPTION_TAGS
+                .iter()
+                .any(|s| t.eq_ignore_ascii_case(s))
+        })
+}
+
+/// Whether `name` (as written) is the Proxy-Require header.
+pub(crate) fn is_proxy_require(name: &[u8]) -> bool {
+    classify(name) == Name::ProxyRequire
 }
 
 fn store(
     m: &mut Message,
-    content_length: &mut Option<u64>,
+    content_length: &mut Result<Option<u64>, ()>,
     buf: &[u8],
     name: Name,
     hdr: Hdr,
-) -> Result<(), ScanError> {
+) {
     let first = |slot: &mut Option<Hdr>| {
         if slot.is_none() {
             *slot = Some(hdr);
@@ -372,16 +432,18 @@ fn store(
         Name::MaxForwards => first(&mut m.max_forwards),
         Name::Route if m.route.is_none() => m.route = Some(hdr),
         Name::Route => first(&mut m.route2),
+        Name::ProxyRequire => {
+            m.unsupported_proxy_require |= unsupported_tags(hdr.value.of(buf)).next().is_some();
+        }
         Name::ContentLength => {
-            let n = parse_uint(hdr.value.of(buf)).ok_or(ScanError::ContentLength)?;
-            if content_length.is_some_and(|old| old != n) {
-                return Err(ScanError::ContentLength);
-            }
-            *content_length = Some(n);
+            *content_length = match (*content_length, parse_uint(hdr.value.of(buf))) {
+                (Ok(None), Some(n)) => Ok(Some(n)),
+                (Ok(Some(old)), Some(n)) if old == n => Ok(Some(n)),
+                _ => Err(()),
+            };
         }
         Name::Other => {}
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -405,12 +467,24 @@ Content-Length: 0\r\n\
     #[test]
     fn scans_a_request() {
         let m = scan(REGISTER).unwrap();
-        assert_eq!(m.method(REGISTER), Some(&b"REGISTER"[..]));
-        assert_eq!(m.request_uri(REGISTER), Some(&b"sip:contoso.com"[..]));
+        let StartLine::Request {
+            method,
+            uri,
+            version_ok: true,
+        } = m.start
+        else {
+            panic!("a SIP/2.0 request")
+        };
+        assert_eq!(method.of(REGISTER), b"REGISTER");
+        assert_eq!(uri.of(REGISTER), b"sip:contoso.com");
+        let top = m.top_via.unwrap();
+        assert_eq!(top.branch.unwrap().of(REGISTER), b"z9hG4bKabc");
+        assert_eq!(m.top_via_comma, None);
+        assert_eq!(m.missing(), None);
+        assert!(!m.bad_content_length);
         assert_eq!(hv(REGISTER, m.to), b"<sip:alice@contoso.com>");
         assert_eq!(hv(REGISTER, m.call_id), b"c1@192.0.2.10");
         assert_eq!(hv(REGISTER, m.max_forwards), b"70");
-        assert_eq!(m.content_length, Some(0));
         assert_eq!(m.body.len(), 0);
         assert_eq!(&REGISTER[m.headers_end..], b"\r\n");
         assert!(m.via.unwrap().line.of(REGISTER).starts_with(b"Via: "));
@@ -422,8 +496,7 @@ Content-Length: 0\r\n\
         let r = b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\nt: <sip:a@b>\r\ni: x\r\nCSeq: 1 REGISTER\r\nl: 0\r\n\r\n";
         let m = scan(r).unwrap();
         assert_eq!(m.start, StartLine::Response { code: 200 });
-        assert!(!m.is_request());
-        assert_eq!(m.content_length, Some(0));
+        assert_eq!(m.body.len(), 0);
         assert_eq!(hv(r, m.call_id), b"x");
     }
 
@@ -451,13 +524,15 @@ Content-Length: 0\r\n\
     }
 
     #[test]
-    fn short_body_and_bad_content_length_are_refused() {
+    fn short_body_and_bad_content_length_are_flagged() {
         let short = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 50\r\n\r\nhello";
-        assert_eq!(scan(short), Err(ScanError::BodyShort));
+        let m = scan(short).unwrap();
+        assert!(m.bad_content_length);
+        assert_eq!(m.body.of(short), b"hello");
         let bad = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(scan(bad), Err(ScanError::ContentLength));
+        assert!(scan(bad).unwrap().bad_content_length);
         let two = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nl: 0\r\nContent-Length: 1\r\n\r\nx";
-        assert_eq!(scan(two), Err(ScanError::ContentLength));
+        assert!(scan(two).unwrap().bad_content_length);
     }
 
     #[test]
@@ -472,7 +547,10 @@ Content-Length: 0\r\n\
         for method in ["BENOTIFY", "SERVICE", "X-FOO"] {
             let r = format!("{method} sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nFrom: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: 1\r\nCSeq: 1 {method}\r\n\r\n");
             let m = scan(r.as_bytes()).unwrap();
-            assert_eq!(m.method(r.as_bytes()), Some(method.as_bytes()));
+            let StartLine::Request { method: got, .. } = m.start else {
+                panic!("a request")
+            };
+            assert_eq!(got.of(r.as_bytes()), method.as_bytes());
         }
     }
 
@@ -503,7 +581,11 @@ Content-Length: 0\r\n\
         assert_eq!(scan(b"\r\n\r\n"), Err(ScanError::Empty));
         assert_eq!(scan(b"HELLO\r\n\r\n"), Err(ScanError::StartLine));
         assert_eq!(
-            scan(b"INVITE sip:a SIP/3.0\r\n\r\n"),
+            scan(b"INVITE sip:a HTTP/1.1\r\n\r\n"),
+            Err(ScanError::StartLine)
+        );
+        assert_eq!(
+            scan(b"INVITE sip:a SIP/2.0 \r\n\r\n"),
             Err(ScanError::StartLine)
         );
         assert_eq!(scan(b"SIP/2.0 2000 OK\r\n\r\n"), Err(ScanError::StartLine));
@@ -524,16 +606,46 @@ Content-Length: 0\r\n\
             scan(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n"),
             Err(ScanError::Unterminated)
         );
-        assert_eq!(
-            scan(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n\r\n"),
-            Err(ScanError::Missing("From"))
-        );
+        let m = scan(b"INVITE sip:a SIP/2.0\r\nVia: x\r\nTo: <sip:a>\r\n\r\n").unwrap();
+        assert_eq!(m.missing(), Some("From"));
+        assert_eq!(m.top_via, None, "an unreadable top Via");
+    }
+
+    #[test]
+    fn other_sip_versions_are_requests_to_answer() {
+        let m = scan(b"INVITE sip:a SIP/3.0\r\nVia: SIP/2.0/UDP h\r\n\r\n").unwrap();
+        assert!(matches!(
+            m.start,
+            StartLine::Request {
+                version_ok: false,
+                ..
+            }
+        ));
+        assert!(m.top_via.is_some());
+    }
+
+    #[test]
+    fn proxy_require_is_found() {
+        let r = b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nproxy-require: foo, bar\r\n\r\n";
+        assert!(scan(r).unwrap().unsupported_proxy_require);
+        let r = b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nProxy-Require: ms-benotify\r\nProxy-Require: ,\r\n\r\n";
+        assert!(!scan(r).unwrap().unsupported_proxy_require);
+        let r = b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nProxy-Require: ms-benotify\r\nProxy-Require: x\r\n\r\n";
+        assert!(scan(r).unwrap().unsupported_proxy_require);
     }
 
     #[test]
     fn never_panics_on_any_prefix() {
         for cut in 0..REGISTER.len() {
             let _ = scan(&REGISTER[..cut]);
+        }
+    }
+
+    #[test]
+    fn tokens_are_rfc_3261_tokens() {
+        let want = |c: u8| c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c);
+        for c in 0..=255u8 {
+            assert_eq!(is_token(c), want(c), "{c}");
         }
     }
 

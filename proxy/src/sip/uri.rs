@@ -1,48 +1,55 @@
 //! URIs: find the URI in a From / To / Route value and read what routing needs from it — the
-//! address of record (`user@host`), the host, the port and the `user=` parameter.
+//! address of record (`user@host`), the host, the port and the `user=` parameter — as ranges of
+//! the message buffer, without copying or allocating.
 //!
-//! rsip parses the URI itself where it can. rsip 0.4 rejects IPv6 references and schemes it
-//! does not know (`tel:`), so a small reader of our own takes over for those; both produce the
-//! same normalised form (host in lower case, user as written), so a user's key does not depend
-//! on which one read it.
+//! The reader takes `scheme:[user[:password]@]host[:port][;params][?headers]` for any scheme,
+//! IPv6 references included, and `tel:` numbers (the number is the whole address). Hosts are
+//! compared and hashed in lower case (RFC 3261 §19.1.4); user parts are case-sensitive and used
+//! as written. rsip reads the same URIs in the tests, as a cross-check.
 
 use super::scan::Span;
 
-/// What routing reads from a URI.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UriFacts {
-    /// The user part, as written (user parts are case-sensitive, RFC 3261 §19.1.4).
-    pub user: Option<String>,
-    /// The host in lower case; IPv6 references keep their brackets.
-    pub host: String,
-    pub port: Option<u16>,
+/// What routing reads from a URI, as ranges of the buffer it was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Uri {
+    pub(crate) scheme: Span,
+    /// The user part, as written.
+    pub(crate) user: Option<Span>,
+    /// The host as written (IPv6 references keep their brackets); for `tel:`, the number.
+    pub(crate) host: Span,
+    pub(crate) port: Option<u16>,
     /// The value of the `user=` URI parameter (`phone`, `ip`…), if any.
-    pub user_param: Option<String>,
-    /// Whether the URI carries the `lr` parameter (a loose router, RFC 3261 §19.1.1).
-    pub lr: bool,
+    pub(crate) user_param: Option<Span>,
+    /// A `tel:` URI: its "host" is a number, used as written.
+    tel: bool,
 }
 
-impl UriFacts {
-    /// Appends the address of record, `user@host` (or the host alone), to `out`.
-    pub fn write_aor(&self, out: &mut Vec<u8>) {
-        if let Some(user) = &self.user {
-            out.extend_from_slice(user.as_bytes());
-            out.push(b'@');
+impl Uri {
+    /// Feeds the address of record, `user@host` (host in lower case) or the host alone, to
+    /// `eat` in pieces.
+    pub(crate) fn aor_pieces(&self, buf: &[u8], mut eat: impl FnMut(&[u8])) {
+        if let Some(user) = self.user {
+            eat(user.of(buf));
+            eat(b"@");
         }
-        out.extend_from_slice(self.host.as_bytes());
-    }
-
-    /// The address of record as a string.
-    pub fn aor(&self) -> String {
-        let mut out = Vec::with_capacity(self.host.len() + 16);
-        self.write_aor(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let host = self.host.of(buf);
+        if self.tel {
+            eat(host);
+            return;
+        }
+        let mut lower = [0u8; 64];
+        for chunk in host.chunks(lower.len()) {
+            let out = &mut lower[..chunk.len()];
+            out.copy_from_slice(chunk);
+            out.make_ascii_lowercase();
+            eat(out);
+        }
     }
 }
 
 /// Finds the URI inside a name-addr (`"Alice" <sip:alice@x>;tag=1`) or an addr-spec
 /// (`sip:alice@x;tag=1`, where the parameters belong to the header, RFC 3261 §20.10).
-pub fn header_uri(buf: &[u8], value: Span) -> Option<Span> {
+pub(crate) fn header_uri(buf: &[u8], value: Span) -> Option<Span> {
     let mut i = value.start;
     let end = value.end;
     while i < end {
@@ -71,129 +78,99 @@ pub fn header_uri(buf: &[u8], value: Span) -> Option<Span> {
     (stop > start && buf[start..stop].contains(&b':')).then(|| Span::new(start, stop))
 }
 
-/// Reads a URI: rsip first, our own reader for what rsip 0.4 rejects.
-pub fn parse(uri: &[u8]) -> Option<UriFacts> {
-    let text = std::str::from_utf8(uri).ok()?;
-    from_rsip(text).or_else(|| fallback(uri))
+fn position(buf: &[u8], from: usize, end: usize, pred: impl Fn(u8) -> bool) -> usize {
+    buf[from..end]
+        .iter()
+        .position(|&c| pred(c))
+        .map_or(end, |p| from + p)
 }
 
-fn from_rsip(text: &str) -> Option<UriFacts> {
-    use rsip::common::uri::param::Param;
-    use rsip::common::uri::{Host, Scheme};
-    let uri = rsip::Uri::try_from(text).ok()?;
-    if !matches!(uri.scheme, Some(Scheme::Sip) | Some(Scheme::Sips)) {
-        return None;
-    }
-    // rsip's tokenizer stops quietly at what it does not understand; only accept a full read
-    // (every byte of a URI is one of these, and a space or angle bracket means a bad value).
-    if text
-        .bytes()
-        .any(|c| matches!(c, b' ' | b'<' | b'>' | b'"' | b'['))
-    {
-        return None;
-    }
-    let host = match &uri.host_with_port.host {
-        Host::Domain(d) => d.to_string().to_ascii_lowercase(),
-        Host::IpAddr(ip) => ip.to_string(),
-    };
-    let mut user_param = None;
-    let mut lr = false;
-    for p in &uri.params {
-        match p {
-            Param::User(u) => user_param = Some(u.to_string()),
-            Param::Lr => lr = true,
-            _ => {}
-        }
-    }
-    Some(UriFacts {
-        user: uri.auth.map(|a| a.user),
-        host,
-        port: uri.host_with_port.port.map(|p| *p.value()),
-        user_param,
-        lr,
-    })
-}
-
-/// A plain reader for `scheme:[user[:password]@]host[:port][;params][?headers]`.
-fn fallback(uri: &[u8]) -> Option<UriFacts> {
-    let colon = uri.iter().position(|&c| c == b':')?;
-    let scheme = &uri[..colon];
-    if scheme.is_empty()
+/// Reads the URI at `at` in `buf`. `None` when it is not a URI.
+pub(crate) fn read(buf: &[u8], at: Span) -> Option<Uri> {
+    let end = at.end;
+    let colon = position(buf, at.start, end, |c| c == b':');
+    let scheme = Span::new(at.start, colon);
+    if colon == end
+        || scheme.is_empty()
         || !scheme
+            .of(buf)
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(c))
     {
         return None;
     }
-    let rest = &uri[colon + 1..];
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if scheme.eq_ignore_ascii_case(b"tel") {
+    let rest = colon + 1;
+    if scheme.of(buf).eq_ignore_ascii_case(b"tel") {
         // tel:+15551234;phone-context=…: the number is the whole address.
-        let number = rest.split(|&c| c == b';').next().unwrap_or_default();
-        return (!number.is_empty()).then(|| UriFacts {
+        let number = Span::new(rest, position(buf, rest, end, |c| c == b';'));
+        return (!number.is_empty()).then_some(Uri {
+            scheme,
             user: None,
-            host: text(number),
+            host: number,
             port: None,
             user_param: None,
-            lr: false,
+            tel: true,
         });
     }
-    let (user, hostport) = match rest.iter().position(|&c| c == b'@') {
+    // userinfo ends at the '@'; a password ends the user part.
+    let at_sign = Some(position(buf, rest, end, |c| c == b'@')).filter(|&p| p < end);
+    let (user, hostport) = match at_sign {
         Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(|&c| c == b':').next().unwrap_or_default();
-            (Some(text(user)), &rest[at + 1..])
+            let user_end = position(buf, rest, at, |c| c == b':');
+            (Some(Span::new(rest, user_end)), at + 1)
         }
         None => (None, rest),
     };
-    let (host, after) = if hostport.first() == Some(&b'[') {
-        let close = hostport.iter().position(|&c| c == b']')?;
-        (&hostport[..=close], &hostport[close + 1..])
+    let (host, after) = if buf.get(hostport) == Some(&b'[') && hostport < end {
+        let close = position(buf, hostport, end, |c| c == b']');
+        if close == end {
+            return None;
+        }
+        (Span::new(hostport, close + 1), close + 1)
     } else {
-        let stop = hostport
-            .iter()
-            .position(|&c| matches!(c, b':' | b';' | b'?'))
-            .unwrap_or(hostport.len());
-        (&hostport[..stop], &hostport[stop..])
+        let stop = position(buf, hostport, end, |c| matches!(c, b':' | b';' | b'?'));
+        (Span::new(hostport, stop), stop)
     };
     if host.is_empty()
         || !host
+            .of(buf)
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || b".-_[]:".contains(c))
     {
         return None;
     }
-    let (port, params) = match after.strip_prefix(b":") {
-        Some(p) => {
-            let stop = p
-                .iter()
-                .position(|&c| matches!(c, b';' | b'?'))
-                .unwrap_or(p.len());
-            let port = std::str::from_utf8(&p[..stop]).ok()?.parse().ok()?;
-            (Some(port), &p[stop..])
+    let (port, params) = if buf.get(after) == Some(&b':') && after < end {
+        let stop = position(buf, after + 1, end, |c| matches!(c, b';' | b'?'));
+        let digits = &buf[after + 1..stop];
+        if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
         }
-        None => (None, after),
+        let n = digits
+            .iter()
+            .fold(0u32, |n, c| n * 10 + u32::from(c - b'0'));
+        (Some(u16::try_from(n).ok()?), stop)
+    } else {
+        (None, after)
     };
-    let params = params.split(|&c| c == b'?').next().unwrap_or_default();
+    let params_end = position(buf, params, end, |c| c == b'?');
     let mut user_param = None;
-    let mut lr = false;
-    for p in params.split(|&c| c == b';').filter(|p| !p.is_empty()) {
-        let (name, value) = match p.iter().position(|&c| c == b'=') {
-            Some(eq) => (&p[..eq], Some(&p[eq + 1..])),
-            None => (p, None),
-        };
-        if name.eq_ignore_ascii_case(b"user") {
-            user_param = value.map(text);
-        } else if name.eq_ignore_ascii_case(b"lr") {
-            lr = true;
+    let mut i = params;
+    while i < params_end {
+        let p_end = position(buf, i + 1, params_end, |c| c == b';');
+        let p = Span::new(i + 1, p_end);
+        let eq = position(buf, p.start, p.end, |c| c == b'=');
+        if buf[p.start..eq].eq_ignore_ascii_case(b"user") && eq < p.end {
+            user_param = Some(Span::new(eq + 1, p.end));
         }
+        i = p_end;
     }
-    Some(UriFacts {
+    Some(Uri {
+        scheme,
         user,
-        host: text(host).to_ascii_lowercase(),
+        host,
         port,
         user_param,
-        lr,
+        tel: false,
     })
 }
 
@@ -203,6 +180,17 @@ mod tests {
 
     fn uri_of(v: &[u8]) -> Option<&[u8]> {
         header_uri(v, Span::new(0, v.len())).map(|s| s.of(v))
+    }
+
+    fn parse(v: &[u8]) -> Option<Uri> {
+        read(v, Span::new(0, v.len()))
+    }
+
+    fn aor(v: &[u8]) -> String {
+        let u = parse(v).unwrap();
+        let mut out = Vec::new();
+        u.aor_pieces(v, |p| out.extend_from_slice(p));
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -226,47 +214,68 @@ mod tests {
     }
 
     #[test]
-    fn rsip_and_the_fallback_agree() {
-        for uri in [
+    fn rsip_and_the_reader_agree() {
+        use rsip::common::uri::param::Param;
+        use rsip::common::uri::Host;
+        for text in [
             "sip:alice@contoso.com",
             "sip:Alice@CONTOSO.com;transport=tls",
             "sips:bob@10.0.0.1:5061",
             "sip:contoso.com",
             "sip:+15551234@gw.contoso.com;user=phone",
             "sip:fe1.contoso.com:5061;transport=tls;lr",
+            "sip:carol:secret@Example.ORG:5070;user=ip?subject=x",
         ] {
-            let r = from_rsip(uri).unwrap_or_else(|| panic!("rsip reads {uri}"));
-            let f = fallback(uri.as_bytes()).unwrap();
-            assert_eq!(r, f, "{uri}");
+            let r = rsip::Uri::try_from(text).unwrap_or_else(|_| panic!("rsip reads {text}"));
+            let host = match &r.host_with_port.host {
+                Host::Domain(d) => d.to_string().to_ascii_lowercase(),
+                Host::IpAddr(ip) => ip.to_string(),
+            };
+            let mut want = r.auth.map(|a| a.user + "@").unwrap_or_default();
+            want.push_str(&host);
+            let b = text.as_bytes();
+            let u = parse(b).unwrap();
+            assert_eq!(aor(b), want, "{text}");
+            assert_eq!(u.port, r.host_with_port.port.map(|p| *p.value()), "{text}");
+            let rsip_user = r.params.iter().find_map(|p| match p {
+                Param::User(u) => Some(u.to_string()),
+                _ => None,
+            });
+            let user_param = u
+                .user_param
+                .map(|s| String::from_utf8_lossy(s.of(b)).into_owned());
+            assert_eq!(user_param, rsip_user, "{text}");
         }
     }
 
     #[test]
     fn reads_the_address_of_record() {
-        let f = parse(b"sip:Alice@CONTOSO.COM;transport=tls").unwrap();
-        assert_eq!(f.aor(), "Alice@contoso.com");
-        assert_eq!(parse(b"sip:contoso.com").unwrap().aor(), "contoso.com");
         assert_eq!(
-            parse(b"sip:+1555@gw;user=phone")
-                .unwrap()
-                .user_param
-                .as_deref(),
-            Some("phone")
+            aor(b"sip:Alice@CONTOSO.COM;transport=tls"),
+            "Alice@contoso.com"
         );
-        assert!(parse(b"sip:10.0.0.5:5060;lr").unwrap().lr);
+        assert_eq!(aor(b"sip:contoso.com"), "contoso.com");
+        let v = b"sip:+1555@gw;user=phone";
+        assert_eq!(parse(v).unwrap().user_param.unwrap().of(v), b"phone");
+        let long = format!("sip:u@{}.COM", "A".repeat(150));
+        assert_eq!(
+            aor(long.as_bytes()),
+            format!("u@{}.com", "a".repeat(150)),
+            "hosts longer than the lower-casing buffer"
+        );
     }
 
     #[test]
-    fn ipv6_and_tel_uris_are_read_by_the_fallback() {
+    fn ipv6_and_tel_uris_are_read() {
         // rsip 0.4 rejects both.
-        let v6 = parse(b"sip:alice@[2001:DB8::1]:5060;transport=udp").unwrap();
-        assert_eq!(v6.aor(), "alice@[2001:db8::1]");
-        assert_eq!(v6.port, Some(5060));
+        let v6 = b"sip:alice@[2001:DB8::1]:5060;transport=udp";
+        assert_eq!(aor(v6), "alice@[2001:db8::1]");
+        assert_eq!(parse(v6).unwrap().port, Some(5060));
+        assert_eq!(aor(b"tel:+15551234;phone-context=contoso.com"), "+15551234");
         assert_eq!(
-            parse(b"tel:+15551234;phone-context=contoso.com")
-                .unwrap()
-                .aor(),
-            "+15551234"
+            aor(b"tel:+1555ABC"),
+            "+1555ABC",
+            "a number is used as written"
         );
     }
 
@@ -280,6 +289,7 @@ mod tests {
             b"sip:a@",
             b"sip:a@[::1",
             b"sip:a@h:port",
+            b"sip:a@h:99999",
             b"\xff:x",
         ] {
             assert_eq!(parse(bad), None, "{}", String::from_utf8_lossy(bad));

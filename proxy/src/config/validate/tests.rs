@@ -192,6 +192,8 @@ fn full_config_becomes_the_expected_config() {
         routing: Routing {
             no_route: 403,
             retry_after: Duration::from_secs(60),
+            server_header: "siplb".into(),
+            branch_key: None,
         },
         log: Log {
             level: "siplb=debug,info".into(),
@@ -280,7 +282,9 @@ fn defaults_apply() {
         cfg.routing,
         Routing {
             no_route: 404,
-            retry_after: Duration::from_secs(30)
+            retry_after: Duration::from_secs(30),
+            server_header: "siplb".into(),
+            branch_key: None,
         }
     );
     let pool = &cfg.pools[0];

@@ -57,6 +57,13 @@ fn parse_socket_addr(s: &str, use_: AddrUse) -> Result<SocketAddr, String> {
                  127.0.0.1:5060"
             ));
         }
+        let broadcast = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_broadcast());
+        if broadcast || addr.ip().is_multicast() {
+            return Err(format!(
+                "\"{s}\" is a broadcast or multicast address, which siplb never sends to; use \
+                 the server's own unicast IP, e.g. 127.0.0.1:5060"
+            ));
+        }
     }
     Ok(addr)
 }

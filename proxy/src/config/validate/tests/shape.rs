@@ -223,3 +223,54 @@ fn bad_log_level_and_format() {
         &["unknown log format \"xml\"", "text, json"],
     );
 }
+
+#[test]
+fn servers_at_broadcast_multicast_or_unspecified_addresses() {
+    for (addr, says) in [
+        ("255.255.255.255:5060", "broadcast or multicast"),
+        ("224.0.0.1:5060", "broadcast or multicast"),
+        ("[ff02::1]:5060", "broadcast or multicast"),
+        ("0.0.0.0:5060", "unspecified"),
+        ("[::]:5060", "unspecified"),
+    ] {
+        let e = only_error(&MINIMAL.replace("127.0.0.1:5071", addr));
+        assert_error(
+            &e,
+            6,
+            "pool[0].servers[0].address",
+            &[says, "127.0.0.1:5060"],
+        );
+    }
+}
+
+#[test]
+fn routing_server_header_and_branch_key_file() {
+    let cfg = parse(
+        Path::new("t.toml"),
+        &plus("[routing]\nserver_header = \"\"\n"),
+    )
+    .expect("valid");
+    assert_eq!(cfg.routing.server_header, "");
+    let e = only_error(&plus("[routing]\nserver_header = \"a\\r\\nX: y\"\n"));
+    assert_error(&e, 11, "routing.server_header", &["line breaks"]);
+    let dir = std::env::temp_dir().join(format!("siplb-branch-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("short"), "too short\n").expect("write");
+    std::fs::write(dir.join("good"), "  0123456789abcdef0123\n").expect("write");
+    let cfg_path = dir.join("siplb.toml");
+    let e =
+        parse(&cfg_path, &plus("[routing]\nbranch_key_file = \"short\"\n")).expect_err("short key");
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        (e[0].line, e[0].key.as_str()),
+        (11, "routing.branch_key_file")
+    );
+    assert!(e[0].to_string().contains("fewer than 16 bytes"), "{}", e[0]);
+    let cfg = parse(&cfg_path, &plus("[routing]\nbranch_key_file = \"good\"\n")).expect("valid");
+    assert_eq!(
+        cfg.routing.branch_key.map(|k| k.0),
+        Some(b"0123456789abcdef0123".to_vec()),
+        "relative to the config file, trimmed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
