@@ -73,7 +73,7 @@ pub(super) fn check_families(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPool>], udp: &
         };
         for (j, server) in servers.get_ref().iter().enumerate() {
             let server = server.get_ref();
-            let Ok(address) = server.address.get_ref().parse::<SocketAddr>() else {
+            let Some(address) = values::server_addr(server.address.get_ref()) else {
                 continue; // reported where the address is checked
             };
             let (family, example) = match address {

@@ -38,6 +38,11 @@ pub(super) fn socket_addr(
     }
 }
 
+/// A server address that passes every check of [`socket_addr`], or `None` (reported there).
+pub(super) fn server_addr(s: &str) -> Option<SocketAddr> {
+    parse_socket_addr(s, AddrUse::Server).ok()
+}
+
 fn parse_socket_addr(s: &str, use_: AddrUse) -> Result<SocketAddr, String> {
     const ACCEPTED: &str = "use IP:port, e.g. 127.0.0.1:5060 or [::1]:5060";
     let addr = match s.parse::<SocketAddr>() {
