@@ -150,8 +150,10 @@ pub struct RoutingTable {
     pub(crate) version: u64,
     /// The `host[:port]` siplb writes into its Via.
     pub advertise: HostPort,
-    /// `Via: SIP/2.0/UDP <advertise>;branch=z9hG4bK-lb`, ready to be completed per message.
-    pub(crate) via_prefix: Vec<u8>,
+    /// `Via: SIP/2.0/UDP <host:port>;branch=z9hG4bK-lb`, ready to be completed per message,
+    /// for a message going to an IPv4 address (`[0]`) and to an IPv6 one (`[1]`); see
+    /// [`RoutingTable::via_prefix`].
+    via_prefixes: [Vec<u8>; 2],
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
     /// The answer to a request no route matches.
@@ -261,8 +263,24 @@ impl RoutingTable {
                 key: r.key,
             })
             .collect();
-        let mut via_prefix = format!("Via: SIP/2.0/UDP {advertise};branch=").into_bytes();
-        via_prefix.extend_from_slice(branch::PREFIX);
+        let via = |sent_by: &HostPort| {
+            let mut prefix = format!("Via: SIP/2.0/UDP {sent_by};branch=").into_bytes();
+            prefix.extend_from_slice(branch::PREFIX);
+            prefix
+        };
+        // An address of one family in the Via is no use to a server of the other: a message
+        // for such a server names siplb's listener of the server's family instead, so a server
+        // answering at the sent-by port (RFC 3261 §18.2.2) reaches siplb whatever the ports. A
+        // name is written for every family.
+        let advertised_ip = parse_ip(advertise.host.as_bytes());
+        let of_family = |v6: bool| match advertised_ip {
+            Some(ip) if ip.is_ipv6() != v6 => local
+                .iter()
+                .find(|a| a.is_ipv6() == v6)
+                .map_or_else(|| via(&advertise), |&a| via(&HostPort::from(a))),
+            _ => via(&advertise),
+        };
+        let via_prefixes = [of_family(false), of_family(true)];
         let branch_key = match &cfg.routing.branch_key {
             Some(secret) => BranchKey::from_secret(&secret.0),
             None => process_branch_key(),
@@ -271,7 +289,7 @@ impl RoutingTable {
             version,
             needs_ruri: routes.iter().any(Route::needs_ruri),
             advertise,
-            via_prefix,
+            via_prefixes,
             counters: Counters::new(pools.iter().map(|p| p.name.as_str())),
             pools,
             routes,
@@ -284,6 +302,13 @@ impl RoutingTable {
             servers_by_addr,
             local,
         }
+    }
+
+    /// The start of siplb's Via for a message sent to `to`: it names `[listen] advertise` (by
+    /// default the first listener), or siplb's listener of `to`'s family when the advertised
+    /// address is of the other family.
+    pub(crate) fn via_prefix(&self, to: SocketAddr) -> &[u8] {
+        &self.via_prefixes[usize::from(to.is_ipv6())]
     }
 
     /// The first route that matches, if any.
@@ -468,6 +493,30 @@ pools = ["a", "b"]
     }
 
     #[test]
+    fn a_via_for_a_server_of_the_other_family_names_the_listener_of_its_family() {
+        let cfg = parse(
+            Path::new("t.toml"),
+            "[listen]\nudp = [\"127.0.0.1:5060\", \"[::1]:5070\"]\n[[pool]]\nname = \"a\"\n\
+             servers = [{ address = \"[::1]:5071\" }]\n[[route]]\npool = \"a\"\n",
+        )
+        .expect("valid config");
+        let t = RoutingTable::unbound(&cfg, &ConfigHealth);
+        let v4: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+        let v6: SocketAddr = "[::1]:5071".parse().unwrap();
+        assert_eq!(
+            t.via_prefix(v4),
+            b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-lb"
+        );
+        assert_eq!(
+            t.via_prefix(v6),
+            b"Via: SIP/2.0/UDP [::1]:5070;branch=z9hG4bK-lb"
+        );
+        // An advertised name is what every Via says.
+        let t = table(&ConfigHealth);
+        assert_eq!(t.via_prefix(v4), t.via_prefix(v6));
+    }
+
+    #[test]
     fn knows_itself_and_its_servers() {
         let t = table(&ConfigHealth);
         assert!(t.is_us(b"LB.contoso.com", None));
@@ -482,7 +531,7 @@ pools = ["a", "b"]
         );
         assert_eq!(parse_ip(b"host"), None);
         assert_eq!(
-            t.via_prefix,
+            t.via_prefix("127.0.0.1:5071".parse().unwrap()),
             b"Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"
         );
     }

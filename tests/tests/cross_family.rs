@@ -74,6 +74,18 @@ fn register_across(client_v6: bool) {
         got[0].peer, exit,
         "forwarded from siplb's listener of the backend's family"
     );
+    // A server answering at the sent-by port (RFC 3261 §18.2.2) must reach siplb on its own
+    // family: siplb's Via names that listener, not the other family's.
+    let sent_by = got[0].msg().and_then(|m| m.top_via_sent_by());
+    let exit_sent_by = match exit {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    assert_eq!(
+        sent_by.as_deref(),
+        Some(exit_sent_by.as_str()),
+        "siplb's Via names its listener of the backend's family"
+    );
 }
 
 #[test]

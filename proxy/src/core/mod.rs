@@ -313,7 +313,7 @@ impl Worker {
         let hash = branch::hash(&table.branch_key, &req.transaction(), dest);
         let via_line = {
             let start = self.scratch.len();
-            self.scratch.extend_from_slice(&table.via_prefix);
+            self.scratch.extend_from_slice(table.via_prefix(dest));
             self.scratch.extend_from_slice(&branch::hex(hash));
             self.scratch.extend_from_slice(b"\r\n");
             Span::new(start, self.scratch.len())
