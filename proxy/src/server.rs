@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, Config, ConfigError, HostPort, Transport};
+use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
 use crate::table::{ConfigHealth, RoutingTable};
 use crate::token::Token;
@@ -188,11 +188,7 @@ impl Proxy {
                 cfg.path.display()
             );
         };
-        let advertise = cfg
-            .listen
-            .advertise
-            .clone()
-            .unwrap_or_else(|| HostPort::from(first));
+        let advertise = cfg.listen.advertise_or(first);
         let table = RoutingTable::build(&cfg, advertise, bound, 1, &ConfigHealth);
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
@@ -337,11 +333,7 @@ impl Proxy {
                 format!("{e:#}"),
             )]
         })?;
-        let advertise = cfg
-            .listen
-            .advertise
-            .clone()
-            .unwrap_or_else(|| HostPort::from(bound[0]));
+        let advertise = cfg.listen.advertise_or(bound[0]);
         let config = Arc::new(cfg);
         let reload = Reload {
             config: config.clone(),

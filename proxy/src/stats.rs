@@ -1,7 +1,8 @@
 //! Wire-path metrics, resolved ahead of time — requests, relayed responses and replies once per
 //! routing table ([`Counters`]), drops once per worker ([`drop_counters`]) — so that counting a
-//! message is one atomic add: no label formatting, no registry lookup, no allocation. Every label value comes from a
-//! fixed list or the config — never a user, a Call-ID or a client address.
+//! message is one atomic add: no label formatting, no registry lookup, no allocation. Every
+//! label value comes from a fixed list or the config — never a user, a Call-ID or a client
+//! address.
 //!
 //! The core never counts: its outcome carries a [`Count`] (what a successful send stands for)
 //! and the I/O shell hands it to [`Counters::count`] once the kernel has taken the datagram.
@@ -193,11 +194,17 @@ pub(crate) fn register() {
         "Routing tables built and swapped in"
     );
     describe_counter!("siplb_config_reloads_total", "Config reloads, by result");
+    describe_counter!(
+        "siplb_passive_signals_shed_total",
+        "Passive health signals (a 503 from a server, an ICMP error on a forward) dropped because \
+         the health supervisor had a full queue of them; probe results are never dropped"
+    );
     for result in ["ok", "error"] {
         metrics::counter!("siplb_config_reloads_total", "result" => result).increment(0);
     }
     metrics::counter!("siplb_table_swaps_total").increment(0);
     metrics::counter!("siplb_send_errors_total").increment(0);
+    metrics::counter!("siplb_passive_signals_shed_total").increment(0);
 }
 
 /// How often the health supervisor publishes its gauges even when nothing changed. The exporter
@@ -219,12 +226,6 @@ pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::P
         )?
         .install_recorder()?;
     register();
-    metrics::describe_counter!(
-        "siplb_passive_signals_shed_total",
-        "Passive health signals (a 503 from a server, an ICMP error on a forward) dropped because \
-         the health supervisor had a full queue of them; probe results are never dropped"
-    );
-    metrics::counter!("siplb_passive_signals_shed_total").increment(0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -190,9 +190,9 @@ impl RoutingTable {
     /// `siplb route` and for routing in tests and benchmarks.
     pub fn unbound(cfg: &Config, health: &dyn HealthView) -> RoutingTable {
         let first = cfg.listen.udp.first().copied();
-        let advertise = cfg.listen.advertise.clone().unwrap_or_else(|| {
-            HostPort::from(first.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))))
-        });
+        let advertise = cfg
+            .listen
+            .advertise_or(first.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))));
         RoutingTable::build(cfg, advertise, cfg.listen.udp.clone(), 1, health)
     }
 

@@ -58,6 +58,15 @@ pub struct Listen {
     pub(crate) workers: usize,
 }
 
+impl Listen {
+    /// What siplb's Via names: `advertise`, or the address the first UDP listener is bound to.
+    pub(crate) fn advertise_or(&self, first_bound: SocketAddr) -> HostPort {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| HostPort::from(first_bound))
+    }
+}
+
 /// One `[listen] tls` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsListen {
