@@ -31,6 +31,7 @@ pub mod server;
 pub mod sip;
 mod stats;
 pub mod table;
+pub(crate) mod tls;
 mod token;
 mod udp;
 

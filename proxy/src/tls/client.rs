@@ -1,0 +1,1 @@
+//! TLS towards servers: filled in by the client-side work.

@@ -1,0 +1,1 @@
+//! TLS on siplb's listeners: filled in by the listener-side work.
