@@ -37,8 +37,13 @@
 #   FLOWS_BIN                  the flow tool [target/release/flows]; build both with
 #                              `cargo build --release -p siplb -p siplb-e2e --bin siplb --bin flows`
 #   PROXIES                    ["siplb kamailio"]
-#   LEGS                       what part 1 measures ["udp tcp-t1 tcp-tn tls-t1 tls-tn"]
+#   LEGS                       what part 1 measures ["udp tcp-t1 tcp-tn tls-t1"]; tls-tn (a
+#                              handshake per call, stunnel's and the proxy's) is left out by
+#                              default: part 3 measures what a handshake costs
 #   WORKERS                    siplb [listen] workers = Kamailio children and tcp_children [2]
+#   KAMAILIO_TLS_CHILDREN      Kamailio's tcp_children when it serves TLS [1]: Debian's 5.6.3
+#                              with OpenSSL 3 crashes when several processes do TLS handshakes
+#                              (docs/BENCHMARKS.md, "TCP and TLS")
 #   RATES, CALLS, REPEAT       part 1: calls/s [2000], calls per run [30000], runs per leg [2]
 #   IDLE_FLOWS                 part 2: flows held [10000, capped by the open-file limit]
 #   HANDSHAKES, HS_CONCURRENCY part 3: handshakes per run [3000], in flight at once [16]
@@ -62,7 +67,7 @@ users=$scenarios/users.csv
 SIPLB_BIN=${SIPLB_BIN:-$root/target/release/siplb}
 FLOWS_BIN=${FLOWS_BIN:-$root/target/release/flows}
 PROXIES=${PROXIES:-siplb kamailio}
-LEGS=${LEGS:-udp tcp-t1 tcp-tn tls-t1 tls-tn}
+LEGS=${LEGS:-udp tcp-t1 tcp-tn tls-t1}
 WORKERS=${WORKERS:-2}
 RATES=${RATES:-2000}
 CALLS=${CALLS:-30000}
@@ -72,6 +77,7 @@ HANDSHAKES=${HANDSHAKES:-3000}
 HS_CONCURRENCY=${HS_CONCURRENCY:-16}
 PARTS=${PARTS:-cpu flows handshakes}
 KAMAILIO_FLOWS_SHM_MB=${KAMAILIO_FLOWS_SHM_MB:-2048}
+KAMAILIO_TLS_CHILDREN=${KAMAILIO_TLS_CHILDREN:-1}
 BACKENDS=4
 MAX_LOST_PCT=0.1
 # siplb's goal for an idle TLS flow.
@@ -210,7 +216,7 @@ start_sipp_backends() {
         udp_uas+=("127.0.0.1:$port")
         free_port port
         sipp -sf "$scenarios/uas.xml" -t t1 -i 127.0.0.1 -p "$port" -nostdin -m 100000000 \
-            -max_socket 60000 -timeout 3600s >"$out/backend-tcp$i.out" 2>&1 &
+            -max_socket 16000 -timeout 3600s >"$out/backend-tcp$i.out" 2>&1 &
         started_pids+=($!)
         tcp_uas+=("127.0.0.1:$port")
     done
@@ -265,7 +271,7 @@ run_uac() {
     limit=$((calls / rate + 30))
     t0=$(now_ns)
     timeout $((limit + 30)) sipp "$addr" -sf "$scenarios/uac_register.xml" -inf "$users" \
-        -t "$mode" -i 127.0.0.1 -p "$port" -m "$calls" -r "$rate" -nostdin -max_socket 60000 \
+        -t "$mode" -i 127.0.0.1 -p "$port" -m "$calls" -r "$rate" -nostdin -max_socket 16000 \
         -timeout "${limit}s" -timeout_error -trace_stat -stf "$out/$name.csv" -fd 1s \
         >"$out/$name.out" 2>&1 || rc=$?
     t1=$(now_ns)
@@ -358,10 +364,11 @@ start_siplb() {
 
 # spawn_kamailio_streams NAME PROTO PORT SHM_MB MAX_CONNECTIONS BACKEND...: Kamailio with
 # kamailio-streams.cfg listening on PROTO:127.0.0.1:PORT, dispatcher set 1 = the backends over
-# PROTO; sets proxy_pid[NAME] and kamailio_ctl_of[NAME].
+# PROTO, tcp_children = kamailio_children PROTO; sets proxy_pid[NAME] and kamailio_ctl_of[NAME].
 spawn_kamailio_streams() {
-    local name=$1 proto=$2 port=$3 shm=$4 maxconn=$5 a list=$out/$name.list ctl
+    local name=$1 proto=$2 port=$3 shm=$4 maxconn=$5 a list ctl
     shift 5
+    list=$out/$name.list
     : >"$list"
     for a in "$@"; do echo "1 sip:$a;transport=$proto" >>"$list"; done
     ctl=unix:$out/$name.ctl
@@ -370,13 +377,19 @@ spawn_kamailio_streams() {
     if [[ $proto == tls ]]; then tls=(-A WITH_TLS -A "TLS_CFG=\"$out/kamailio-tls.cfg\""); fi
     kamailio -f "$root/bench/kamailio/kamailio-streams.cfg" -DD -E \
         -x "$KAMAILIO_MM" -X "$KAMAILIO_MM" -m "$shm" -M "$KAMAILIO_PKG_MB" \
-        -l "$proto:127.0.0.1:$port" -A "TCP_CHILDREN=$WORKERS" -A "MAX_CONNECTIONS=$maxconn" \
+        -l "$proto:127.0.0.1:$port" -A "TCP_CHILDREN=$(kamailio_children "$proto")" -A "MAX_CONNECTIONS=$maxconn" \
         "${tls[@]}" -A "DS_LIST=\"$list\"" -A "CTL_SOCKET=\"$ctl\"" \
         -P "$out/$name.pid" >"$out/$name.out" 2>&1 &
     proxy_pid[$name]=$!
     kamailio_pids+=($!)
     kamailio_ctl_of[$name]=$ctl
     wait_started "$!" 100 "$name" "$out/$name.out" test -S "$out/$name.ctl" || true
+}
+
+# kamailio_children PROTO → Kamailio's tcp_children for PROTO: WORKERS, or KAMAILIO_TLS_CHILDREN
+# over TLS.
+kamailio_children() {
+    if [[ $1 == tls ]]; then echo "$KAMAILIO_TLS_CHILDREN"; else echo "$WORKERS"; fi
 }
 
 # kamailio_streams_settings NAME SHM_MB MAXCONN PROTO: reads back what makes Kamailio a fair
@@ -408,12 +421,13 @@ kamailio_streams_settings() {
     memdbg=$(kamcmd_value - cfg.get core memdbg)
     memlog=$(kamcmd_value - cfg.get core memlog)
     lifetime=$(kamcmd_value connection_lifetime core.tcp_options)
-    c=$(kamcmd_value max_connections core.tcp_options)
+    c=$(kamcmd_value 'max_connections(soft)' core.tcp_options)
     [[ $shm == tlsf_malloc && $shm_size == $((shm_mb << 20)) ]] ||
         die "$name: shared memory is ${shm:-?} of ${shm_size:-?} bytes, not tlsf_malloc of $shm_mb MiB (see $out/$name.settings)"
     [[ $pkg == tlsf_malloc && $pkg_size == $((KAMAILIO_PKG_MB << 20)) ]] ||
         die "$name: private memory is ${pkg:-?} of ${pkg_size:-?} bytes, not tlsf_malloc of $KAMAILIO_PKG_MB MiB (see $out/$name.settings)"
-    [[ $receivers == "$WORKERS" && $udp == 0 ]] || die "$name runs $receivers tcp receivers and $udp UDP receivers, not $WORKERS and 0 (see $out/$name.settings)"
+    [[ $receivers == "$(kamailio_children "$proto")" && $udp == 0 ]] ||
+        die "$name runs $receivers tcp receivers and $udp UDP receivers, not $(kamailio_children "$proto") and 0 (see $out/$name.settings)"
     [[ $debug == 1 && $memdbg -gt $debug && $memlog -gt $debug ]] ||
         die "$name: log levels are debug=$debug memdbg=$memdbg memlog=$memlog (see $out/$name.settings)"
     [[ -n $flags && $flags =~ ^(AP,)*AP$ ]] || die "$name: destinations not all active and probed: flags $flags (see $out/$name.settings)"
@@ -422,7 +436,8 @@ kamailio_streams_settings() {
     [[ $c == "$maxconn" ]] || die "$name: tcp max_connections is ${c:-?}, not $maxconn (see $out/$name.settings)"
     local tls_info=""
     if [[ $proto == tls ]]; then
-        c=$(kamcmd_value max_connections core.tcp_options)
+        c=$(kamcmd_value 'max_tls_connections(soft)' core.tcp_options)
+        [[ $c == "$maxconn" ]] || die "$name: max_tls_connections is ${c:-?}, not $maxconn (see $out/$name.settings)"
         tls_info=", tls module with the bench certificate (tls.cfg), TLS 1.2+"
     fi
     echo "shm $shm $((shm_size >> 20)) MiB, pkg $pkg $((pkg_size >> 20)) MiB per process, $receivers tcp receivers, no UDP receiver, debug=$debug memdbg=$memdbg memlog=$memlog, destinations $flags (active, probed over $proto), tcp connection lifetime 1800 s, max connections $maxconn$tls_info"
@@ -552,8 +567,8 @@ if has_part cpu; then
                     [[ $t == tls ]] && s1=$(cpu_ticks "$stunnel_pid")
                     load=$(cut -d' ' -f1 /proc/loadavg)
                     read -r cpu per st <<<"$(awk -v d=$((c1 - c0)) -v s=$((s1 - s0)) -v hz="$clk_tck" -v ok="$ok" -v tls="$([[ $t == tls ]] && echo 1)" 'BEGIN {
-                        printf "%.2f %s %s\n", d / hz, ok > 0 ? sprintf("%.1f", d / hz * 1e6 / ok) : "-",
-                               (tls && ok > 0) ? sprintf("%.1f", s / hz * 1e6 / ok) : "-" }')"
+                        printf "%.2f %s %s\n", d / hz, (ok > 0 ? sprintf("%.1f", d / hz * 1e6 / ok) : "-"),
+                               ((tls && ok > 0) ? sprintf("%.1f", s / hz * 1e6 / ok) : "-") }')"
                     log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair (stunnel $st), load $load"
                     cpu_rows+=("| $rate | $leg | $p | $run | $ok | $failed | $retrans | $wall | $cpu | **$per** | $st | $load |")
                     if awk -v f="$failed" -v re="$retrans" -v n="$CALLS" -v ok="$ok" -v maxl="$MAX_LOST_PCT" \
@@ -662,7 +677,7 @@ if has_part handshakes; then
                 --count "$HANDSHAKES" --concurrency "$HS_CONCURRENCY" --secs 120 2>&1 | tee "$out/handshakes-$p-$run.out" | tail -n 1)
             c1=$(cpu_ticks "$pid")
             read -r _ _ ok _ failed _ secs _ rate <<<"$res"
-            per=$(awk -v d=$((c1 - c0)) -v hz="$clk_tck" -v ok="${ok:-0}" 'BEGIN { printf "%s", ok > 0 ? sprintf("%.0f", d / hz * 1e6 / ok) : "-" }')
+            per=$(awk -v d=$((c1 - c0)) -v hz="$clk_tck" -v ok="${ok:-0}" 'BEGIN { printf "%s", (ok > 0 ? sprintf("%.0f", d / hz * 1e6 / ok) : "-") }')
             load=$(cut -d' ' -f1 /proc/loadavg)
             log "  $ok ok, $failed failed, ${secs}s, $rate/s, $per µs CPU per handshake, load $load"
             hs_rows+=("| $p | $run | $ok | $failed | $secs | $rate | $(awk -v d=$((c1 - c0)) -v hz="$clk_tck" 'BEGIN { printf "%.2f", d / hz }') | **$per** | $load |")
@@ -681,7 +696,7 @@ fi
     echo
     echo "- machine: $machine, $memory; load average at start $load_at_start, at end $(load_average)"
     echo "- peers: $versions; siplb at commit $commit ($SIPLB_BIN)"
-    echo "- siplb workers = Kamailio children and tcp_children = $WORKERS; both probe with OPTIONS every 1 s over the backends' transport (500 ms, fall 2, rise 2)"
+    echo "- siplb workers = Kamailio children and tcp_children = $WORKERS (Kamailio over TLS: tcp_children = $KAMAILIO_TLS_CHILDREN); both probe with OPTIONS every 1 s over the backends' transport (500 ms, fall 2, rise 2)"
     echo "- certificate: RSA 2048, signed by a CA made for the run (openssl); the same for siplb, Kamailio, stunnel's backends and flows serve"
     for p in "${!kamailio_info[@]}"; do echo "- $p, read back with kamcmd: ${kamailio_info[$p]}"; done
     if has_part cpu; then
@@ -703,7 +718,7 @@ fi
                 if [[ $leg == tls-* ]]; then
                     st=$(awk -v a="${st_sum[$rate-$leg-siplb]:-0}" -v na="${ok_sum[$rate-$leg-siplb]:-0}" \
                         -v b="${st_sum[$rate-$leg-kamailio]:-0}" -v nb="${ok_sum[$rate-$leg-kamailio]:-0}" -v hz="$clk_tck" \
-                        'BEGIN { printf "%s, %s", na ? sprintf("%.1f", a / hz * 1e6 / na) : "-", nb ? sprintf("%.1f", b / hz * 1e6 / nb) : "-" }')
+                        'BEGIN { printf "%s, %s", (na ? sprintf("%.1f", a / hz * 1e6 / na) : "-"), (nb ? sprintf("%.1f", b / hz * 1e6 / nb) : "-") }')
                 fi
                 note=""
                 [[ -n ${lossy[$rate-$leg]:-} ]] && note=" (not comparable: ${lossy[$rate-$leg]%, } lost pairs)"
@@ -741,7 +756,7 @@ fi
         for p in $PROXIES; do
             [[ -n ${hs_ok[$p]:-} ]] || continue
             awk -v p="$p" -v c="${hs_cpu[$p]}" -v n="${hs_ok[$p]}" -v s="${hs_secs[$p]}" -v hz="$clk_tck" 'BEGIN {
-                printf "- %s: **%.0f µs CPU per handshake**, %.0f handshakes/s (all runs)\n", p, n ? c / hz * 1e6 / n : 0, s > 0 ? n / s : 0 }'
+                printf "- %s: **%.0f µs CPU per handshake**, %.0f handshakes/s (all runs)\n", p, (n ? c / hz * 1e6 / n : 0), (s > 0 ? n / s : 0) }'
         done
     fi
     echo
