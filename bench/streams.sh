@@ -44,7 +44,7 @@
 #   KAMAILIO_TLS_CHILDREN      Kamailio's tcp_children when it serves TLS [1]: Debian's 5.6.3
 #                              with OpenSSL 3 crashes when several processes do TLS handshakes
 #                              (docs/BENCHMARKS.md, "TCP and TLS")
-#   RATES, CALLS, REPEAT       part 1: calls/s [2000], calls per run [30000], runs per leg [2]
+#   RATES, CALLS, REPEAT       part 1: calls/s ["2000 5000"], calls per run [30000], runs per leg [2]
 #   IDLE_FLOWS                 part 2: flows held [10000, capped by the open-file limit]
 #   HANDSHAKES, HS_CONCURRENCY part 3: handshakes per run [3000], in flight at once [16]
 #   PARTS                      which parts run ["cpu flows handshakes"]
@@ -69,7 +69,7 @@ FLOWS_BIN=${FLOWS_BIN:-$root/target/release/flows}
 PROXIES=${PROXIES:-siplb kamailio}
 LEGS=${LEGS:-udp tcp-t1 tcp-tn tls-t1}
 WORKERS=${WORKERS:-2}
-RATES=${RATES:-2000}
+RATES=${RATES:-2000 5000}
 CALLS=${CALLS:-30000}
 REPEAT=${REPEAT:-2}
 IDLE_FLOWS=${IDLE_FLOWS:-10000}
@@ -305,25 +305,26 @@ wait_answering() {
 
 declare -A proxy_pid=() udp_addr=() tcp_addr=() tls_addr=() kamailio_ctl_of=() kamailio_info=()
 
-# siplb_config FILE TRANSPORT PORT BACKEND... : siplb's configuration for one transport.
+# siplb_config FILE TRANSPORT PORT MAX_CONNECTIONS BACKEND... : siplb's configuration for one
+# transport: the listener of that transport only, the backends over it (TLS ones verified
+# against the bench's CA and name, as Kamailio verifies them), health as Kamailio's.
 siplb_config() {
-    local file=$1 transport=$2 port=$3 servers="" a udp_port
-    shift 3
+    local file=$1 transport=$2 port=$3 maxconn=$4 servers="" a
+    shift 4
     for a in "$@"; do servers+="  { address = \"$a\", transport = \"$transport\" },"$'\n'; done
-    free_port udp_port
     {
         echo "# written by bench/streams.sh"
         echo "[listen]"
         case $transport in
         udp) echo "udp = [\"127.0.0.1:$port\"]" ;;
-        tcp) echo "udp = [\"127.0.0.1:$udp_port\"]"; echo "tcp = [\"127.0.0.1:$port\"]" ;;
-        tls)
-            echo "udp = [\"127.0.0.1:$udp_port\"]"
-            echo "tls = [{ address = \"127.0.0.1:$port\", cert = \"$certs/lb.crt\", key = \"$certs/lb.key\" }]"
-            ;;
+        tcp) echo "tcp = [\"127.0.0.1:$port\"]" ;;
+        tls) echo "tls = [{ address = \"127.0.0.1:$port\", cert = \"$certs/lb.crt\", key = \"$certs/lb.key\" }]" ;;
         esac
         echo "workers = $WORKERS"
-        if [[ -n ${SIPLB_EXTRA_LISTEN:-} ]]; then echo "$SIPLB_EXTRA_LISTEN"; fi
+        if [[ $transport != udp ]]; then
+            # The idle-flow part holds more than the default 10,000 flows' worth of room.
+            printf '\n[connections]\nmax = %s\n' "$maxconn"
+        fi
         cat <<EOF
 
 [health]
@@ -333,7 +334,6 @@ timeout = "500ms"
 fall = 2
 rise = 2
 EOF
-        if [[ -n ${SIPLB_EXTRA:-} ]]; then printf '\n%s\n' "$SIPLB_EXTRA"; fi
         cat <<EOF
 
 [[pool]]
@@ -341,6 +341,11 @@ name = "fe"
 role = "front-end"
 servers = [
 $servers]
+EOF
+        if [[ $transport == tls ]]; then
+            echo "tls = { ca = \"$certs/ca.crt\", server_name = \"$tls_name\" }"
+        fi
+        cat <<EOF
 
 [[route]]
 domain = "contoso.com"
@@ -356,7 +361,7 @@ start_siplb() {
     shift 2
     [[ -x $SIPLB_BIN ]] || die "no siplb binary at $SIPLB_BIN: cargo build --release -p siplb"
     free_port port
-    siplb_config "$out/$name.toml" "$transport" "$port" "$@"
+    siplb_config "$out/$name.toml" "$transport" "$port" 4096 "$@"
     start_siplb_process pid "$name" 150 || die "$name did not print ready within 15 s (see $out/$name.stderr)"
     proxy_pid[$name]=$pid
     printf -v "${transport}_addr[siplb]" '%s' "127.0.0.1:$port"
@@ -526,7 +531,7 @@ if has_part cpu; then
             port=${tls_addr[$p]##*:}
             case $p in
             siplb)
-                siplb_config "$out/siplb-tls.toml" tls "$port" "${tls_uas[@]}"
+                siplb_config "$out/siplb-tls.toml" tls "$port" 4096 "${tls_uas[@]}"
                 start_siplb_process pid siplb-tls 150 || die "siplb-tls did not print ready (see $out/siplb-tls.stderr)"
                 proxy_pid[siplb-tls]=$pid
                 ;;
@@ -600,7 +605,7 @@ if has_part flows || has_part handshakes; then
         free_port port
         case $p in
         siplb)
-            siplb_config "$out/siplb-flows.toml" tls "$port" "${flows_backends[@]}"
+            siplb_config "$out/siplb-flows.toml" tls "$port" "$maxconn" "${flows_backends[@]}"
             start_siplb_process pid siplb-flows 150 || die "siplb-flows did not print ready (see $out/siplb-flows.stderr)"
             proxy_pid[siplb-flows]=$pid
             ;;
