@@ -20,10 +20,11 @@
 #   1. CPU per forwarded REGISTER + 200 OK pair: the proxy's utime+stime (/proc/PID/stat,
 #      summed over its processes) over a fixed-count sipp run at a fixed rate, divided by the
 #      successful calls; for every leg in LEGS and every proxy, alternating, REPEAT times.
-#   2. Memory per idle TLS flow: the proxy's memory growth (siplb: RSS; Kamailio: PSS summed
-#      over its processes, so that shared memory counts once) while `flows hold` keeps
+#   2. Memory per idle TLS flow: the proxy's memory growth (siplb: RSS; Kamailio: PSS
+#      summed over its processes, so that shared memory counts once) while `flows hold` keeps
 #      IDLE_FLOWS TLS connections open, each after a handshake and one REGISTER whose 200 came
-#      back. The TLS backends are `flows serve` (a TLS SIP responder), for both proxies.
+#      back; then the same over TCP. The backends are `flows serve` (a TLS or TCP SIP
+#      responder), for both proxies.
 #   3. TLS connection setup: `flows handshakes` runs HANDSHAKES × (connect, full handshake,
 #      close) against each proxy, alternating, REPEAT times: handshakes per second and the
 #      proxy's CPU per handshake.
@@ -51,6 +52,10 @@
 #   IDLE_FLOWS                 part 2: flows held [10000, capped by the open-file limit]
 #   HANDSHAKES, HS_CONCURRENCY part 3: handshakes per run [3000], in flight at once [16]
 #   PARTS                      which parts run ["cpu flows handshakes"]
+#   FLOW_TRANSPORTS            part 2 over TLS, and over TCP to tell TLS's share ["tls tcp"]
+#   PERF_LEGS                  legs whose first siplb run is also recorded with `perf record -e
+#                              cpu-clock` (top symbols in perf-LEG-RATE.txt) [none]; the
+#                              recording costs siplb some CPU in that run
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh); the
 #                              idle-flow instance gets KAMAILIO_FLOWS_SHM_MB [2048]
 # Needs: sipp (sip-tester), kamailio and kamailio-tls-modules, stunnel4, openssl. Talks to
@@ -80,6 +85,7 @@ IDLE_FLOWS=${IDLE_FLOWS:-10000}
 HANDSHAKES=${HANDSHAKES:-3000}
 HS_CONCURRENCY=${HS_CONCURRENCY:-16}
 PARTS=${PARTS:-cpu flows handshakes}
+FLOW_TRANSPORTS=${FLOW_TRANSPORTS:-tls tcp}
 KAMAILIO_FLOWS_SHM_MB=${KAMAILIO_FLOWS_SHM_MB:-2048}
 KAMAILIO_TLS_CHILDREN=${KAMAILIO_TLS_CHILDREN:-1}
 BACKENDS=4
@@ -250,18 +256,28 @@ start_stunnel() {
     started_pids+=("$stunnel_pid")
 }
 
-# flows_serve NAME COUNT: `flows serve` with COUNT TLS listeners; sets flows_backends.
+# start_flows_serve NAME COUNT [--tcp]: `flows serve` with COUNT TLS (or TCP) listeners; sets
+# flows_backends.
 flows_backends=()
 start_flows_serve() {
     local name=$1 count=$2 i
+    shift 2
     local -a addrs=()
     for ((i = 0; i < count; i++)); do addrs+=(127.0.0.1:0); done
-    "$FLOWS_BIN" serve --cert "$certs/lb.crt" --key "$certs/lb.key" --secs 3600 "${addrs[@]}" \
+    "$FLOWS_BIN" serve --cert "$certs/lb.crt" --key "$certs/lb.key" --secs 3600 "$@" "${addrs[@]}" \
         >"$out/$name.out" 2>&1 &
     started_pids+=($!)
     wait_started "$!" 100 "flows serve" "$out/$name.out" grep -qsx ready "$out/$name.out" ||
         die "flows serve did not start (see $out/$name.out)"
     mapfile -t flows_backends < <(awk '$1 == "listening" { print $2 }' "$out/$name.out")
+}
+
+# hold_flows PROXY TRANSPORT N SECS: `flows hold` of N flows over TRANSPORT (tls or tcp) through
+# PROXY's idle-flow instance, held until SECS after the start.
+hold_flows() {
+    local -a how=(--tcp)
+    [[ $2 == tls ]] && how=(--ca "$certs/ca.crt" --name "$tls_name")
+    "$FLOWS_BIN" hold --to "${flow_addr[$1-$2]}" "${how[@]}" --flows "$3" --secs "$4"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -577,10 +593,22 @@ if has_part cpu; then
                     [[ $t == tls ]] && addr=${stunnel_front[$p]}
                     pid=${proxy_pid[$p-$t]}
                     log "$leg $p run $run: $CALLS calls at $rate/s"
+                    perf_pid=
+                    if [[ $p == siplb && $run == 1 && " ${PERF_LEGS:-} " == *" $leg "* ]]; then
+                        perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf-$leg-$rate.data" >"$out/perf-$leg-$rate.log" 2>&1 &
+                        perf_pid=$!
+                        started_pids+=("$perf_pid")
+                    fi
                     c0=$(cpu_ticks "$pid")
                     s0=0
                     [[ $t == tls ]] && s0=$(cpu_ticks "$stunnel_pid")
                     read -r ok failed retrans wall _ <<<"$(run_uac "cpu-$leg-$p-$rate-$run" "$addr" "$mode" "$rate" "$CALLS")"
+                    if [[ -n $perf_pid ]]; then
+                        kill -INT "$perf_pid" 2>/dev/null || true
+                        wait "$perf_pid" 2>/dev/null || true
+                        perf report -i "$out/perf-$leg-$rate.data" --stdio --no-children --sort dso,sym 2>/dev/null |
+                            grep -v '^#' | grep -v '^$' | head -n 40 >"$out/perf-$leg-$rate.txt" || true
+                    fi
                     c1=$(cpu_ticks "$pid")
                     s1=0
                     [[ $t == tls ]] && s1=$(cpu_ticks "$stunnel_pid")
@@ -608,80 +636,87 @@ if has_part cpu; then
     started_pids=()
 fi
 
-# 2. and 3.: TLS flows and handshakes, against `flows serve` as the TLS backends.
-declare -A flow_rows=() hs_cpu=() hs_ok=() hs_secs=()
+# 2. and 3.: idle flows (over each of FLOW_TRANSPORTS) and TLS handshakes, against
+# `flows serve` as the backends.
+declare -A flow_rows=() hs_cpu=() hs_ok=() hs_secs=() flow_addr=()
 hs_rows=()
+flow_transports=$FLOW_TRANSPORTS
+if ! has_part flows; then flow_transports=tls; fi
 if has_part flows || has_part handshakes; then
-    start_flows_serve flows-backends "$BACKENDS"
-    log "TLS backends (flows serve): ${flows_backends[*]}"
     maxconn=$((IDLE_FLOWS + 1000))
-    for p in $PROXIES; do
-        free_port port
-        case $p in
-        siplb)
-            siplb_config "$out/siplb-flows.toml" tls "$port" "$maxconn" "${flows_backends[@]}"
-            start_siplb_process pid siplb-flows 150 || die "siplb-flows did not print ready (see $out/siplb-flows.stderr)"
-            proxy_pid[siplb-flows]=$pid
-            ;;
-        kamailio)
-            spawn_kamailio_streams kamailio-flows tls "$port" "$KAMAILIO_FLOWS_SHM_MB" "$maxconn" "${flows_backends[@]}"
-            kamailio_info[kamailio-flows]=$(kamailio_streams_settings kamailio-flows "$KAMAILIO_FLOWS_SHM_MB" "$maxconn" tls)
-            log "kamailio-flows: ${kamailio_info[kamailio-flows]}"
-            ;;
-        esac
-        tls_addr[$p]=127.0.0.1:$port
-    done
-    # Warm-up: a few flows through each proxy (handshake, REGISTER, 200), so that what is made
-    # once (TLS contexts, backend sessions, allocator arenas) is in the baseline.
-    for p in $PROXIES; do
-        ok=0
-        for ((i = 0; i < 50; i++)); do
-            "$FLOWS_BIN" hold --to "${tls_addr[$p]}" --ca "$certs/ca.crt" --name "$tls_name" \
-                --flows 100 --secs 3 >"$out/warmup-flows-$p.out" 2>&1 || true
-            if grep -q '^holding 100$' "$out/warmup-flows-$p.out"; then ok=1; break; fi
-            sleep 0.5
+    for ft in $flow_transports; do
+        serve_opts=()
+        [[ $ft == tcp ]] && serve_opts=(--tcp)
+        start_flows_serve "flows-backends-$ft" "$BACKENDS" "${serve_opts[@]}"
+        log "$ft backends (flows serve): ${flows_backends[*]}"
+        for p in $PROXIES; do
+            free_port port
+            case $p in
+            siplb)
+                siplb_config "$out/siplb-flows-$ft.toml" "$ft" "$port" "$maxconn" "${flows_backends[@]}"
+                start_siplb_process pid "siplb-flows-$ft" 150 || die "siplb-flows-$ft did not print ready (see $out/siplb-flows-$ft.stderr)"
+                proxy_pid[siplb-flows-$ft]=$pid
+                ;;
+            kamailio)
+                spawn_kamailio_streams "kamailio-flows-$ft" "$ft" "$port" "$KAMAILIO_FLOWS_SHM_MB" "$maxconn" "${flows_backends[@]}"
+                kamailio_info[kamailio-flows-$ft]=$(kamailio_streams_settings "kamailio-flows-$ft" "$KAMAILIO_FLOWS_SHM_MB" "$maxconn" "$ft")
+                log "kamailio-flows-$ft: ${kamailio_info[kamailio-flows-$ft]}"
+                ;;
+            esac
+            flow_addr[$p-$ft]=127.0.0.1:$port
         done
-        [[ $ok == 1 ]] || die "$p does not carry TLS flows to flows serve (see $out/warmup-flows-$p.out)"
+        # Warm-up: a few flows through each proxy (connect, handshake, REGISTER, 200), so that
+        # what is made once (TLS contexts, allocator arenas) is in the baseline.
+        for p in $PROXIES; do
+            ok=0
+            for ((i = 0; i < 50; i++)); do
+                hold_flows "$p" "$ft" 100 3 >"$out/warmup-flows-$p-$ft.out" 2>&1 || true
+                if grep -q '^holding 100$' "$out/warmup-flows-$p-$ft.out"; then ok=1; break; fi
+                sleep 0.5
+            done
+            [[ $ok == 1 ]] || die "$p does not carry $ft flows to flows serve (see $out/warmup-flows-$p-$ft.out)"
+        done
     done
 fi
 
 if has_part flows; then
-    for p in $PROXIES; do
-        pid=${proxy_pid[$p-flows]}
-        field=Rss
-        [[ $p == kamailio ]] && field=Pss
-        sleep 2
-        m0=$(memory_kib "$pid" "$field")
-        f0=$(open_fds "$pid")
-        log "idle flows: $IDLE_FLOWS TLS flows held through $p ($field before: $m0 KiB)"
-        "$FLOWS_BIN" hold --to "${tls_addr[$p]}" --ca "$certs/ca.crt" --name "$tls_name" \
-            --flows "$IDLE_FLOWS" --secs 900 >"$out/flows-$p.out" 2>&1 &
-        hold_pid=$!
-        started_pids+=("$hold_pid")
-        for ((i = 0; i < 8000; i++)); do
-            grep -q '^holding' "$out/flows-$p.out" && break
-            kill -0 "$hold_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        held=$(awk '$1 == "holding" { print $2 }' "$out/flows-$p.out")
-        [[ -n $held ]] || die "flows hold through $p did not report (see $out/flows-$p.out)"
-        # Settled: idle for 5 s (no more traffic after the last 200).
-        sleep 5
-        m1=$(memory_kib "$pid" "$field")
-        f1=$(open_fds "$pid")
-        shm_used=-
-        if [[ $p == kamailio ]]; then
-            kamailio_ctl=${kamailio_ctl_of[kamailio-flows]}
-            shm_used=$(($(kamcmd_value used core.shmmem) >> 10))
-        fi
-        log "  $held held ($(grep -o 'failed [0-9]*' "$out/flows-$p.out")), $field $m0 → $m1 KiB, descriptors $f0 → $f1"
-        flow_rows[$p]="$held $(awk '$1 == "established" { print $4, $6 }' "$out/flows-$p.out") $m0 $m1 $f0 $f1 $field $shm_used"
-        kill -TERM "$hold_pid" 2>/dev/null || true
-        wait "$hold_pid" 2>/dev/null || true
-        # The proxy sees the closes; let it drop the flows before the next measurement.
-        for ((i = 0; i < 100; i++)); do
-            (($(open_fds "$pid") < f0 + 100)) && break
-            sleep 0.2
+    for ft in $flow_transports; do
+        for p in $PROXIES; do
+            pid=${proxy_pid[$p-flows-$ft]}
+            field=Rss
+            [[ $p == kamailio ]] && field=Pss
+            sleep 2
+            m0=$(memory_kib "$pid" "$field")
+            f0=$(open_fds "$pid")
+            log "idle flows: $IDLE_FLOWS $ft flows held through $p ($field before: $m0 KiB)"
+            hold_flows "$p" "$ft" "$IDLE_FLOWS" 900 >"$out/flows-$p-$ft.out" 2>&1 &
+            hold_pid=$!
+            started_pids+=("$hold_pid")
+            for ((i = 0; i < 8000; i++)); do
+                grep -q '^holding' "$out/flows-$p-$ft.out" && break
+                kill -0 "$hold_pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            held=$(awk '$1 == "holding" { print $2 }' "$out/flows-$p-$ft.out")
+            [[ -n $held ]] || die "flows hold through $p did not report (see $out/flows-$p-$ft.out)"
+            # Settled: idle for 5 s (no more traffic after the last 200).
+            sleep 5
+            m1=$(memory_kib "$pid" "$field")
+            f1=$(open_fds "$pid")
+            shm_used=-
+            if [[ $p == kamailio ]]; then
+                kamailio_ctl=${kamailio_ctl_of[kamailio-flows-$ft]}
+                shm_used=$(($(kamcmd_value used core.shmmem) >> 10))
+            fi
+            log "  $held held ($(grep -o 'failed [0-9]*' "$out/flows-$p-$ft.out")), $field $m0 → $m1 KiB, descriptors $f0 → $f1"
+            flow_rows[$ft-$p]="$held $(awk '$1 == "established" { print $4, $6 }' "$out/flows-$p-$ft.out") $m0 $m1 $f0 $f1 $field $shm_used"
+            kill -TERM "$hold_pid" 2>/dev/null || true
+            wait "$hold_pid" 2>/dev/null || true
+            # The proxy sees the closes; let it drop the flows before the next measurement.
+            for ((i = 0; i < 100; i++)); do
+                (($(open_fds "$pid") < f0 + 100)) && break
+                sleep 0.2
+            done
         done
     done
 fi
@@ -689,10 +724,10 @@ fi
 if has_part handshakes; then
     for ((run = 1; run <= REPEAT; run++)); do
         for p in $PROXIES; do
-            pid=${proxy_pid[$p-flows]}
+            pid=${proxy_pid[$p-flows-tls]}
             log "handshakes: $HANDSHAKES against $p, $HS_CONCURRENCY at a time, run $run"
             c0=$(cpu_ticks "$pid")
-            res=$("$FLOWS_BIN" handshakes --to "${tls_addr[$p]}" --ca "$certs/ca.crt" --name "$tls_name" \
+            res=$("$FLOWS_BIN" handshakes --to "${flow_addr[$p-tls]}" --ca "$certs/ca.crt" --name "$tls_name" \
                 --count "$HANDSHAKES" --concurrency "$HS_CONCURRENCY" --secs 120 2>&1 | tee "$out/handshakes-$p-$run.out" | tail -n 1)
             c1=$(cpu_ticks "$pid")
             read -r _ _ ok _ failed _ secs _ rate <<<"$res"
@@ -748,19 +783,21 @@ fi
     fi
     if has_part flows; then
         echo
-        echo "## Memory per idle TLS flow"
+        echo "## Memory per idle flow"
         echo
-        echo "Each flow: TCP connect, full TLS handshake, one REGISTER whose 200 came back, then idle;"
-        echo "memory read 5 s after the last flow was set up. siplb: RSS of its process; Kamailio: PSS"
-        echo "summed over its processes (its shared memory counted once)."
+        echo "Each flow: TCP connect, full TLS handshake (over TLS), one REGISTER whose 200 came back,"
+        echo "then idle; memory read 5 s after the last flow was set up. siplb: RSS of its process;"
+        echo "Kamailio: PSS summed over its processes (its shared memory counted once)."
         echo
-        echo "| proxy | flows held | failed | set-up s | memory before KiB | memory held KiB | KiB per flow | descriptors before → held | Kamailio shm in use KiB |"
-        echo "| --- | --: | --: | --: | --: | --: | --: | --- | --: |"
-        for p in $PROXIES; do
-            [[ -n ${flow_rows[$p]:-} ]] || continue
-            read -r held failed secs m0 m1 f0 f1 field shm <<<"${flow_rows[$p]}"
-            per=$(awk -v a="$m0" -v b="$m1" -v n="$held" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / n; else print "-" }')
-            echo "| $p | $held | $failed | $secs | $m0 ($field) | $m1 | **$per** | $f0 → $f1 | $shm |"
+        echo "| transport | proxy | flows held | failed | set-up s | memory before KiB | memory held KiB | KiB per flow | descriptors before → held | Kamailio shm in use KiB |"
+        echo "| --- | --- | --: | --: | --: | --: | --: | --: | --- | --: |"
+        for ft in $flow_transports; do
+            for p in $PROXIES; do
+                [[ -n ${flow_rows[$ft-$p]:-} ]] || continue
+                read -r held failed secs m0 m1 f0 f1 field shm <<<"${flow_rows[$ft-$p]}"
+                per=$(awk -v a="$m0" -v b="$m1" -v n="$held" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / n; else print "-" }')
+                echo "| $ft | $p | $held | $failed | $secs | $m0 ($field) | $m1 | **$per** | $f0 → $f1 | $shm |"
+            done
         done
         echo
         echo "- siplb's goal: ≤ $FLOW_BUDGET_KIB KiB per idle flow"

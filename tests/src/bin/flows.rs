@@ -10,6 +10,7 @@
 //!     opens N TLS flows to ADDR, each a handshake and one REGISTER (user NNNNN@D) whose 200
 //!     came back, then idle; prints `established OK failed F seconds T`, then `holding OK`,
 //!     and keeps every flow open until S seconds after its start (or until it is stopped).
+//!     With --tcp (and no --ca, --name): the same flows over plain TCP.
 //! flows handshakes --to ADDR --ca PEM --name NAME --count N --concurrency C --secs S
 //!     N × (connect, full TLS handshake, close_notify, close), C at a time, no resumption;
 //!     prints `handshakes ok OK failed F seconds T rate R`; stops starting new ones after S.
@@ -66,7 +67,7 @@ async fn run(args: Vec<String>) -> Result<(), String> {
 
 fn usage() -> String {
     "usage: flows serve --cert PEM --key PEM --secs S [--tcp] ADDR... | \
-     flows hold --to ADDR --ca PEM --name NAME --flows N --secs S [--sources K] [--domain D] | \
+     flows hold --to ADDR (--ca PEM --name NAME | --tcp) --flows N --secs S [--sources K] [--domain D] | \
      flows handshakes --to ADDR --ca PEM --name NAME --count N --concurrency C --secs S"
         .to_string()
 }
@@ -297,13 +298,42 @@ fn ok_for(request: &[u8]) -> Option<Vec<u8>> {
 
 struct Client {
     to: SocketAddr,
-    name: ServerName<'static>,
-    connector: tokio_rustls::TlsConnector,
+    /// None: plain TCP.
+    tls: Option<(ServerName<'static>, tokio_rustls::TlsConnector)>,
     sources: u32,
+}
+
+/// One open flow, held idle.
+enum Flow {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Flow {
+    /// Closes the connection (the socket goes with the stream).
+    fn close(self) {
+        match self {
+            Flow::Tcp(tcp) => drop(tcp),
+            Flow::Tls(tls) => drop(tls),
+        }
+    }
 }
 
 impl Client {
     fn new(opts: &Opts) -> Result<Client, String> {
+        let tls = if opts.tcp {
+            None
+        } else {
+            Some(Self::tls(opts)?)
+        };
+        Ok(Client {
+            to: opts.need("to")?,
+            tls,
+            sources: opts.or("sources", 200)?.clamp(1, 250),
+        })
+    }
+
+    fn tls(opts: &Opts) -> Result<(ServerName<'static>, tokio_rustls::TlsConnector), String> {
         let ca: PathBuf = opts.need("ca")?;
         let name: String = opts.need("name")?;
         let mut roots = rustls::RootCertStore::empty();
@@ -324,12 +354,10 @@ impl Client {
         .with_no_client_auth();
         // Every connection a full handshake: what a client signing in for the first time costs.
         config.resumption = rustls::client::Resumption::disabled();
-        Ok(Client {
-            to: opts.need("to")?,
-            name: ServerName::try_from(name.clone()).map_err(|_| format!("bad --name {name}"))?,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            sources: opts.or("sources", 200)?.clamp(1, 250),
-        })
+        Ok((
+            ServerName::try_from(name.clone()).map_err(|_| format!("bad --name {name}"))?,
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+        ))
     }
 
     /// A TCP connection to the target from source address number `i`.
@@ -346,24 +374,26 @@ impl Client {
         &self,
         i: usize,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let (name, connector) = self.tls.as_ref().ok_or("TLS handshake on a TCP client")?;
         let tcp = self.connect(i).await.map_err(|e| format!("connect: {e}"))?;
-        self.connector
-            .connect(self.name.clone(), tcp)
+        connector
+            .connect(name.clone(), tcp)
             .await
             .map_err(|e| format!("handshake: {e}"))
     }
 }
 
-fn register(i: usize, local: SocketAddr, domain: &str) -> Vec<u8> {
+fn register(i: usize, local: SocketAddr, domain: &str, transport: &str) -> Vec<u8> {
+    let upper = transport.to_ascii_uppercase();
     format!(
         "REGISTER sip:{domain} SIP/2.0\r\n\
-         Via: SIP/2.0/TLS {local};branch=z9hG4bK-flows-{i};rport\r\n\
+         Via: SIP/2.0/{upper} {local};branch=z9hG4bK-flows-{i};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:user{i:05}@{domain}>;tag=flows{i}\r\n\
          To: <sip:user{i:05}@{domain}>\r\n\
          Call-ID: flows-{i}@{local}\r\n\
          CSeq: 1 REGISTER\r\n\
-         Contact: <sip:user{i:05}@{local};transport=tls>\r\n\
+         Contact: <sip:user{i:05}@{local};transport={transport}>\r\n\
          Expires: 3600\r\n\
          User-Agent: siplb-bench-flows\r\n\
          Content-Length: 0\r\n\r\n"
@@ -371,26 +401,40 @@ fn register(i: usize, local: SocketAddr, domain: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One flow: handshake, REGISTER, its 200; the open stream is returned to be held.
-async fn open_flow(
-    client: &Client,
-    i: usize,
-    domain: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+/// One flow: connect (and handshake), REGISTER, its 200; the open stream is returned to be held.
+async fn open_flow(client: &Client, i: usize, domain: &str) -> Result<Flow, String> {
+    if client.tls.is_none() {
+        let mut tcp = client
+            .connect(i)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        sign_in(&mut tcp, &register(i, local, domain, "tcp")).await?;
+        return Ok(Flow::Tcp(tcp));
+    }
     let mut tls = client.handshake(i).await?;
     let local = tls.get_ref().0.local_addr().map_err(|e| e.to_string())?;
-    tls.write_all(&register(i, local, domain))
+    sign_in(&mut tls, &register(i, local, domain, "tls")).await?;
+    Ok(Flow::Tls(Box::new(tls)))
+}
+
+/// Sends a REGISTER and waits for its 200.
+async fn sign_in<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    request: &[u8],
+) -> Result<(), String> {
+    io.write_all(request)
         .await
         .map_err(|e| format!("send: {e}"))?;
     let mut buf = Vec::new();
-    let answer = read_message(&mut tls, &mut buf)
+    let answer = read_message(io, &mut buf)
         .await
         .ok_or("no answer to REGISTER")?;
     if !answer.starts_with(b"SIP/2.0 200 ") {
         let line = answer.split(|b| *b == b'\r').next().unwrap_or_default();
         return Err(format!("answer {}", String::from_utf8_lossy(line)));
     }
-    Ok(tls)
+    Ok(())
 }
 
 async fn hold(opts: &Opts) -> Result<(), String> {
@@ -412,7 +456,7 @@ async fn hold(opts: &Opts) -> Result<(), String> {
             let _permit = gate.acquire_owned().await.ok()?;
             let why =
                 match tokio::time::timeout(SETUP_TIMEOUT, open_flow(&client, i, &domain)).await {
-                    Ok(Ok(tls)) => return Some(tls),
+                    Ok(Ok(flow)) => return Some(flow),
                     Ok(Err(e)) => e,
                     Err(_) => "setup timed out".to_string(),
                 };
@@ -426,8 +470,8 @@ async fn hold(opts: &Opts) -> Result<(), String> {
     let mut held = Vec::with_capacity(flows);
     for t in tasks {
         let left = end.saturating_duration_since(Instant::now());
-        if let Ok(Ok(Some(tls))) = tokio::time::timeout(left, t).await {
-            held.push(tls);
+        if let Ok(Ok(Some(flow))) = tokio::time::timeout(left, t).await {
+            held.push(flow);
         }
     }
     println!(
@@ -443,7 +487,9 @@ async fn hold(opts: &Opts) -> Result<(), String> {
     }
     println!("holding {}", held.len());
     tokio::time::sleep_until(end.into()).await;
-    drop(held);
+    for flow in held {
+        flow.close();
+    }
     Ok(())
 }
 
