@@ -11,6 +11,7 @@
 //! servers and pairs, [`routes`] checks routes against the pools, [`toml_error`] turns serde's
 //! errors into ours, and [`summary`] prints a validated config for humans.
 
+mod connections;
 mod pools;
 mod routes;
 mod summary;
@@ -156,6 +157,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     };
     let routing = routing(ctx, raw.routing.as_ref());
     let log = log(ctx, raw.log.as_ref());
+    let connections = connections::connections(ctx, raw.connections.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
     pools::check_families(ctx, &raw.pool, &listen.udp);
     let routes = routes::routes(ctx, &raw.route, &pools);
@@ -166,6 +168,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         health,
         routing,
         log,
+        connections,
         pools,
         routes,
     }

@@ -2,6 +2,7 @@
 //! shipped `config.toml`, and (in [`shape`], [`references`], [`structure`]) one test per kind of
 //! mistake, each checking the line, the key and that the message says what is accepted.
 
+mod connections;
 mod references;
 mod shape;
 mod structure;
@@ -199,6 +200,7 @@ fn full_config_becomes_the_expected_config() {
             level: "siplb=debug,info".into(),
             format: LogFormat::Json,
         },
+        connections: Connections::default(),
         pools: vec![
             PoolConfig {
                 name: "fe-dc1".into(),
