@@ -51,6 +51,7 @@ pub mod request;
 pub mod sip;
 pub mod sipp;
 pub mod testbed;
+pub mod tls;
 pub mod torture;
 
 pub use backend::{response_to, Backend, Behaviour, Datagram, ProbeAnswer};
