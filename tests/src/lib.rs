@@ -50,6 +50,7 @@ pub mod reload;
 pub mod request;
 pub mod sip;
 pub mod sipp;
+pub mod stream;
 pub mod testbed;
 pub mod tls;
 pub mod torture;
