@@ -50,7 +50,9 @@ pub mod reload;
 pub mod request;
 pub mod sip;
 pub mod sipp;
+pub mod stream;
 pub mod testbed;
+pub mod tls;
 pub mod torture;
 
 pub use backend::{response_to, Backend, Behaviour, Datagram, ProbeAnswer};
