@@ -392,6 +392,16 @@ impl RoutingTable {
         &prefix[head..prefix.len() - tail]
     }
 
+    /// The server whose id is `name` (any case).
+    pub(crate) fn server_named(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.pools.iter().enumerate().find_map(|(p, pool)| {
+            pool.servers
+                .iter()
+                .position(|s| s.id.as_bytes().eq_ignore_ascii_case(name))
+                .map(|s| (p, s))
+        })
+    }
+
     /// The pool of a configured server at this IP address, whatever the port (a server opens
     /// connections from ports of its own).
     pub(crate) fn pool_at_ip(&self, ip: IpAddr) -> Option<usize> {

@@ -360,14 +360,15 @@ impl Worker {
                 }
             }
             if let Some(hop) = hop {
-                let server = route_hop(buf, hop)
-                    .and_then(|u| {
-                        Some(SocketAddr::new(
-                            parse_ip(u.host.of(buf))?,
-                            u.port.unwrap_or(5060),
-                        ))
-                    })
-                    .and_then(|a| table.server_at(a));
+                // A server by address, or by its id: a Lync Front End record-routes with its
+                // FQDN, which an operator gives as the server's id.
+                let server = route_hop(buf, hop).and_then(|u| {
+                    let host = u.host.of(buf);
+                    match parse_ip(host) {
+                        Some(ip) => table.server_at(SocketAddr::new(ip, u.port.unwrap_or(5060))),
+                        None => table.server_named(host),
+                    }
+                });
                 match server {
                     Some(hop) => next_hop = Some(hop),
                     None => return Err(Refusal::ForeignRoute),
