@@ -47,6 +47,10 @@ pub const QUIET_FOR: Duration = Duration::from_millis(400);
 /// How long a TCP connect and TLS handshake may take.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
+/// How long one write may wait for the other side to read: a peer that stops reading must not
+/// hang a test.
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
+
 /// The runtime every stream peer of this process runs on.
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -130,11 +134,17 @@ impl AsyncWrite for Stream {
 /// The write side of a connection, shared by its reader (answers, pongs) and the test.
 type Writer = Arc<tokio::sync::Mutex<WriteHalf<Stream>>>;
 
-/// Writes `bytes` and flushes them (TLS records leave only on flush).
+/// Writes `bytes` and flushes them (TLS records leave only on flush); `TimedOut` when the
+/// other side has not taken them within [`WRITE_WITHIN`].
 async fn write_all(writer: &Writer, bytes: &[u8]) -> io::Result<()> {
-    let mut w = writer.lock().await;
-    w.write_all(bytes).await?;
-    w.flush().await
+    let write = async {
+        let mut w = writer.lock().await;
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(WRITE_WITHIN, write)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the other side stopped reading"))?
 }
 
 /// What the byte stream carried next.
@@ -547,8 +557,8 @@ impl StreamBackend {
     }
 
     /// A request of this server's own to `to_aor` (request-URI `sip:to_aor`): this backend's
-    /// Via (its transport and address), From the server, a fresh Call-ID, `Event: presence`
-    /// for NOTIFY, BENOTIFY and SUBSCRIBE.
+    /// Via (its transport and address), From the server, a fresh Call-ID, a Contact naming this
+    /// backend, `Event: presence` for NOTIFY, BENOTIFY and SUBSCRIBE.
     pub fn request(&self, method: &str, to_aor: &str) -> Request {
         let mut req = Request::new(
             method,
@@ -563,6 +573,15 @@ impl StreamBackend {
                 self.transport(),
                 self.addr,
                 unique("z9hG4bK")
+            ),
+        )
+        .with(
+            "Contact",
+            &format!(
+                "<sip:{}@{};transport={}>",
+                self.id,
+                self.addr,
+                self.transport().to_ascii_lowercase()
             ),
         );
         if matches!(method, "NOTIFY" | "BENOTIFY" | "SUBSCRIBE") {
@@ -654,8 +673,13 @@ async fn accept_loop(listener: TcpListener, listen: Listen, shared: Arc<BackendS
         Listen::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
     };
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors, or a connection reset before it was accepted: back off.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let shared2 = Arc::clone(&shared);
         let acceptor = acceptor.clone();
@@ -883,6 +907,19 @@ impl StreamClient {
         let rest = via.split_once(' ').map_or("", |(_, rest)| rest);
         let via = format!("SIP/2.0/{} {rest}", self.transport());
         req.set("Via", &via)
+    }
+
+    /// A `method` request of `aor` to itself (From and To `aor`, request-URI `sip:aor`),
+    /// prepared for this connection (not sent); SUBSCRIBE gets `Event: presence` and a Contact.
+    pub fn request(&self, method: &str, aor: &str) -> Request {
+        let mut req = Request::new(method, &format!("sip:{aor}"), aor, aor);
+        if method == "SUBSCRIBE" {
+            req = req.with("Event", "presence").with(
+                "Contact",
+                &format!("<sip:{}>", crate::request::CLIENT_SENT_BY),
+            );
+        }
+        self.prepare(req)
     }
 
     /// A REGISTER of `aor` prepared for this connection (not sent).

@@ -285,3 +285,22 @@ fn a_tls_client_checks_the_server_name() {
         .contains("PRIVATE KEY"));
     assert!(pki.ca_path.starts_with(pki.dir()));
 }
+
+#[test]
+fn a_client_subscribes_for_its_user_over_its_transport() {
+    let backend = StreamBackend::start("fe1", Listen::Tcp);
+    let client = StreamClient::connect(backend.addr(), Dial::Tcp);
+    let sub = client.request("SUBSCRIBE", "alice@contoso.com");
+    assert_eq!(client.transact(&sub).status(), Some(200));
+    let got = backend.wait_request(&sub.call_id(), ANSWER_WITHIN).msg();
+    assert_eq!(got.method(), Some("SUBSCRIBE"));
+    assert_eq!(got.header("event"), Some("presence"));
+    assert_eq!(got.from_aor(), got.to_aor());
+    assert!(got.vias()[0].starts_with("SIP/2.0/TCP "));
+    let notify = backend.request("NOTIFY", "alice@contoso.com");
+    let contact = notify.get("contact").unwrap();
+    assert_eq!(
+        contact,
+        format!("<sip:fe1@{};transport=tcp>", backend.addr())
+    );
+}
