@@ -384,6 +384,32 @@ impl RoutingTable {
     }
 
     /// The first route that matches, if any.
+    /// The `host:port` siplb's Via names for a hop of this transport to `to`.
+    pub(crate) fn sent_by(&self, to: SocketAddr, transport: Transport) -> &[u8] {
+        let prefix = self.via_prefix(to, transport);
+        let head = b"Via: SIP/2.0/UDP ".len();
+        let tail = b";branch=".len() + branch::PREFIX.len();
+        &prefix[head..prefix.len() - tail]
+    }
+
+    /// The server whose id is `name` (any case).
+    pub(crate) fn server_named(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.pools.iter().enumerate().find_map(|(p, pool)| {
+            pool.servers
+                .iter()
+                .position(|s| s.id.as_bytes().eq_ignore_ascii_case(name))
+                .map(|s| (p, s))
+        })
+    }
+
+    /// The pool of a configured server at this IP address, whatever the port (a server opens
+    /// connections from ports of its own).
+    pub(crate) fn pool_at_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.pools
+            .iter()
+            .position(|p| p.servers.iter().any(|s| s.address.ip() == ip))
+    }
+
     pub(crate) fn match_route(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> Option<usize> {
         self.routes.iter().position(|r| r.matches(method, ruri))
     }

@@ -370,7 +370,8 @@ impl Worker {
         if let Some(route) = msg.route {
             let (first, comma) = via::first_value(buf, route.value);
             let mut hop = Some(first);
-            if route_hop(buf, first).is_some_and(|u| table.is_us(u.host.of(buf), u.port)) {
+            let ours = route_hop(buf, first).filter(|u| table.is_us(u.host.of(buf), u.port));
+            if let Some(ours) = ours {
                 hop = match comma {
                     Some(c) => {
                         let next = via::after_comma(buf, c, route.value.end);
@@ -382,16 +383,29 @@ impl Worker {
                         msg.route2.map(|r| via::first_value(buf, r.value).0)
                     }
                 };
+                // Our Route naming one of our flows (a Path or Record-Route siplb wrote): the
+                // request goes down that flow, whatever Route remains.
+                if let Some(user) = ours.user.map(|u| u.of(buf)) {
+                    match flow_token::read(&table.branch_key, user) {
+                        Some((conn, transport)) => {
+                            return self.by_token(table, req, edits, max_forwards, conn, transport)
+                        }
+                        // A token siplb did not make (RFC 5626 §5.3: 403).
+                        None if flow_token::looks_like(user) => return Err(Refusal::ForeignRoute),
+                        None => {}
+                    }
+                }
             }
             if let Some(hop) = hop {
-                let server = route_hop(buf, hop)
-                    .and_then(|u| {
-                        Some(SocketAddr::new(
-                            parse_ip(u.host.of(buf))?,
-                            u.port.unwrap_or(5060),
-                        ))
-                    })
-                    .and_then(|a| table.server_at(a));
+                // A server by address, or by its id: a Lync Front End record-routes with its
+                // FQDN, which an operator gives as the server's id.
+                let server = route_hop(buf, hop).and_then(|u| {
+                    let host = u.host.of(buf);
+                    match parse_ip(host) {
+                        Some(ip) => table.server_at(SocketAddr::new(ip, u.port.unwrap_or(5060))),
+                        None => table.server_named(host),
+                    }
+                });
                 match server {
                     Some(hop) => next_hop = Some(hop),
                     None => return Err(Refusal::ForeignRoute),
@@ -421,6 +435,7 @@ impl Worker {
         // down (none for a datagram).
         self.scratch.clear();
         self.push_via(table, req, &mut edits, dest, transport);
+        self.push_flow_route(table, req, &mut edits);
         self.push_max_forwards(msg, max_forwards, &mut edits);
         edits.apply(buf, msg.end(), &self.scratch, &mut self.out);
         let count = Some(Count::Request {
@@ -481,6 +496,76 @@ impl Worker {
                 method: stats::method_index(req.method),
             }),
         })
+    }
+
+    /// A request whose top Route is a flow token of siplb's: down that flow. Only a configured
+    /// server (by IP: a server connects from ports of its own) may send one.
+    fn by_token(
+        &mut self,
+        table: &RoutingTable,
+        req: &Request<'_>,
+        mut edits: Edits,
+        max_forwards: Option<u64>,
+        conn: ConnId,
+        transport: Transport,
+    ) -> Result<Outcome, Refusal> {
+        let pool = table
+            .pool_at_ip(req.src.ip())
+            .ok_or(Refusal::ForeignRoute)?;
+        self.scratch.clear();
+        // The flow's peer is not known here: the branch is keyed to no address, and a
+        // response on a connection is verified against that too.
+        self.push_via(table, req, &mut edits, UNADDRESSED, transport);
+        self.push_max_forwards(req.msg, max_forwards, &mut edits);
+        edits.apply(req.buf, req.msg.end(), &self.scratch, &mut self.out);
+        Ok(Outcome {
+            action: Action::ToConn(conn),
+            passive: None,
+            count: Some(Count::Request {
+                pool,
+                method: stats::method_index(req.method),
+            }),
+        })
+    }
+
+    /// On a request from a client flow, the URI that brings a server's later requests back
+    /// down that flow: a `Path` on a REGISTER whose sender supports it (RFC 3327 §5.2, which
+    /// has proxies add Path only then), a `Record-Route` on a dialog-forming request from an
+    /// RFC 5626 client (its Contact has `ob`), as RFC 5626 §5.3 asks of an edge proxy. Lync
+    /// clients ask for neither: a Front End sends to them down the backend connection, which
+    /// siplb ties to the client's flow.
+    fn push_flow_route(&mut self, table: &RoutingTable, req: &Request<'_>, edits: &mut Edits) {
+        let (buf, msg) = (req.buf, req.msg);
+        let (Some(conn), None) = (req.at.conn, req.at.client) else {
+            return;
+        };
+        if req.at.transport == Transport::Udp {
+            return;
+        }
+        let header: &[u8] = if req.method == b"REGISTER" {
+            if !msg.supports_path {
+                return;
+            }
+            b"Path: <sip:"
+        } else if matches!(req.method, b"INVITE" | b"SUBSCRIBE" | b"REFER")
+            && msg.contact.is_some_and(|c| has_ob(c.value.of(buf)))
+        {
+            b"Record-Route: <sip:"
+        } else {
+            return;
+        };
+        let start = self.scratch.len();
+        self.scratch.extend_from_slice(header);
+        flow_token::write(&mut self.scratch, &table.branch_key, conn, req.at.transport);
+        self.scratch.push(b'@');
+        self.scratch
+            .extend_from_slice(table.sent_by(req.src, req.at.transport));
+        self.scratch.extend_from_slice(match req.at.transport {
+            Transport::Tls => b";transport=tls;lr>\r\n",
+            _ => b";transport=tcp;lr>\r\n",
+        });
+        let line = Span::new(start, self.scratch.len());
+        edits.push(msg.headers_start, 0, Insert::Scratch(line));
     }
 
     /// Puts siplb's Via on top (its transport token is the hop's, its keyed branch names the
@@ -668,12 +753,16 @@ impl Worker {
         let Some(conn) = top.branch.and_then(|b| branch::conn_of(b.of(buf))) else {
             return Outcome::drop(DropReason::NotOurs);
         };
-        let expected =
-            branch::hash_flow(&table.branch_key, &transaction(buf, msg, &next), src, conn);
-        if !top
-            .branch
-            .is_some_and(|b| branch::verifies(b.of(buf), expected, conn))
-        {
+        let tx = transaction(buf, msg, &next);
+        let verifies = |hop: SocketAddr| {
+            let expected = branch::hash_flow(&table.branch_key, &tx, hop, conn);
+            top.branch
+                .is_some_and(|b| branch::verifies(b.of(buf), expected, conn))
+        };
+        // On a connection, the request may have been sent down it by a flow token, keyed to
+        // no address.
+        let on_conn_unaddressed = || at.conn.is_some() && verifies(UNADDRESSED);
+        if !verifies(src) && !on_conn_unaddressed() {
             return Outcome::drop(DropReason::NotOurs);
         }
         let passive = (code == 503 && from_server).then_some((src, Failure::Passive503));
@@ -779,6 +868,28 @@ fn via_return_address(buf: &[u8], v: &via::ViaParm) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The address a branch is keyed to when the hop's address is not known (a request sent down
+/// a flow named by a flow token).
+const UNADDRESSED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Whether a Contact value's URI carries the `ob` parameter (RFC 5626 §4.2.1).
+fn has_ob(contact: &[u8]) -> bool {
+    let uri = match memchr_byte(b'<', contact) {
+        Some(open) => {
+            let rest = &contact[open + 1..];
+            &rest[..memchr_byte(b'>', rest).unwrap_or(rest.len())]
+        }
+        None => contact,
+    };
+    uri.split(|&c| c == b';')
+        .skip(1)
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"ob"))
+}
+
+fn memchr_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&c| c == needle)
+}
+
 /// Whether the URI at `span` has this scheme (any case).
 fn scheme_is(buf: &[u8], span: Span, scheme: &[u8]) -> bool {
     let uri = span.of(buf);
@@ -793,6 +904,7 @@ fn route_hop(buf: &[u8], value: Span) -> Option<uri::Uri> {
 }
 
 pub(crate) mod explain;
+mod flow_token;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

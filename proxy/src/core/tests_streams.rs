@@ -255,3 +255,104 @@ fn answers_on_a_connection_are_replies_down_it() {
     assert!(matches!(o.action, Action::Reply(_)), "{o:?}");
     assert!(out.starts_with("SIP/2.0 404"), "{out}");
 }
+
+fn token_of(out: &str, header: &str) -> String {
+    let line = out
+        .split("\r\n")
+        .find(|l| l.starts_with(header))
+        .unwrap_or_else(|| panic!("no {header} in {out}"));
+    line[line.find("<sip:").unwrap() + 5..line.find('@').unwrap()].to_string()
+}
+
+#[test]
+fn a_path_on_a_register_that_supports_it_brings_the_servers_requests_down_the_flow() {
+    let t = table();
+    let plain = register("u.example", "TLS");
+    // Without `Supported: path` nothing is added (RFC 3327 §5.2): Lync clients.
+    let (_, out) = run(&t, &plain, flow(0x11, Transport::Tls));
+    assert!(!out.contains("Path:"), "{out}");
+    let with_path = plain.replacen(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nSupported: gruu, path\r\n",
+        1,
+    );
+    let (o, out) = run(&t, &with_path, flow(0x11, Transport::Tls));
+    assert_eq!(o.action, Action::Forward("127.0.0.1:5071".parse().unwrap()));
+    let path = out
+        .split("\r\n")
+        .find(|l| l.starts_with("Path:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        path.ends_with("@127.0.0.1:5061;transport=tls;lr>"),
+        "{path}"
+    );
+    let token = token_of(&out, "Path:");
+
+    // The registrar's later request routes through that Path: down flow 0x11.
+    let server: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+    let notify = format!(
+        "NOTIFY sip:alice@10.1.1.1:50123;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bK-n2\r\n\
+Route: <sip:{token}@127.0.0.1:5061;transport=tls;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@u.example>;tag=s1\r\n\
+To: <sip:alice@u.example>;tag=c1\r\n\
+Call-ID: sub-2\r\n\
+CSeq: 4 NOTIFY\r\n\
+Content-Length: 0\r\n\r\n"
+    );
+    let (o, out) = run(&t, &notify, Arrival::udp(server));
+    assert_eq!(o.action, Action::ToConn(0x11));
+    assert!(!out.contains("Route:"), "our Route is removed: {out}");
+    assert!(
+        out.contains("Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK-lb"),
+        "{out}"
+    );
+    // The client's answer on the flow goes back to the server over UDP.
+    let (back, _) = run(&t, &as_response(&out), flow(0x11, Transport::Tls));
+    assert_eq!(back.action, Action::Forward(server));
+
+    // Someone else's token, or one altered, is refused; so is a token from a non-server.
+    let altered = notify.replacen(&token, &token.replacen("lbf-11-", "lbf-12-", 1), 1);
+    let (o, out) = run(&t, &altered, Arrival::udp(server));
+    assert!(
+        matches!(o.action, Action::Reply(_)) && out.starts_with("SIP/2.0 403"),
+        "{out}"
+    );
+    let (o, out) = run(
+        &t,
+        &notify,
+        Arrival::udp("192.0.2.99:5060".parse().unwrap()),
+    );
+    assert!(
+        matches!(o.action, Action::Reply(_)) && out.starts_with("SIP/2.0 403"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_dialog_from_an_outbound_client_is_record_routed_with_its_flow() {
+    let t = table();
+    let invite = "INVITE sip:bob@t.example SIP/2.0\r\n\
+Via: SIP/2.0/TCP 10.1.1.1:50123;branch=z9hG4bK-i1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@t.example>;tag=a\r\n\
+To: <sip:bob@t.example>\r\n\
+Call-ID: call-ob\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@10.1.1.1:50123;transport=tcp;ob>\r\n\
+Content-Length: 0\r\n\r\n";
+    let (o, out) = run(&t, invite, flow(0x30, Transport::Tcp));
+    assert!(matches!(o.action, Action::ToServer { .. }));
+    let rr = out
+        .split("\r\n")
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap();
+    assert!(rr.starts_with("Record-Route: <sip:lbf-30-tcp-"), "{rr}");
+    assert!(rr.ends_with("@127.0.0.1:5060;transport=tcp;lr>"), "{rr}");
+    // Without `ob` (a Lync client), no Record-Route: the backend connection is the way back.
+    let plain = invite.replacen(";ob>", ">", 1);
+    let (_, out) = run(&t, &plain, flow(0x30, Transport::Tcp));
+    assert!(!out.contains("Record-Route"), "{out}");
+}

@@ -199,6 +199,15 @@ pub(crate) fn hex(hash: u64) -> [u8; 16] {
     out
 }
 
+/// The keyed tag that makes a flow token (RFC 5626 §5.2) unforgeable: siplb honours a Route
+/// naming one of its flows only when the tag matches the connection and its transport.
+pub(crate) fn flow_mac(key: &BranchKey, conn: u64, transport: &[u8]) -> u64 {
+    let mut h = SipHasher::<1, 3>::new(key.k0 ^ 0x666c_6f77, key.k1);
+    h.write(&conn.to_le_bytes());
+    h.write(transport);
+    h.finish()
+}
+
 /// Writes siplb's branch after [`PREFIX`]: the 16 hex digits of `hash`, then `.` and the
 /// connection in hex when there is one (`z9hG4bK-lb0123456789abcdef.1f`).
 pub(crate) fn write(out: &mut Vec<u8>, hash: u64, conn: Option<u64>) {

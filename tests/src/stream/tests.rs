@@ -1,6 +1,10 @@
 //! The stream peers against each other, without siplb, so the e2e suites can trust them.
 
+use std::io;
+use std::net::IpAddr;
+
 use super::*;
+use crate::request::Request;
 use crate::tls::Pki;
 
 fn crlf_pieces(stream: &[u8], chunk: usize) -> Vec<Piece> {
@@ -284,4 +288,47 @@ fn a_tls_client_checks_the_server_name() {
         .unwrap()
         .contains("PRIVATE KEY"));
     assert!(pki.ca_path.starts_with(pki.dir()));
+}
+
+#[test]
+fn a_client_subscribes_for_its_user_over_its_transport() {
+    let backend = StreamBackend::start("fe1", Listen::Tcp);
+    let client = StreamClient::connect(backend.addr(), Dial::Tcp);
+    let sub = client.request("SUBSCRIBE", "alice@contoso.com");
+    assert_eq!(client.transact(&sub).status(), Some(200));
+    let got = backend.wait_request(&sub.call_id(), ANSWER_WITHIN).msg();
+    assert_eq!(got.method(), Some("SUBSCRIBE"));
+    assert_eq!(got.header("event"), Some("presence"));
+    assert_eq!(got.from_aor(), got.to_aor());
+    assert!(got.vias()[0].starts_with("SIP/2.0/TCP "));
+    let notify = backend.request("NOTIFY", "alice@contoso.com");
+    let contact = notify.get("contact").unwrap();
+    assert_eq!(
+        contact,
+        format!("<sip:fe1@{};transport=tcp>", backend.addr())
+    );
+}
+
+#[test]
+fn a_registrar_echoes_path_and_a_uas_record_route() {
+    let backend = StreamBackend::start("fe1", Listen::Tcp);
+    let client = StreamClient::connect(backend.addr(), Dial::Tcp);
+    let path = "<sip:lbf-1-tcp-ab@127.0.0.1:5060;transport=tcp;lr>";
+    let reg = client
+        .register_request("alice@contoso.com")
+        .with("Path", path);
+    assert_eq!(client.transact(&reg).header("path"), Some(path));
+    let got = backend
+        .register_of("alice@contoso.com", ANSWER_WITHIN)
+        .msg();
+    assert_eq!(got.header("path"), Some(path));
+
+    let rr = "<sip:127.0.0.1:5060;transport=tcp;lr>";
+    let invite = client.prepare(Request::invite("alice@contoso.com", "bob@contoso.com"));
+    let ok = client.transact(&invite.with("Record-Route", rr));
+    assert_eq!(ok.header("record-route"), Some(rr));
+    let message = client
+        .request("MESSAGE", "alice@contoso.com")
+        .with("Record-Route", rr);
+    assert_eq!(client.transact(&message).header("record-route"), None);
 }
