@@ -16,6 +16,7 @@ use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
 use crate::stream::{StreamBinding, StreamListener, StreamStatus, Streams};
 use crate::table::{ConfigHealth, Local, RoutingTable};
+use crate::tls::server::{self as tls_server, ListenerTls};
 use crate::token::Token;
 use crate::udp::{self, Senders};
 
@@ -64,12 +65,30 @@ pub(crate) struct Listeners {
 /// `[listen] tls` one.
 fn stream_addresses(cfg: &Config) -> Vec<(SocketAddr, Transport)> {
     let tcp = cfg.listen.tcp.iter().map(|&a| (a, Transport::Tcp));
-    tcp.collect()
+    let tls = cfg.listen.tls.iter().map(|t| (t.address, Transport::Tls));
+    tcp.chain(tls).collect()
 }
 
-fn bind_stream(addr: SocketAddr, transport: Transport) -> anyhow::Result<StreamBinding> {
-    StreamBinding::bind(addr, transport)
-        .with_context(|| format!("cannot bind {} {addr}", transport.as_str()))
+/// Binds one stream listener of `cfg`; a TLS one loads its certificate first.
+fn bind_stream(
+    cfg: &Config,
+    addr: SocketAddr,
+    transport: Transport,
+) -> anyhow::Result<StreamBinding> {
+    let binding = match transport {
+        Transport::Tls => {
+            let entry = cfg
+                .listen
+                .tls
+                .iter()
+                .find(|t| t.address == addr)
+                .with_context(|| format!("no [listen] tls entry for {addr}"))?;
+            let tls = ListenerTls::load(entry)?;
+            StreamBinding::tls(addr, tls)
+        }
+        _ => StreamBinding::tcp(addr),
+    };
+    binding.with_context(|| format!("cannot bind {} {addr}", transport.as_str()))
 }
 
 impl Listeners {
@@ -84,7 +103,7 @@ impl Listeners {
             .collect::<anyhow::Result<_>>()?;
         let streams = stream_addresses(cfg)
             .into_iter()
-            .map(|(addr, transport)| bind_stream(addr, transport))
+            .map(|(addr, transport)| bind_stream(cfg, addr, transport))
             .collect::<anyhow::Result<_>>()?;
         let listeners = Listeners { udp, streams };
         if listeners.local().first().is_none() {
@@ -167,12 +186,6 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn warn_unserved(cfg: &Config) {
-    for tls in &cfg.listen.tls {
-        tracing::warn!(addr = %tls.address, "[listen] tls is not served by this release yet; ignored");
-    }
-}
-
 /// Serves one bound address: a worker task per socket. The one place workers are spawned, at
 /// start and on reload alike.
 fn serve(
@@ -216,7 +229,6 @@ impl Proxy {
         probe: bool,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Arc<Proxy>> {
-        warn_unserved(&cfg);
         let bound = listeners.local();
         let Some(first) = bound.first() else {
             anyhow::bail!("{}: no listener bound", cfg.path.display());
@@ -414,7 +426,22 @@ impl Proxy {
         if cfg.ops.listen != running.ops.listen {
             tracing::warn!("[ops] listen changes take effect at the next start; the ops endpoint stays where it is");
         }
-        warn_unserved(&cfg);
+        // The certificates of TLS listeners that stay: all renewed, or none (and no reload).
+        {
+            let listeners = self
+                .stream_listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let kept = |addr: SocketAddr| {
+                listeners
+                    .iter()
+                    .find(|l| l.configured == addr && l.transport == Transport::Tls)
+                    .and_then(|l| l.tls.clone())
+            };
+            for addr in tls_server::reload_all(&cfg, kept)? {
+                tracing::info!(%addr, "TLS listener serves a renewed certificate");
+            }
+        }
         self.rebind_streams(&cfg).map_err(|e| {
             vec![ConfigError::new(
                 &cfg.path,
@@ -522,7 +549,7 @@ impl Proxy {
                 .any(|l| l.configured == addr && l.transport == transport);
             if !kept {
                 // A bind failure returns here: nothing has changed yet.
-                fresh.push(bind_stream(addr, transport)?);
+                fresh.push(bind_stream(cfg, addr, transport)?);
             }
         }
         let mut old: Vec<StreamListener> = std::mem::take(&mut *listeners);

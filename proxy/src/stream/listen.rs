@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::config::{Connections, Transport};
+use crate::tls::server::ListenerTls;
 
 use super::stats::{ListenerStats, Refusal};
 use super::Streams;
@@ -28,11 +29,26 @@ pub(crate) struct StreamBinding {
     pub(crate) bound: SocketAddr,
     pub(crate) transport: Transport,
     listener: std::net::TcpListener,
+    /// The certificate a TLS listener serves.
+    tls: Option<ListenerTls>,
 }
 
 impl StreamBinding {
-    /// Binds `addr` for `transport` (TCP, or TLS over TCP).
-    pub(crate) fn bind(addr: SocketAddr, transport: Transport) -> io::Result<StreamBinding> {
+    /// Binds `addr` for plain TCP.
+    pub(crate) fn tcp(addr: SocketAddr) -> io::Result<StreamBinding> {
+        Self::bind(addr, Transport::Tcp, None)
+    }
+
+    /// Binds `addr` for TLS, serving `tls`'s certificate.
+    pub(crate) fn tls(addr: SocketAddr, tls: ListenerTls) -> io::Result<StreamBinding> {
+        Self::bind(addr, Transport::Tls, Some(tls))
+    }
+
+    fn bind(
+        addr: SocketAddr,
+        transport: Transport,
+        tls: Option<ListenerTls>,
+    ) -> io::Result<StreamBinding> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         if addr.is_ipv6() {
@@ -48,6 +64,7 @@ impl StreamBinding {
             bound,
             transport,
             listener,
+            tls,
         })
     }
 }
@@ -57,6 +74,8 @@ pub(crate) struct StreamListener {
     pub(crate) configured: SocketAddr,
     pub(crate) bound: SocketAddr,
     pub(crate) transport: Transport,
+    /// The certificate a TLS listener serves (reloaded in place).
+    pub(crate) tls: Option<ListenerTls>,
     task: JoinHandle<()>,
     /// Keeps the listener's counts (and `/status` line) alive while it is served.
     _stats: Arc<ListenerStats>,
@@ -98,13 +117,14 @@ impl Streams {
         self.inner.stats.listener(&stats);
         let task = tokio::spawn(self.clone().accept_loop(
             listener,
-            binding.transport,
+            binding.tls.clone(),
             stats.clone(),
         ));
         Ok(StreamListener {
             configured: binding.configured,
             bound: binding.bound,
             transport: binding.transport,
+            tls: binding.tls,
             task,
             _stats: stats,
         })
@@ -113,7 +133,7 @@ impl Streams {
     async fn accept_loop(
         self,
         listener: TcpListener,
-        transport: Transport,
+        tls: Option<ListenerTls>,
         stats: Arc<ListenerStats>,
     ) {
         loop {
@@ -133,9 +153,12 @@ impl Streams {
             let _ = tcp.set_nodelay(true);
             let streams = self.clone();
             let stats = stats.clone();
+            // Each connection gets the acceptor of the moment: a renewed certificate is
+            // served to the next handshake.
+            let acceptor = tls.as_ref().map(ListenerTls::acceptor);
             tokio::spawn(async move {
                 streams
-                    .serve_accepted(tcp, peer, transport, stats, limits)
+                    .serve_accepted(tcp, peer, acceptor, stats, limits)
                     .await;
                 drop(slot);
             });
@@ -183,38 +206,38 @@ impl Streams {
         })
     }
 
-    /// Completes the TLS handshake of a TLS listener's connection, then serves the flow.
+    /// Completes the TLS handshake of a TLS listener's connection (`acceptor`), then serves
+    /// the flow.
     async fn serve_accepted(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-        transport: Transport,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
         stats: Arc<ListenerStats>,
         limits: Arc<Connections>,
     ) {
-        match transport {
-            Transport::Tls => {
-                let handshake = tokio::time::timeout(
-                    limits.handshake_timeout,
-                    self.tls_accept(tcp, stats.bound),
-                )
+        let Some(acceptor) = acceptor else {
+            return self
+                .serve_client(tcp, peer, Transport::Tcp, stats, limits)
                 .await;
-                match handshake {
-                    Ok(Ok(tls)) => self.serve_client(tls, peer, transport, stats, limits).await,
-                    Ok(Err(e)) => {
-                        stats.refused(Refusal::HandshakeFailed);
-                        tracing::info!(%peer, listener = %stats.label, error = %e,
-                            "TLS handshake failed; connection closed");
-                    }
-                    Err(_) => {
-                        stats.refused(Refusal::HandshakeTimeout);
-                        tracing::info!(%peer, listener = %stats.label,
-                            timeout = ?limits.handshake_timeout,
-                            "TLS handshake not complete within handshake_timeout; connection closed");
-                    }
-                }
+        };
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+        match handshake {
+            Ok(Ok(tls)) => {
+                self.serve_client(tls, peer, Transport::Tls, stats, limits)
+                    .await
             }
-            _ => self.serve_client(tcp, peer, transport, stats, limits).await,
+            Ok(Err(e)) => {
+                stats.refused(Refusal::HandshakeFailed);
+                tracing::info!(%peer, listener = %stats.label, error = %e,
+                    "TLS handshake failed; connection closed");
+            }
+            Err(_) => {
+                stats.refused(Refusal::HandshakeTimeout);
+                tracing::info!(%peer, listener = %stats.label,
+                    timeout = ?limits.handshake_timeout,
+                    "TLS handshake not complete within handshake_timeout; connection closed");
+            }
         }
     }
 }
