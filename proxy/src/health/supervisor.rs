@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use healthcheck::probe::ProbeSettings;
-use healthcheck::{FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds};
+use healthcheck::{
+    FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Target, Thresholds,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
-use crate::config::{Config, HostPort, PoolConfig};
+use crate::config::{Config, HostPort, PoolConfig, Transport};
 use crate::table::{HealthView, RoutingTable};
 
 /// The supervisor's clock: tokio's, so that tests run it under a paused clock
@@ -44,11 +46,21 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
     }
 }
 
+/// The transport a server's OPTIONS probes use: its own.
+fn probe_transport(t: Transport) -> healthcheck::Transport {
+    match t {
+        Transport::Udp => healthcheck::Transport::Udp,
+        Transport::Tcp => healthcheck::Transport::Tcp,
+        Transport::Tls => healthcheck::Transport::Tls,
+    }
+}
+
 pub(super) struct ServerEntry {
     pub(crate) pool: usize,
     pub(crate) address: SocketAddr,
     pub(crate) health: ServerHealth,
     plan: ProbePlan,
+    transport: healthcheck::Transport,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -227,13 +239,18 @@ impl Supervisor {
                         address: s.address,
                         health: ServerHealth::new(now, s.drained),
                         plan,
+                        transport: probe_transport(s.transport),
                         probe: None,
                     },
                 };
-                let stale = entry.address != s.address || entry.plan != plan;
+                let transport = probe_transport(s.transport);
+                let stale = entry.address != s.address
+                    || entry.plan != plan
+                    || entry.transport != transport;
                 entry.pool = pi;
                 entry.address = s.address;
                 entry.plan = plan;
+                entry.transport = transport;
                 if stale || entry.probe.is_none() {
                     self.spawn_probe(&id, &mut entry);
                 }
@@ -248,7 +265,12 @@ impl Supervisor {
             p.abort();
         }
         let Some(prober) = &self.prober else { return };
-        let (tx, target, settings) = (self.probes.clone(), entry.address, entry.plan.settings);
+        let target = Target {
+            addr: entry.address,
+            transport: entry.transport,
+            tls: None,
+        };
+        let (tx, settings) = (self.probes.clone(), entry.plan.settings);
         let id = id.clone();
         let report = Box::new(move |outcome| {
             // Fails only once the supervisor is gone, and then nobody needs the result.

@@ -39,11 +39,11 @@ type Spawns = Arc<Mutex<Vec<Spawned>>>;
 fn fake_prober() -> (Prober, Spawns) {
     let spawns: Spawns = Arc::default();
     let record = spawns.clone();
-    let prober: Prober = Arc::new(move |target, settings, report| {
+    let prober: Prober = Arc::new(move |target: healthcheck::Target, settings, report| {
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
         record.lock().unwrap().push(Spawned {
-            target,
+            target: target.addr,
             settings,
             report,
             alive,
