@@ -16,6 +16,7 @@ use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
 use crate::stream::{StreamBinding, StreamListener, StreamStatus, Streams};
 use crate::table::{ConfigHealth, Local, RoutingTable};
+use crate::tls::client::ServerTls;
 use crate::tls::server::{self as tls_server, ListenerTls};
 use crate::token::Token;
 use crate::udp::{self, Senders};
@@ -217,6 +218,15 @@ fn serve(
     })
 }
 
+/// The TLS client settings of `cfg`'s TLS servers; a file that changed since validation is
+/// logged and leaves those servers without TLS settings (their connections fail to open).
+fn server_tls(cfg: &Config) -> ServerTls {
+    ServerTls::build(cfg).unwrap_or_else(|e| {
+        tracing::error!(error = %format!("{e:#}"), "TLS settings for servers not loaded");
+        ServerTls::default()
+    })
+}
+
 impl Proxy {
     /// Starts a proxy on `listeners` (bound from `cfg` by [`Listeners::bind`]) with the admin
     /// `token`: builds the first routing table, starts the health supervisor (with probes when
@@ -245,6 +255,7 @@ impl Proxy {
             control.clone(),
             Arc::new(senders.clone()),
         );
+        streams.set_server_tls(server_tls(&config));
         let mut served = Vec::new();
         for binding in listeners.udp {
             let addr = binding.configured;
@@ -459,6 +470,7 @@ impl Proxy {
             )]
         })?;
         self.streams.set_limits(&cfg.connections);
+        self.streams.set_server_tls(server_tls(&cfg));
         let bound = self.local();
         let Some(first) = bound.first() else {
             return Err(vec![ConfigError::new(

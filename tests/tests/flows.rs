@@ -673,3 +673,53 @@ fn status_and_metrics_count_connections_flows_and_backend_connections() {
         s.0["connections"]["flows"] == 0 && s.0["connections"]["backend_connections"]["tcp"] == 0
     });
 }
+
+#[test]
+fn a_lync_client_over_tls_reaches_its_tls_front_end_and_gets_its_notify_over_tls() {
+    use siplb_e2e::tls::Pki;
+    let pki = Pki::new();
+    let front_end = StreamBackend::start("fe1-tls", Listen::Tls(pki.server_config(true)));
+    let text = format!(
+        "[listen]\ntls = [{{ address = \"127.0.0.1:0\", cert = \"{}\", key = \"{}\" }}]\n\
+         workers = 1\n\n\
+         [health]\nprobe = \"tls-connect\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n\n\
+         [[pool]]\nname = \"fe\"\n\
+         tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\
+         servers = [{{ address = \"{}\", transport = \"tls\", id = \"fe1-tls\" }}]\n\n\
+         [[route]]\ndomain = \"{DOMAIN}\"\npool = \"fe\"\n",
+        pki.server.cert_path.display(),
+        pki.server.key_path.display(),
+        pki.ca_path.display(),
+        pki.client.cert_path.display(),
+        pki.client.key_path.display(),
+        front_end.addr(),
+    );
+    let siplb = Siplb::start(&text);
+    let client = StreamClient::connect(siplb.tls(), Dial::tls(pki.client_config(false)));
+    let answer = client.register(&aor("kim"));
+    assert_eq!(answer.status(), Some(200), "{answer:?}");
+    let got = front_end.register_of(&aor("kim"), ANSWER_WITHIN);
+    let vias = got.msg().vias();
+    assert!(
+        vias[0].starts_with(&format!("SIP/2.0/TLS {}", siplb.tls())),
+        "siplb's Via names the TLS hop: {vias:?}"
+    );
+    assert!(vias[1].starts_with("SIP/2.0/TLS "), "{vias:?}");
+    let conn_info = front_end
+        .connections()
+        .into_iter()
+        .find(|c| c.id == got.conn)
+        .expect("the REGISTER's connection");
+    assert!(
+        !conn_info.client_certs.is_empty(),
+        "siplb presented the pool's client certificate (MTLS)"
+    );
+
+    let notify = front_end.request("NOTIFY", &aor("kim"));
+    let answer = front_end.transact(got.conn, &notify, ANSWER_WITHIN);
+    assert_eq!(answer.and_then(|m| m.status()), Some(200));
+    assert!(client
+        .requests()
+        .iter()
+        .any(|m| m.call_id() == Some(notify.call_id().as_str())));
+}

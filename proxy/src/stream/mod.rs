@@ -79,6 +79,8 @@ struct Shared {
     tables: Arc<ArcSwap<RoutingTable>>,
     control: Control,
     udp: Arc<dyn DatagramOut>,
+    /// How to open TLS to each TLS server (from the config in effect).
+    server_tls: ArcSwap<crate::tls::client::ServerTls>,
     stats: stats::Stats,
 }
 
@@ -102,6 +104,7 @@ impl Streams {
                 tables,
                 control,
                 udp,
+                server_tls: ArcSwap::from_pointee(crate::tls::client::ServerTls::default()),
                 stats: stats::Stats::new(),
             }),
         }
