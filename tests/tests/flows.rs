@@ -723,3 +723,82 @@ fn a_lync_client_over_tls_reaches_its_tls_front_end_and_gets_its_notify_over_tls
         .iter()
         .any(|m| m.call_id() == Some(notify.call_id().as_str())));
 }
+
+#[test]
+fn an_idle_flow_is_closed_after_idle_timeout_and_keepalives_keep_one_open() {
+    let a = backend("fe1-a");
+    let siplb = Siplb::start(&config(
+        &[Pool {
+            name: "fe",
+            pair: None,
+            servers: &[&a],
+        }],
+        "[connections]\nidle_timeout = \"1s\"\n",
+    ));
+    let ops = Ops::of(&siplb);
+    let idle = connect(&siplb);
+    let kept = connect(&siplb);
+    let started = Instant::now();
+    assert_eq!(idle.register(&aor("olga")).status(), Some(200));
+    // A CRLF keep-alive every 300 ms for 2.5 s: the kept flow reads something well within
+    // every idle_timeout.
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        kept.send_raw(b"\r\n\r\n").expect("a keep-alive");
+        pings += 1;
+        assert!(kept.wait_pongs(pings, ANSWER_WITHIN), "pong {pings}");
+        // Pacing the keep-alives, as a Lync client paces its own.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let closed = idle.wait_closed(Duration::ZERO).is_some();
+    assert!(
+        closed,
+        "the idle flow was closed within 2.5 s (idle_timeout 1s)"
+    );
+    assert!(!kept.is_closed(), "keep-alives keep a flow open");
+    assert_eq!(kept.register(&aor("pete")).status(), Some(200));
+    let m = ops.metrics();
+    assert_eq!(
+        m.sum("siplb_connection_refusals_total", &[("reason", "idle")]),
+        1.0
+    );
+}
+
+#[test]
+fn connections_over_max_are_refused() {
+    let a = backend("fe1-a");
+    let siplb = Siplb::start(&config(
+        &[Pool {
+            name: "fe",
+            pair: None,
+            servers: &[&a],
+        }],
+        "[connections]\nmax = 2\nmax_per_ip = 2\n",
+    ));
+    let ops = Ops::of(&siplb);
+    let one = connect(&siplb);
+    let two = StreamClient::try_connect(
+        siplb.tcp(),
+        Some("127.0.0.9".parse().expect("ip")),
+        Dial::Tcp,
+    )
+    .expect("connect");
+    assert_eq!(one.register(&aor("quinn")).status(), Some(200));
+    assert_eq!(two.register(&aor("rosa")).status(), Some(200));
+    let third = StreamClient::try_connect(
+        siplb.tcp(),
+        Some("127.0.0.10".parse().expect("ip")),
+        Dial::Tcp,
+    )
+    .expect("connect");
+    assert!(
+        third.wait_closed(CLOSES_WITHIN).is_some(),
+        "a third connection is closed at once, whatever its address"
+    );
+    let m = ops.metrics();
+    assert_eq!(
+        m.sum("siplb_connection_refusals_total", &[("reason", "max")]),
+        1.0
+    );
+    assert!(!one.is_closed() && !two.is_closed());
+}

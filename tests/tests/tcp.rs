@@ -357,3 +357,60 @@ fn sipp_registrations_over_tcp_reach_the_same_servers_as_over_udp() {
     drop(siplb);
     work.remove();
 }
+
+#[test]
+fn a_reload_opens_and_closes_tcp_listeners_and_open_flows_go_on() {
+    use siplb_e2e::ops::Ops;
+    use siplb_e2e::reload::write_in_place;
+
+    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
+    let base = config(&[(server.addr(), "tcp", "fe-tcp")], "tcp-connect")
+        + "\n[ops]\nlisten = \"127.0.0.1:0\"\n";
+    let siplb = Siplb::start(&base);
+    let ops = Ops::of(&siplb);
+    let second = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    assert!(
+        TcpStream::connect(second).is_err(),
+        "{second} is not served yet"
+    );
+
+    // Reload with a second TCP listener: it is served, and shows in /status.
+    let two = base.replace(
+        "tcp = [\"127.0.0.1:0\"]",
+        &format!("tcp = [\"127.0.0.1:0\", \"{second}\"]"),
+    );
+    write_in_place(siplb.config().path(), &two);
+    ops.wait_config_version(2);
+    let on_second = StreamClient::connect(second, Dial::Tcp);
+    assert_eq!(
+        on_second.register(&format!("lena@{DOMAIN}")).status(),
+        Some(200)
+    );
+    let s = ops.status();
+    let bound: Vec<&str> = s.0["connections"]["listeners"]
+        .as_array()
+        .expect("listeners")
+        .iter()
+        .filter_map(|l| l["bound"].as_str())
+        .collect();
+    assert!(bound.contains(&second.to_string().as_str()), "{bound:?}");
+
+    // Reload without it: no new connection there, but the open flow goes on.
+    write_in_place(siplb.config().path(), &base);
+    ops.wait_config_version(3);
+    wait_until(
+        "the second listener closed",
+        ANSWER_WITHIN,
+        || match TcpStream::connect(second) {
+            Ok(_) => Err("still accepting".to_string()),
+            Err(_) => Ok(()),
+        },
+    );
+    assert_eq!(
+        on_second.register(&format!("lena@{DOMAIN}")).status(),
+        Some(200),
+        "a flow accepted on a closed listener goes on"
+    );
+    let first = StreamClient::connect(siplb.tcp(), Dial::Tcp);
+    assert_eq!(first.register(&format!("max@{DOMAIN}")).status(), Some(200));
+}
