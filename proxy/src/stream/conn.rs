@@ -129,3 +129,51 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Role {
+        Role::Backend {
+            server: SocketAddr::from(([127, 0, 0, 1], 5071)),
+            transport: Transport::Tcp,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_without_waiting_and_a_closed_one_is_gone() {
+        let (entry, rx, _close) = Entry::new(backend());
+        for i in 0..QUEUE {
+            assert_eq!(entry.send(vec![i as u8]), Ok(()), "message {i}");
+        }
+        assert_eq!(entry.send(vec![0]), Err(SendError::Full));
+        drop(rx);
+        assert_eq!(entry.send(vec![0]), Err(SendError::Gone));
+    }
+
+    #[tokio::test]
+    async fn the_writer_drains_its_queue_before_an_orderly_close_and_stops_at_once_when_closed() {
+        // Orderly: every sender gone, what was queued is written, then the write side shuts.
+        let (entry, rx, close) = Entry::new(backend());
+        let (mut near, far) = tokio::io::duplex(1 << 16);
+        entry.send(b"one".to_vec()).unwrap();
+        entry.send(b"two".to_vec()).unwrap();
+        drop(entry);
+        write_loop(far, rx, close, 1).await;
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut near, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, b"onetwo");
+
+        // Closed: the writer stops even with senders left and messages queued.
+        let (entry, rx, close) = Entry::new(backend());
+        let (_near, far) = tokio::io::duplex(16);
+        entry.close();
+        entry.send(b"late".to_vec()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), write_loop(far, rx, close, 2))
+            .await
+            .expect("the writer stopped when closed");
+    }
+}

@@ -277,3 +277,54 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(port: u16) -> (SocketAddr, Transport) {
+        (SocketAddr::from(([127, 0, 0, 1], port)), Transport::Tcp)
+    }
+
+    /// A flow's backends after sending to `servers` over connections 10, 11, ….
+    fn used(servers: &[(SocketAddr, Transport)]) -> FlowBackends {
+        let mut b = FlowBackends::default();
+        for (i, &s) in servers.iter().enumerate() {
+            b.by_server.insert(s, 10 + i as ConnId);
+            b.used.insert(s);
+        }
+        b
+    }
+
+    #[test]
+    fn a_flow_that_used_one_server_closes_with_its_connection() {
+        let mut b = used(&[server(5071)]);
+        assert!(b.gone(10, server(5071)));
+    }
+
+    #[test]
+    fn a_trunk_flow_forgets_the_dead_connection_and_stays() {
+        let mut b = used(&[server(5071), server(5072)]);
+        assert!(!b.gone(11, server(5072)));
+        assert!(!b.by_server.contains_key(&server(5072)));
+        assert_eq!(b.by_server.get(&server(5071)), Some(&10));
+    }
+
+    #[test]
+    fn the_death_of_a_replaced_connection_changes_nothing() {
+        let mut b = used(&[server(5071)]);
+        b.by_server.insert(server(5071), 42); // reopened since
+        assert!(!b.gone(10, server(5071)));
+        assert_eq!(b.by_server.get(&server(5071)), Some(&42));
+    }
+
+    #[test]
+    fn the_same_address_over_another_transport_is_another_server() {
+        let tls = (server(5071).0, Transport::Tls);
+        let mut b = used(&[server(5071), tls]);
+        assert!(
+            !b.gone(10, server(5071)),
+            "the flow also used the TLS server"
+        );
+    }
+}
