@@ -802,3 +802,36 @@ fn connections_over_max_are_refused() {
     );
     assert!(!one.is_closed() && !two.is_closed());
 }
+
+#[test]
+fn a_server_its_probes_mark_down_has_its_connections_and_its_clients_flows_closed() {
+    let (a, b) = (backend("fe1-a"), backend("fe1-b"));
+    let servers = [&a, &b];
+    // OPTIONS probes over TCP: a hung server fails them while its connections stay open.
+    let text = config(
+        &[Pool {
+            name: "fe",
+            pair: None,
+            servers: &servers,
+        }],
+        "",
+    )
+    .replace("probe = \"tcp-connect\"", "probe = \"options\"");
+    let siplb = Siplb::start(&text);
+    let ops = Ops::of(&siplb);
+    let (client, on) = sign_in(&siplb, &servers, "sam");
+    let hung = backend_by_id(&servers, &on);
+    let conn = hung.conn_of_register(&aor("sam"), ANSWER_WITHIN);
+    hung.set_silent(true);
+    siplb_e2e::health::wait_server(&ops, &on, "down");
+    assert!(
+        hung.wait_closed(conn, CLOSES_WITHIN),
+        "siplb closed its connection to the server marked down"
+    );
+    assert!(
+        client.wait_closed(CLOSES_WITHIN).is_some(),
+        "sam's flow, which used only that server, is closed so sam signs in again"
+    );
+    let (_again, landed) = sign_in_until_ok(&siplb, &servers, "sam", CLOSES_WITHIN);
+    assert_ne!(landed, on, "sam lands on the live server");
+}

@@ -162,7 +162,16 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let log = log(ctx, raw.log.as_ref());
     let connections = connections::connections(ctx, raw.connections.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
-    pools::check_families(ctx, &raw.pool, &listen.udp);
+    // With no UDP listener written, a UDP server is unreachable; with UDP listeners written
+    // but none valid, or no listener at all, the error is already the listeners'.
+    let no_udp_written = raw
+        .listen
+        .as_ref()
+        .is_none_or(|l| l.get_ref().udp.is_empty());
+    let streams_only = no_udp_written && !(listen.tcp.is_empty() && listen.tls.is_empty());
+    if !listen.udp.is_empty() || streams_only {
+        pools::check_families(ctx, &raw.pool, &listen.udp);
+    }
     let routes = routes::routes(ctx, &raw.route, &pools);
     Config {
         path: ctx.path.to_path_buf(),

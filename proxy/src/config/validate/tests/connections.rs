@@ -138,3 +138,28 @@ fn max_per_ip_above_max_is_refused() {
         &["max_per_ip = 20", "max = 10", "no larger than max"],
     );
 }
+
+#[test]
+fn a_udp_server_needs_a_udp_listener_of_its_family_and_a_tcp_server_none() {
+    let e = only_error(
+        r#"[listen]
+tcp = ["127.0.0.1:5060"]
+
+[[pool]]
+name = "a"
+servers = [{ address = "127.0.0.1:5071" }, { address = "[::1]:5072", transport = "tcp" }]
+
+[[route]]
+pool = "a"
+"#,
+    );
+    assert_error(
+        &e,
+        6,
+        "pool[0].servers[0].address",
+        &[
+            "no [listen] udp address is IPv4",
+            "add an IPv4 UDP listener",
+        ],
+    );
+}
