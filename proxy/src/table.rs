@@ -71,7 +71,7 @@ pub struct Route {
 pub(crate) enum KeyRule {
     /// The route names its `key`.
     Route,
-    /// The route names none: the default of its pools' role ([`default_key`]).
+    /// The route names none: the default of its pools' role ([`Role::default_key`]).
     RoleDefault(Role),
 }
 
@@ -93,28 +93,13 @@ impl KeyRule {
     }
 }
 
-/// The key a route without `key` reads, by the role of its pools:
-/// - front-end: the To AOR for REGISTER, the From AOR for everything else, so a user's
-///   registration and the requests they send reach one server;
-/// - mediation: the Call-ID, so every request of one call reaches one Mediation server;
-/// - edge and director: the source IP (connection affinity, as Microsoft's load-balancing
-///   guidance has for those roles).
-pub(crate) fn default_key(role: Role, method: &[u8]) -> KeyKind {
-    match role {
-        Role::FrontEnd if method == b"REGISTER" => KeyKind::ToAor,
-        Role::FrontEnd => KeyKind::FromAor,
-        Role::Mediation => KeyKind::CallId,
-        Role::Edge | Role::Director => KeyKind::SourceIp,
-    }
-}
-
 impl Route {
     /// The key this route reads for a request of `method`: its own `key`, else its role's
-    /// default ([`default_key`]).
+    /// default ([`Role::default_key`]).
     pub(crate) fn key_for(&self, method: &[u8]) -> KeyKind {
         match self.key {
             Some(key) => key,
-            None => default_key(self.role, method),
+            None => self.role.default_key(method),
         }
     }
 
