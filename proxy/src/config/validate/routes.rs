@@ -1,8 +1,7 @@
 //! `[[route]]`: match conditions, the home pool candidates and the key.
 //!
 //! The pools of one route share a role: the role decides which key a route without `key`
-//! reads (the routing table's `default_key`), and one route spreads users over pools that do
-//! one job.
+//! reads (`Role::default_key`), and one route spreads users over pools that do one job.
 //!
 //! Conditions are normalised here so that the router compares without allocating: methods to
 //! upper case (SIP methods are case-sensitive tokens, and every method siplb routes is an
