@@ -99,17 +99,56 @@ pub struct Route {
     pub(crate) domain: Option<String>,
     pub(crate) uri_user_param: Option<String>,
     pub pools: Vec<usize>,
+    /// The `key` the route names; `None` leaves it to `role`.
     pub(crate) key: Option<KeyKind>,
+    /// The role of the route's pools (validation makes them share one); it picks the key when
+    /// the route names none.
+    pub(crate) role: Role,
+}
+
+/// Why a route reads the key it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRule {
+    /// The route names its `key`.
+    Route,
+    /// The route names none: the default of its pools' role ([`Role::default_key`]).
+    RoleDefault(Role),
+}
+
+impl KeyRule {
+    /// Says why, for `siplb route` and `/route`: `route's key`, or `default for a mediation
+    /// pool` (for a Front End pool, with the method's part of the rule).
+    pub(crate) fn describe(self, method: &[u8]) -> String {
+        match self {
+            KeyRule::Route => "route's key".to_string(),
+            KeyRule::RoleDefault(Role::FrontEnd) if method == b"REGISTER" => {
+                "default for a front-end pool: To AOR for REGISTER".to_string()
+            }
+            KeyRule::RoleDefault(Role::FrontEnd) => {
+                "default for a front-end pool: From AOR for all but REGISTER".to_string()
+            }
+            KeyRule::RoleDefault(Role::Edge) => "default for an edge pool".to_string(),
+            KeyRule::RoleDefault(role) => format!("default for a {} pool", role.as_str()),
+        }
+    }
 }
 
 impl Route {
-    /// The key this route reads for a request of `method`.
+    /// The key this route reads for a request of `method`: its own `key`, else its role's
+    /// default ([`Role::default_key`]).
     pub(crate) fn key_for(&self, method: &[u8]) -> KeyKind {
-        self.key.unwrap_or(if method == b"REGISTER" {
-            KeyKind::ToAor
-        } else {
-            KeyKind::FromAor
-        })
+        match self.key {
+            Some(key) => key,
+            None => self.role.default_key(method),
+        }
+    }
+
+    /// Why the route reads the key [`Route::key_for`] gives.
+    pub(crate) fn key_rule(&self) -> KeyRule {
+        match self.key {
+            Some(_) => KeyRule::Route,
+            None => KeyRule::RoleDefault(self.role),
+        }
     }
 
     /// Whether a request with this method and request-URI matches (`ruri`: its host and `user=`
@@ -297,16 +336,23 @@ impl RoutingTable {
         let routes: Vec<Route> = cfg
             .routes
             .iter()
-            .map(|r| Route {
-                methods: r.methods.clone(),
-                domain: r.domain.clone(),
-                uri_user_param: r.uri_user_param.clone(),
-                pools: r
+            .map(|r| {
+                let route_pools: Vec<usize> = r
                     .pools
                     .iter()
                     .filter_map(|n| index.get(n.as_str()).copied())
-                    .collect(),
-                key: r.key,
+                    .collect();
+                Route {
+                    methods: r.methods.clone(),
+                    domain: r.domain.clone(),
+                    uri_user_param: r.uri_user_param.clone(),
+                    // Validation gives every route at least one pool, all of one role.
+                    role: route_pools
+                        .first()
+                        .map_or(Role::FrontEnd, |&p| cfg.pools[p].role),
+                    pools: route_pools,
+                    key: r.key,
+                }
             })
             .collect();
         let via = |transport: Transport, sent_by: &HostPort| {
@@ -615,6 +661,55 @@ pools = ["a", "b"]
         assert_eq!(
             t.via_prefix(v4, Transport::Udp),
             t.via_prefix(v6, Transport::Udp)
+        );
+    }
+
+    #[test]
+    fn a_route_without_key_reads_the_default_of_its_pools_role() {
+        let mut text = String::from("[listen]\nudp = [\"127.0.0.1:5060\"]\n");
+        let roles = ["front-end", "mediation", "edge", "director"];
+        for (i, role) in roles.iter().enumerate() {
+            text += &format!(
+                "[[pool]]\nname = \"{role}\"\nrole = \"{role}\"\n\
+                 servers = [{{ address = \"127.0.0.1:{}\" }}]\n",
+                5071 + i
+            );
+        }
+        for role in roles {
+            text += &format!("[[route]]\ndomain = \"{role}.test\"\npool = \"{role}\"\n");
+        }
+        text += "[[route]]\npool = \"mediation\"\nkey = \"to-aor\"\n";
+        let cfg = parse(Path::new("t.toml"), &text).expect("valid config");
+        let t = RoutingTable::unbound(&cfg, &ConfigHealth);
+        let key = |route: usize, method: &[u8]| t.routes[route].key_for(method);
+        let rule = |route: usize, method: &[u8]| t.routes[route].key_rule().describe(method);
+
+        assert_eq!(key(0, b"REGISTER"), KeyKind::ToAor);
+        assert_eq!(key(0, b"INVITE"), KeyKind::FromAor);
+        assert_eq!(key(0, b"SUBSCRIBE"), KeyKind::FromAor);
+        assert_eq!(
+            rule(0, b"REGISTER"),
+            "default for a front-end pool: To AOR for REGISTER"
+        );
+        assert_eq!(
+            rule(0, b"INVITE"),
+            "default for a front-end pool: From AOR for all but REGISTER"
+        );
+        for method in [&b"REGISTER"[..], b"INVITE", b"BYE", b"CANCEL"] {
+            assert_eq!(key(1, method), KeyKind::CallId);
+            assert_eq!(key(2, method), KeyKind::SourceIp);
+            assert_eq!(key(3, method), KeyKind::SourceIp);
+            assert_eq!(key(4, method), KeyKind::ToAor, "a route's key wins");
+        }
+        assert_eq!(rule(1, b"INVITE"), "default for a mediation pool");
+        assert_eq!(rule(2, b"INVITE"), "default for an edge pool");
+        assert_eq!(rule(3, b"REGISTER"), "default for a director pool");
+        assert_eq!(rule(4, b"INVITE"), "route's key");
+        assert_eq!(t.routes[4].key_rule(), KeyRule::Route);
+        assert_eq!(
+            t.routes[2].key_rule(),
+            KeyRule::RoleDefault(Role::Edge),
+            "the route takes its pool's role"
         );
     }
 

@@ -208,6 +208,21 @@ impl Role {
             Role::Director => "director",
         }
     }
+
+    /// The key a route to pools of this role reads when it names none:
+    /// - front-end: the To AOR for REGISTER, the From AOR for everything else, so a user's
+    ///   registration and the requests they send meet on one server;
+    /// - mediation: the Call-ID, so every request of one call reaches one Mediation server;
+    /// - edge and director: the source IP (connection affinity, as Microsoft's load-balancing
+    ///   guidance has for those roles).
+    pub(crate) fn default_key(self, method: &[u8]) -> KeyKind {
+        match self {
+            Role::FrontEnd if method == b"REGISTER" => KeyKind::ToAor,
+            Role::FrontEnd => KeyKind::FromAor,
+            Role::Mediation => KeyKind::CallId,
+            Role::Edge | Role::Director => KeyKind::SourceIp,
+        }
+    }
 }
 
 /// One `[[pool]]`.
@@ -308,7 +323,7 @@ pub struct RouteConfig {
     pub(crate) uri_user_param: Option<String>,
     /// Home pool candidates: one name for `pool = ...`, several for `pools = [...]`.
     pub(crate) pools: Vec<String>,
-    /// `None`: To AOR for REGISTER, From AOR otherwise.
+    /// `None`: the default of the pools' role ([`Role::default_key`]).
     pub(crate) key: Option<KeyKind>,
 }
 

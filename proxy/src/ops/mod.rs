@@ -8,7 +8,7 @@
 mod admin;
 mod page;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -164,13 +164,17 @@ async fn metrics(State(ops): State<Ops>) -> Response {
 struct RouteQuery {
     method: String,
     aor: String,
+    /// The client's IP address, which a `source-ip` key reads; 127.0.0.1 when absent.
+    source: Option<IpAddr>,
 }
 
-/// `/route?method=REGISTER&aor=sip:alice@contoso.com`: where such a request goes now, with
-/// live health — the same answer the wire path gives.
+/// `/route?method=REGISTER&aor=sip:alice@contoso.com[&source=IP]`: where such a request goes
+/// now, with live health — the same answer the wire path gives — and which key rule applied
+/// (`key`, `key_rule`, the pools' `role`).
 async fn route(State(ops): State<Ops>, Query(q): Query<RouteQuery>) -> Response {
     let table = ops.proxy.tables.load();
-    match explain::explain(&table, &q.method, &q.aor) {
+    let source = q.source.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    match explain::explain(&table, &q.method, &q.aor, source) {
         Ok(doc) => Json(doc).into_response(),
         Err(refusal) => (
             StatusCode::UNPROCESSABLE_ENTITY,
