@@ -485,14 +485,7 @@ async fn connection(
     drop(table);
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let end = relay(
-        client,
-        server,
-        &target,
-        settings.idle_timeout,
-        shared.changes.clone(),
-    )
-    .await;
+    let end = relay(client, server, &target, settings.idle_timeout, &shared).await;
     tracing::debug!(listener = %listener.bound, client = %peer, server = %target.id,
         "passthrough connection closed: {end}");
 }
@@ -504,7 +497,7 @@ async fn relay(
     server: TcpStream,
     target: &Target,
     idle: Duration,
-    mut changes: watch::Receiver<Arc<RoutingTable>>,
+    shared: &Shared,
 ) -> &'static str {
     let base = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
@@ -516,7 +509,7 @@ async fn relay(
             Err(_) => "a side failed",
         },
         () = silent_for(&last, base, idle) => "idle timeout",
-        () = lost(&mut changes, target) => "its server is down or no longer configured",
+        () = lost(&shared.tables, shared.changes.clone(), target) => "its server is down or no longer configured",
     }
 }
 
@@ -531,11 +524,17 @@ async fn silent_for(last: &AtomicU64, base: Instant, idle: Duration) {
     }
 }
 
-/// Resolves once a table no longer lets a connection to `target` live.
-async fn lost(changes: &mut watch::Receiver<Arc<RoutingTable>>, target: &Target) {
+/// Resolves once the current table no longer lets a connection to `target` live. `changes`
+/// only wakes it: the table judged is always the one in `tables` now, never an older one the
+/// watcher has not passed on yet.
+async fn lost(
+    tables: &ArcSwap<RoutingTable>,
+    mut changes: watch::Receiver<Arc<RoutingTable>>,
+    target: &Target,
+) {
     loop {
-        let serves = still_serves(&changes.borrow_and_update(), target);
-        if !serves {
+        changes.borrow_and_update();
+        if !still_serves(&tables.load(), target) {
             return;
         }
         if changes.changed().await.is_err() {
