@@ -298,7 +298,8 @@ fn passthrough(
         let entry = entry.get_ref();
         let key = format!("{prefix}.address");
         let address = values::socket_addr(ctx, &entry.address, &key, values::AddrUse::Listen);
-        if let Some(a) = address {
+        // Port 0 picks a free port at bind time, so it clashes with nothing.
+        if let Some(a) = address.filter(|a| a.port() != 0) {
             let span = entry.address.span();
             if seen_tcp.check(
                 ctx,

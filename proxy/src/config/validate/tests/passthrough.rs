@@ -119,6 +119,14 @@ fn the_address_must_not_clash_with_a_udp_listener_or_another_passthrough() {
     ok(&with_passthrough(
         r#"{ address = "127.0.0.2:5060", pool = "a" }, { address = "127.0.0.1:5061", pool = "a" }"#,
     ));
+    // Port 0 is a free port picked at bind time, whatever else asks for one.
+    ok(&with_passthrough(
+        r#"{ address = "127.0.0.1:0", pool = "a" }, { address = "127.0.0.1:0", pool = "a" }"#,
+    )
+    .replace(
+        "udp = [\"127.0.0.1:5060\"]",
+        "udp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]",
+    ));
 }
 
 #[test]
