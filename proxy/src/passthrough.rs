@@ -293,10 +293,21 @@ impl Passthroughs {
     /// changes nothing). Nothing is served or closed until [`Passthroughs::commit`].
     pub(crate) fn prepare(&self, cfg: &Config) -> anyhow::Result<Staged> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        // Each running listener is kept for the first entry of its configured address (so
+        // two entries at 127.0.0.1:0 keep one listener and bind another); commit matches the
+        // same way.
+        let mut claimed = vec![false; running.len()];
         let mut next = Vec::new();
         for p in &cfg.listen.passthrough {
-            let kept = running.iter().any(|r| r.configured == p.address);
-            let binding = if kept { None } else { Some(Binding::bind(p)?) };
+            let kept =
+                (0..running.len()).find(|&i| !claimed[i] && running[i].configured == p.address);
+            let binding = match kept {
+                Some(i) => {
+                    claimed[i] = true;
+                    None
+                }
+                None => Some(Binding::bind(p)?),
+            };
             next.push((p.address, binding, p.clone()));
         }
         Ok(Staged {
@@ -326,7 +337,7 @@ impl Passthroughs {
                     let Some(at) = old.iter().position(|r| r.configured == addr) else {
                         continue;
                     };
-                    let r = old.swap_remove(at);
+                    let r = old.remove(at);
                     r.listener.settings.store(Arc::new(Settings {
                         pool: settings.pool.clone(),
                         idle_timeout: settings.idle_timeout,
