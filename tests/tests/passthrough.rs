@@ -658,9 +658,10 @@ fn a_drained_server_keeps_its_connections_and_gets_no_new_ones() {
 fn a_silent_connection_closes_after_the_idle_timeout_and_a_talking_one_does_not() {
     let _one = serial();
     let rig = Rig::start_with(tcp_probes(), |p| p, ", idle_timeout = \"1s\"");
+    // Before the connect: siplb's idle clock starts later, with the server's name.
+    let opened = Instant::now();
     let mut silent = rig.open(11);
     let mut talking = rig.open(12);
-    let opened = Instant::now();
     // The talking one speaks every 300 ms until the silent one is closed.
     let closed = wait_until("the silent connection to close", SHOWS_WITHIN, || {
         assert!(talking.echoes(), "the talking connection broke");
@@ -745,4 +746,66 @@ fn status_and_metrics_count_open_and_refused_connections() {
             Err(format!("{n}"))
         }
     });
+}
+
+#[test]
+fn a_reload_repoints_a_listener_and_opens_and_closes_listeners() {
+    let _one = serial();
+    let rig = Rig::start();
+    let mut held = rig.open(30);
+    let path = rig.siplb.config().path().to_path_buf();
+    let text = std::fs::read_to_string(&path).expect("the config");
+    let one = "pool = \"fe\" }]";
+    assert!(text.contains(one), "{text}");
+
+    // The listener now serves fe2's servers, and a second one serves fe.
+    let two = text.replacen(
+        one,
+        "pool = \"fe2\" }, { address = \"127.0.0.1:0\", pool = \"fe\" }]",
+        1,
+    );
+    // siplb watches the file: the write is the reload.
+    siplb_e2e::reload::write_in_place(&path, &two);
+    let status = rig.ops.wait_status("two passthrough listeners", |s| {
+        s.0["passthrough"].as_array().map(Vec::len) == Some(2)
+    });
+    let listeners = status.0["passthrough"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listeners.len(), 2, "{}", status.0);
+    assert_eq!(
+        listeners[0]["address"],
+        rig.at.to_string(),
+        "the first is kept"
+    );
+    assert_eq!(listeners[0]["pool"], "fe2");
+    assert_eq!(listeners[1]["pool"], "fe");
+    let second: SocketAddr = listeners[1]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the second listener's address");
+    assert_hrw("first listener, now fe2", &rig.sweep(), &Rig::ids(&rig.fe2));
+    let on_second: BTreeMap<u8, String> = CLIENTS
+        .map(|x| (x, Conn::open(&rig.rt, x, second).server))
+        .collect();
+    assert_hrw("second listener", &on_second, &Rig::ids(&rig.fe));
+    assert!(held.echoes(), "a connection open before the reload broke");
+    let mut on_removed = Conn::open(&rig.rt, 31, second);
+
+    // Back to one listener: the second closes, with its connections.
+    siplb_e2e::reload::write_in_place(&path, &text);
+    let status = rig.ops.wait_status("one passthrough listener", |s| {
+        s.0["passthrough"].as_array().map(Vec::len) == Some(1)
+    });
+    assert_eq!(status.0["passthrough"][0]["pool"], "fe", "{}", status.0);
+    assert!(
+        on_removed.is_closed(),
+        "a removed listener's connection stayed open"
+    );
+    assert!(
+        TcpStream::connect(second).is_err(),
+        "the removed listener still accepts"
+    );
+    assert!(held.echoes(), "the kept listener's connection broke");
 }
