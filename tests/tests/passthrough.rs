@@ -713,6 +713,11 @@ fn status_and_metrics_count_open_and_refused_connections() {
     ];
     assert_eq!(m.value("siplb_connections", &labels), Some(3.0));
     assert_eq!(rig.connections_total("ok"), 3.0);
+    let page = rig.ops.get("/").body;
+    assert!(
+        page.contains(&format!("passthrough {listener} → pool fe · 3 open")),
+        "the status page: {page}"
+    );
     drop(held);
     wait_until("0 open in /status", SHOWS_WITHIN, || {
         match rig.open_in_status() {
