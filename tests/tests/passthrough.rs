@@ -64,7 +64,12 @@ mod hrw {
 
     /// The ids of `servers` ranked for a client at `ip`, best first (all weights 1).
     pub fn ranked(ip: Ipv4Addr, servers: &[&str]) -> Vec<String> {
-        let key = xxh3_64_with_seed(&ip.octets(), SEED);
+        ranked_by(&ip.octets(), servers)
+    }
+
+    /// The same for a client whose address has these bytes (16 for IPv6).
+    pub fn ranked_by(address: &[u8], servers: &[&str]) -> Vec<String> {
+        let key = xxh3_64_with_seed(address, SEED);
         let mut scored: Vec<(f64, &str)> = servers.iter().map(|s| (score(key, s), *s)).collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.into_iter().map(|(_, s)| s.to_string()).collect()
@@ -304,6 +309,16 @@ impl Rig {
     /// `fe_pool` adjusts pool `fe`; `entry_extra` is appended to the passthrough entry (e.g.
     /// `, idle_timeout = "1s"`).
     fn start_with(health: Health, fe_pool: impl FnOnce(Pool) -> Pool, entry_extra: &str) -> Rig {
+        Rig::start_at("127.0.0.1:0", health, fe_pool, entry_extra)
+    }
+
+    /// Like [`Rig::start_with`], with the passthrough listener at `address`.
+    fn start_at(
+        address: &str,
+        health: Health,
+        fe_pool: impl FnOnce(Pool) -> Pool,
+        entry_extra: &str,
+    ) -> Rig {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -330,7 +345,7 @@ impl Rig {
             .route(Route::to("fe"))
             .render();
         let entry = format!(
-            "[listen]\npassthrough = [{{ address = \"127.0.0.1:0\", pool = \"fe\"{entry_extra} }}]\n"
+            "[listen]\npassthrough = [{{ address = \"{address}\", pool = \"fe\"{entry_extra} }}]\n"
         );
         let config =
             config.replacen("[listen]\n", &entry, 1) + "\n[log]\nlevel = \"siplb=debug,info\"\n";
@@ -813,4 +828,46 @@ fn a_reload_repoints_a_listener_and_opens_and_closes_listeners() {
         "the removed listener still accepts"
     );
     assert!(held.echoes(), "the kept listener's connection broke");
+}
+
+#[test]
+fn a_dual_stack_listener_keys_ipv4_clients_by_their_ipv4_address_and_ipv6_clients_by_theirs() {
+    let _one = serial();
+    let rig = Rig::start_at("[::]:0", tcp_probes(), |p| p, "");
+    let port = rig.at.port();
+    let ids = Rig::ids(&rig.fe);
+    // IPv4 clients reach the IPv6 wildcard as IPv4-mapped addresses: keyed as IPv4 all the same.
+    let v4: BTreeMap<u8, String> = CLIENTS
+        .map(|x| {
+            (
+                x,
+                Conn::open(&rig.rt, x, SocketAddr::from(([127, 0, 0, 1], port))).server,
+            )
+        })
+        .collect();
+    assert_hrw("IPv4 clients of [::]", &v4, &ids);
+
+    let stream = rig
+        .rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket.bind("[::1]:0".parse().expect("an address"))?;
+            socket
+                .connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+                .await
+        })
+        .expect("connect from ::1");
+    let stream = stream.into_std().expect("a std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(READ_WITHIN))
+        .expect("read timeout");
+    let mut c = Conn {
+        stream,
+        from: 1,
+        server: String::new(),
+    };
+    let server = c.read_line().expect("the server's name");
+    let want = hrw::ranked_by(&std::net::Ipv6Addr::LOCALHOST.octets(), &ids).remove(0);
+    assert_eq!(server, want, "the client at ::1");
 }
