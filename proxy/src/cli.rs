@@ -167,6 +167,9 @@ fn announce(proxy: &Proxy, ops: Option<SocketAddr>) {
     for addr in &proxy.udp() {
         let _ = writeln!(out, "listening udp {addr}");
     }
+    for addr in &proxy.passthrough.addrs() {
+        let _ = writeln!(out, "listening passthrough {addr}");
+    }
     if let Some(addr) = ops {
         let _ = writeln!(out, "listening ops {addr}");
     }

@@ -203,6 +203,17 @@ pub(crate) struct Decision {
     pub(crate) server: Option<usize>,
 }
 
+/// Where a key of a known home pool goes: [`Decision`] without the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The home pool.
+    pub(crate) home: usize,
+    /// The pool serving the home pool's users now (the pair when failed over).
+    pub(crate) serving: usize,
+    /// The chosen server of the serving pool, `None` when none takes traffic.
+    pub(crate) server: Option<usize>,
+}
+
 /// What the table builder needs to know about health; `None` means "no news": a server starts
 /// up (or drained, if its config says so) and a pool starts at home.
 pub trait HealthView {
@@ -470,27 +481,50 @@ impl RoutingTable {
     }
 
     /// Routes a key (a [`hrw::key_hash`]) through route `route`: home pool by HRW over the
-    /// route's pools, serving pool, then server by weighted HRW over the serving pool's servers
-    /// that take traffic.
+    /// route's pools, then [`RoutingTable::decide_pool`].
     pub(crate) fn decide(&self, route: usize, key: u64) -> Decision {
         let r = &self.routes[route];
         let home_at =
             hrw::pick(key, r.pools.iter().map(|&p| (self.pools[p].id_hash, 1))).unwrap_or_default();
-        let home = r.pools[home_at];
-        let serving = self.serving(home);
-        let servers = &self.pools[serving].servers;
-        let up = servers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state.takes_traffic());
-        let server = hrw::pick(key, up.clone().map(|(_, s)| (s.id_hash, s.weight)))
-            .and_then(|n| up.clone().nth(n).map(|(i, _)| i));
+        let placed = self.decide_pool(r.pools[home_at], key);
         Decision {
             route,
+            home: placed.home,
+            serving: placed.serving,
+            server: placed.server,
+        }
+    }
+
+    /// Places a key whose home pool is known (a passthrough listener's pool): serving pool (the
+    /// pair when `home` is failed over), then server by weighted HRW over the serving pool's
+    /// servers that take traffic. The one place the rule is written; [`RoutingTable::decide`]
+    /// uses it.
+    pub(crate) fn decide_pool(&self, home: usize, key: u64) -> Placement {
+        let serving = self.serving(home);
+        Placement {
             home,
             serving,
-            server,
+            server: self.next_server(serving, key, &[]),
         }
+    }
+
+    /// The server of `pool` that HRW ranks first for `key` among those that take traffic and
+    /// are not in `tried`: with `tried` empty the server [`RoutingTable::decide_pool`] chooses,
+    /// and then, as servers are added to `tried`, the next ones in HRW order (a rendezvous
+    /// ranking over fewer candidates keeps the others' order).
+    pub(crate) fn next_server(&self, pool: usize, key: u64, tried: &[usize]) -> Option<usize> {
+        let up = self.pools[pool]
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i));
+        hrw::pick(key, up.clone().map(|(_, s)| (s.id_hash, s.weight)))
+            .and_then(|n| up.clone().nth(n).map(|(i, _)| i))
+    }
+
+    /// The index of the pool named `name`.
+    pub(crate) fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
     }
 
     /// The addresses siplb listens on.
@@ -635,6 +669,40 @@ pools = ["a", "b"]
             served_by_b > 800,
             "about half the users are a's: {served_by_b}"
         );
+    }
+
+    struct Down(String);
+    impl HealthView for Down {
+        fn server_state(&self, id: &str) -> Option<ServerState> {
+            (id == self.0).then_some(ServerState::Down)
+        }
+        fn failed_over(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_pool_places_keys_as_its_routes_do_and_ranks_the_fallbacks() {
+        let t = table(&ConfigHealth);
+        let a = t.pool_index("a").expect("pool a");
+        assert_eq!(t.pool_index("nope"), None);
+        for k in 0..500u64 {
+            let d = t.decide(1, k);
+            let p = t.decide_pool(d.home, k);
+            assert_eq!((p.home, p.serving, p.server), (d.home, d.serving, d.server));
+            // The fallback is the server the key moves to when its own is down.
+            let first = t.decide_pool(a, k).server.expect("a server of a");
+            let next = t.next_server(a, k, &[first]);
+            let down = table(&Down(t.pools[a].servers[first].id.clone()));
+            assert_eq!(next, down.decide_pool(a, k).server);
+            assert_eq!(t.next_server(a, k, &[0, 1]), None);
+        }
+        // Failed over: served by the pair, whose drained server takes nothing.
+        let t = table(&FailedOver("a"));
+        for k in 0..200u64 {
+            let p = t.decide_pool(a, k);
+            assert_eq!((p.home, p.serving, p.server), (a, 1, Some(0)));
+        }
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub(crate) struct StatusDoc {
     pub(crate) config: ConfigMeta,
     pub(crate) listen_udp: Vec<String>,
     pub(crate) advertise: String,
+    /// `[listen] passthrough` listeners with their open connections.
+    pub(crate) passthrough: Vec<crate::passthrough::ListenerStatus>,
     #[serde(flatten)]
     pub(crate) health: Status,
 }
@@ -127,6 +129,7 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
         advertise: ops.proxy.tables.load().advertise.to_string(),
+        passthrough: ops.proxy.passthrough.status(),
         health,
     })
 }

@@ -32,6 +32,16 @@ pub(crate) fn summary(cfg: &Config) -> String {
         l.workers,
         if l.workers == 1 { "" } else { "s" },
     );
+    for p in &l.passthrough {
+        let _ = writeln!(
+            out,
+            "listen    passthrough {} -> pool {} (TLS to the servers unread, by client IP; idle \
+             timeout {})",
+            p.address,
+            p.pool,
+            format_duration(p.idle_timeout)
+        );
+    }
     let advertise = match &l.advertise {
         Some(hp) => hp.to_string(),
         None => "(the first UDP listener's bound address)".to_string(),

@@ -2,6 +2,7 @@
 //! shipped `config.toml`, and (in [`shape`], [`references`], [`structure`]) one test per kind of
 //! mistake, each checking the line, the key and that the message says what is accepted.
 
+mod passthrough;
 mod references;
 mod shape;
 mod structure;
@@ -183,6 +184,7 @@ fn full_config_becomes_the_expected_config() {
                 port: Some(5060),
             }),
             workers: 2,
+            passthrough: Vec::new(),
         },
         ops: Ops {
             listen: Some(addr("127.0.0.1:9060")),
