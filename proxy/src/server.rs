@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
+use crate::passthrough::{self, Passthroughs};
 use crate::stream::{StreamBinding, StreamListener, StreamStatus, Streams};
 use crate::table::{ConfigHealth, Local, RoutingTable};
 use crate::tls::client::ServerTls;
@@ -60,6 +61,8 @@ impl UdpBinding {
 pub(crate) struct Listeners {
     udp: Vec<UdpBinding>,
     streams: Vec<StreamBinding>,
+    /// `[listen] passthrough`.
+    passthrough: passthrough::Bindings,
 }
 
 /// The stream listeners a config asks for: every `[listen] tcp` address, then every
@@ -106,7 +109,12 @@ impl Listeners {
             .into_iter()
             .map(|(addr, transport)| bind_stream(cfg, addr, transport))
             .collect::<anyhow::Result<_>>()?;
-        let listeners = Listeners { udp, streams };
+        let passthrough = passthrough::Bindings::bind(cfg)?;
+        let listeners = Listeners {
+            udp,
+            streams,
+            passthrough,
+        };
         if listeners.local().first().is_none() {
             anyhow::bail!(
                 "{}: no listener; give [listen] udp or tcp",
@@ -166,6 +174,8 @@ pub(crate) struct Proxy {
     senders: Senders,
     /// The admin token; refreshed by every reload that takes effect.
     token: Token,
+    /// `[listen] passthrough` listeners and their connections.
+    pub(crate) passthrough: Passthroughs,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     supervisor: JoinHandle<()>,
@@ -248,6 +258,7 @@ impl Proxy {
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
+        let passthrough = Passthroughs::start(listeners.passthrough, &config, &tables, &control)?;
         let senders = Senders::default();
         let streams = Streams::new(
             &config.connections,
@@ -292,6 +303,7 @@ impl Proxy {
             stream_tasks,
             senders,
             token,
+            passthrough,
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
             stopped,
@@ -323,6 +335,7 @@ impl Proxy {
         }
         self.streams.close_all();
         self.senders.set([]);
+        self.passthrough.stop();
         self.stopped.send_replace(true);
     }
 
@@ -453,6 +466,10 @@ impl Proxy {
                 tracing::info!(%addr, "TLS listener serves a renewed certificate");
             }
         }
+        let staged = self.passthrough.prepare(&cfg).map_err(|e| {
+            let key = "listen.passthrough";
+            vec![ConfigError::new(&cfg.path, 0, key, format!("{e:#}"))]
+        })?;
         self.rebind_streams(&cfg).map_err(|e| {
             vec![ConfigError::new(
                 &cfg.path,
@@ -495,6 +512,9 @@ impl Proxy {
                 "siplb is stopping",
             )]);
         };
+        if let Err(e) = self.passthrough.commit(staged) {
+            tracing::error!(error = %e, "passthrough listener not served");
+        }
         self.config.store(config);
         Ok(self.meta().version + 1)
     }
