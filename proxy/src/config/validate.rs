@@ -8,21 +8,24 @@
 //! not returned at the first, so `siplb check` shows all of them at once, sorted by line.
 //!
 //! The work is split by section: [`values`] reads single values, [`pools`] checks pools, their
-//! servers and pairs, [`routes`] checks routes against the pools, [`toml_error`] turns serde's
-//! errors into ours, and [`summary`] prints a validated config for humans.
+//! servers and pairs, [`routes`] checks routes against the pools, [`certs`] checks the files of
+//! `[listen] tls` entries (with [`x509`] reading what a certificate says), [`toml_error`] turns
+//! serde's errors into ours, and [`summary`] prints a validated config for humans.
 
+mod certs;
 mod pools;
 mod routes;
 mod summary;
 mod toml_error;
 mod values;
+mod x509;
 
 #[cfg(test)]
 mod tests;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
 use super::{
@@ -254,6 +257,9 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         }
         let cert = values::file_path(ctx, &tls.cert, &format!("{prefix}.cert"), &base);
         let key_file = values::file_path(ctx, &tls.key, &format!("{prefix}.key"), &base);
+        if let (Some(cert), Some(key)) = (&cert, &key_file) {
+            certs::check(ctx, tls, &prefix, (cert, key), SystemTime::now());
+        }
         if let (Some(address), Some(cert), Some(key)) = (address, cert, key_file) {
             listen.tls.push(super::TlsListen { address, cert, key });
         }

@@ -4,12 +4,16 @@
 //! what siplb will actually do, not just what the file says.
 
 use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
 use super::super::{Config, Health, Mode, PoolConfig, Role, RouteConfig};
+use super::certs;
 
-/// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
-/// its settings and servers, and each route with its conditions, pools and key.
+/// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
+/// alternative names and expiry, read from the file now), advertise, ops, health defaults, each
+/// pool with its settings and servers, and each route with its conditions, pools and key.
 pub(crate) fn summary(cfg: &Config) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
@@ -41,6 +45,17 @@ pub(crate) fn summary(cfg: &Config) -> String {
             p.pool,
             format_duration(p.idle_timeout)
         );
+    }
+    let now = SystemTime::now();
+    for t in &l.tls {
+        let _ = writeln!(
+            out,
+            "tls       {}  cert {}  key {}",
+            t.address,
+            t.cert.display(),
+            t.key.display()
+        );
+        let _ = writeln!(out, "            {}", certificate(&t.cert, now));
     }
     let advertise = match &l.advertise {
         Some(hp) => hp.to_string(),
@@ -119,6 +134,33 @@ pub(crate) fn summary(cfg: &Config) -> String {
         let _ = writeln!(out, "  route[{i}]  {}", route_line(route, &cfg.pools));
     }
     out
+}
+
+/// `subject CN=sip.contoso.com | SANs DNS:sip.contoso.com, IP:10.0.0.5 | expires
+/// 2036-11-27T12:00:00Z (in 3650 days)`, or why the file cannot be read now.
+fn certificate(cert: &Path, now: SystemTime) -> String {
+    let facts = match certs::describe(cert, now) {
+        Ok(f) => f,
+        Err(why) => return format!("unreadable now: {why}"),
+    };
+    let sans = if facts.sans.is_empty() {
+        "none".to_string()
+    } else {
+        facts.sans.join(", ")
+    };
+    let days = |d: Duration| d.as_secs() / 86_400;
+    let left = match facts.not_after.at.duration_since(now) {
+        Ok(d) => format!("in {} days", days(d)),
+        Err(e) => format!("{} days ago", days(e.duration())),
+    };
+    let mut line = format!(
+        "subject {} | SANs {sans} | expires {} ({left})",
+        facts.subject, facts.not_after.text
+    );
+    if facts.not_before.at > now {
+        let _ = write!(line, " | not valid before {}", facts.not_before.text);
+    }
+    line
 }
 
 /// `options every 1s, timeout 500ms, fall 2, rise 2`.
