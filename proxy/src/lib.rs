@@ -30,6 +30,7 @@ mod reload;
 pub mod server;
 pub mod sip;
 mod stats;
+pub(crate) mod stream;
 pub mod table;
 pub(crate) mod tls;
 mod token;

@@ -338,7 +338,7 @@ impl Proxy {
         let reload = Reload {
             config: config.clone(),
             advertise,
-            local: bound,
+            local: bound.into(),
         };
         let Some(_table_version) = self.control.reload(reload).await else {
             return Err(vec![ConfigError::new(

@@ -17,6 +17,46 @@ use crate::sip::branch::{self, BranchKey};
 use crate::sip::response::Refusal;
 use crate::stats::Counters;
 
+/// The addresses siplb's listeners are bound to, by transport: what siplb recognises as itself
+/// in a Via or a Route, and what its own Via names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Local {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+impl From<Vec<SocketAddr>> for Local {
+    /// UDP listeners only.
+    fn from(udp: Vec<SocketAddr>) -> Self {
+        Local {
+            udp,
+            ..Local::default()
+        }
+    }
+}
+
+impl Local {
+    /// The listeners of one transport.
+    pub fn of(&self, transport: Transport) -> &[SocketAddr] {
+        match transport {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+            Transport::Tls => &self.tls,
+        }
+    }
+
+    /// Every listener address.
+    pub fn all(&self) -> impl Iterator<Item = &SocketAddr> + Clone {
+        self.udp.iter().chain(&self.tcp).chain(&self.tls)
+    }
+
+    /// The first address of all, for the default `advertise`.
+    pub fn first(&self) -> Option<SocketAddr> {
+        self.all().next().copied()
+    }
+}
+
 /// One backend server as routing sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Server {
@@ -152,8 +192,8 @@ pub struct RoutingTable {
     pub advertise: HostPort,
     /// `Via: SIP/2.0/UDP <host:port>;branch=z9hG4bK-lb`, ready to be completed per message,
     /// for a message going to an IPv4 address (`[0]`) and to an IPv6 one (`[1]`); see
-    /// [`RoutingTable::via_prefix`].
-    via_prefixes: [Vec<u8>; 2],
+    /// [`RoutingTable::via_prefix`], by transport (udp, tcp, tls) and family (v4, v6).
+    via_prefixes: [[Vec<u8>; 2]; 3],
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
     /// The answer to a request no route matches.
@@ -168,7 +208,7 @@ pub struct RoutingTable {
     /// The wire-path counters of this table's pools.
     pub(crate) counters: Counters,
     servers_by_addr: HashMap<SocketAddr, (usize, usize)>,
-    local: Vec<SocketAddr>,
+    local: Local,
 }
 
 /// The branch key of a process whose config names none: drawn once, so that every table the
@@ -189,11 +229,16 @@ impl RoutingTable {
     /// siplb's own and it advertises `[listen] advertise` or the first of them. For
     /// `siplb route` and for routing in tests and benchmarks.
     pub fn unbound(cfg: &Config, health: &dyn HealthView) -> RoutingTable {
-        let first = cfg.listen.udp.first().copied();
+        let local = Local {
+            udp: cfg.listen.udp.clone(),
+            tcp: cfg.listen.tcp.clone(),
+            tls: cfg.listen.tls.iter().map(|t| t.address).collect(),
+        };
+        let first = local.first();
         let advertise = cfg
             .listen
             .advertise_or(first.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))));
-        RoutingTable::build(cfg, advertise, cfg.listen.udp.clone(), 1, health)
+        RoutingTable::build(cfg, advertise, local, 1, health)
     }
 
     /// Builds a table from a validated config, the addresses siplb listens on (`local`), the
@@ -201,10 +246,11 @@ impl RoutingTable {
     pub fn build(
         cfg: &Config,
         advertise: HostPort,
-        local: Vec<SocketAddr>,
+        local: impl Into<Local>,
         version: u64,
         health: &dyn HealthView,
     ) -> RoutingTable {
+        let local = local.into();
         let index: HashMap<&str, usize> = cfg
             .pools
             .iter()
@@ -263,24 +309,45 @@ impl RoutingTable {
                 key: r.key,
             })
             .collect();
-        let via = |sent_by: &HostPort| {
-            let mut prefix = format!("Via: SIP/2.0/UDP {sent_by};branch=").into_bytes();
+        let via = |transport: Transport, sent_by: &HostPort| {
+            let token = transport.as_str().to_ascii_uppercase();
+            let mut prefix = format!("Via: SIP/2.0/{token} {sent_by};branch=").into_bytes();
             prefix.extend_from_slice(branch::PREFIX);
             prefix
         };
         // An address of one family in the Via is no use to a server of the other: a message
         // for such a server names siplb's listener of the server's family instead, so a server
         // answering at the sent-by port (RFC 3261 §18.2.2) reaches siplb whatever the ports. A
-        // name is written for every family.
+        // name is written for every family. Over TCP and TLS the Via names the port of siplb's
+        // listener of that transport (a server that loses the connection opens a new one
+        // there), over UDP the advertised port.
         let advertised_ip = parse_ip(advertise.host.as_bytes());
-        let of_family = |v6: bool| match advertised_ip {
-            Some(ip) if ip.is_ipv6() != v6 => local
-                .iter()
-                .find(|a| a.is_ipv6() == v6)
-                .map_or_else(|| via(&advertise), |&a| via(&HostPort::from(a))),
-            _ => via(&advertise),
+        let of = |transport: Transport, v6: bool| {
+            let listeners = local.of(transport);
+            let own_family = |l: &&SocketAddr| l.is_ipv6() == v6;
+            match advertised_ip {
+                Some(ip) if ip.is_ipv6() != v6 => listeners
+                    .iter()
+                    .find(own_family)
+                    .or_else(|| local.udp.iter().find(own_family))
+                    .map_or_else(
+                        || via(transport, &advertise),
+                        |&a| via(transport, &HostPort::from(a)),
+                    ),
+                _ => match (transport, listeners.first()) {
+                    (Transport::Udp, _) | (_, None) => via(transport, &advertise),
+                    (_, Some(l)) => via(
+                        transport,
+                        &HostPort {
+                            host: advertise.host.clone(),
+                            port: Some(l.port()),
+                        },
+                    ),
+                },
+            }
         };
-        let via_prefixes = [of_family(false), of_family(true)];
+        let via_prefixes =
+            [Transport::Udp, Transport::Tcp, Transport::Tls].map(|t| [of(t, false), of(t, true)]);
         let branch_key = match &cfg.routing.branch_key {
             Some(secret) => BranchKey::from_secret(&secret.0),
             None => process_branch_key(),
@@ -307,11 +374,42 @@ impl RoutingTable {
     /// The start of siplb's Via for a message sent to `to`: it names `[listen] advertise` (by
     /// default the first listener), or siplb's listener of `to`'s family when the advertised
     /// address is of the other family.
-    pub(crate) fn via_prefix(&self, to: SocketAddr) -> &[u8] {
-        &self.via_prefixes[usize::from(to.is_ipv6())]
+    pub(crate) fn via_prefix(&self, to: SocketAddr, transport: Transport) -> &[u8] {
+        let t = match transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+        };
+        &self.via_prefixes[t][usize::from(to.is_ipv6())]
     }
 
     /// The first route that matches, if any.
+    /// The `host:port` siplb's Via names for a hop of this transport to `to`.
+    pub(crate) fn sent_by(&self, to: SocketAddr, transport: Transport) -> &[u8] {
+        let prefix = self.via_prefix(to, transport);
+        let head = b"Via: SIP/2.0/UDP ".len();
+        let tail = b";branch=".len() + branch::PREFIX.len();
+        &prefix[head..prefix.len() - tail]
+    }
+
+    /// The server whose id is `name` (any case).
+    pub(crate) fn server_named(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.pools.iter().enumerate().find_map(|(p, pool)| {
+            pool.servers
+                .iter()
+                .position(|s| s.id.as_bytes().eq_ignore_ascii_case(name))
+                .map(|s| (p, s))
+        })
+    }
+
+    /// The pool of a configured server at this IP address, whatever the port (a server opens
+    /// connections from ports of its own).
+    pub(crate) fn pool_at_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.pools
+            .iter()
+            .position(|p| p.servers.iter().any(|s| s.address.ip() == ip))
+    }
+
     pub(crate) fn match_route(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> Option<usize> {
         self.routes.iter().position(|r| r.matches(method, ruri))
     }
@@ -350,7 +448,7 @@ impl RoutingTable {
     }
 
     /// The addresses siplb listens on.
-    pub(crate) fn local(&self) -> &[SocketAddr] {
+    pub(crate) fn local(&self) -> &Local {
         &self.local
     }
 
@@ -368,11 +466,12 @@ impl RoutingTable {
     pub(crate) fn is_us(&self, host: &[u8], port: Option<u16>) -> bool {
         let port = port.unwrap_or(5060);
         if host.eq_ignore_ascii_case(self.advertise.host.as_bytes())
-            && port == self.advertise.port_or_default()
+            && (port == self.advertise.port_or_default()
+                || self.local.all().any(|l| l.port() == port))
         {
             return true;
         }
-        parse_ip(host).is_some_and(|ip| self.local.iter().any(|l| l.ip() == ip && l.port() == port))
+        parse_ip(host).is_some_and(|ip| self.local.all().any(|l| l.ip() == ip && l.port() == port))
     }
 }
 
@@ -504,16 +603,19 @@ pools = ["a", "b"]
         let v4: SocketAddr = "127.0.0.1:5071".parse().unwrap();
         let v6: SocketAddr = "[::1]:5071".parse().unwrap();
         assert_eq!(
-            t.via_prefix(v4),
+            t.via_prefix(v4, Transport::Udp),
             b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-lb"
         );
         assert_eq!(
-            t.via_prefix(v6),
+            t.via_prefix(v6, Transport::Udp),
             b"Via: SIP/2.0/UDP [::1]:5070;branch=z9hG4bK-lb"
         );
         // An advertised name is what every Via says.
         let t = table(&ConfigHealth);
-        assert_eq!(t.via_prefix(v4), t.via_prefix(v6));
+        assert_eq!(
+            t.via_prefix(v4, Transport::Udp),
+            t.via_prefix(v6, Transport::Udp)
+        );
     }
 
     #[test]
@@ -531,7 +633,7 @@ pools = ["a", "b"]
         );
         assert_eq!(parse_ip(b"host"), None);
         assert_eq!(
-            t.via_prefix("127.0.0.1:5071".parse().unwrap()),
+            t.via_prefix("127.0.0.1:5071".parse().unwrap(), Transport::Udp),
             b"Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"
         );
     }

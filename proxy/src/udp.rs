@@ -197,6 +197,12 @@ pub(crate) async fn deliver(
                 tracing::debug!(error = %e, %to, "udp send failed");
             }
         },
+        // No stream runtime yet: a message for a connection has nowhere to go.
+        Action::ToServer { .. } | Action::ToConn(_) => {
+            if let Some(c) = counters.drops.get(DropReason::FlowGone as usize) {
+                c.increment(1);
+            }
+        }
         Action::Drop(reason) => {
             if let Some(c) = counters.drops.get(reason as usize) {
                 c.increment(1);

@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use healthcheck::Failure;
 
 use crate::config::KeyKind;
+pub use crate::config::Transport;
 use crate::hrw;
 use crate::sip::branch::{self, Transaction};
 use crate::sip::edit::{Edits, Insert};
@@ -33,13 +34,63 @@ use crate::stats;
 pub use crate::stats::Count;
 use crate::table::{parse_ip, Decision, RoutingTable, RuriFacts};
 
-/// What to do with a datagram. The bytes to send are in [`Worker::out`].
+/// A connection's id: nonzero and unique in the process. The shell draws them; the core only
+/// writes them into its branches and reads them back.
+pub type ConnId = u64;
+
+/// The client flow a backend connection serves, as that connection knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub conn: ConnId,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+/// How a message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The datagram's source, or the connection's peer address.
+    pub src: SocketAddr,
+    pub transport: Transport,
+    /// The connection it arrived on: a client flow or a backend connection. `None` over UDP.
+    pub conn: Option<ConnId>,
+    /// Set when it arrived on a backend connection that serves a client flow: that flow.
+    pub client: Option<Peer>,
+}
+
+impl Arrival {
+    /// A datagram from `src`.
+    pub fn udp(src: SocketAddr) -> Self {
+        Arrival {
+            src,
+            transport: Transport::Udp,
+            conn: None,
+            client: None,
+        }
+    }
+}
+
+/// What to do with a message. The bytes to send are in [`Worker::out`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Send the edited request or response to this address.
+    /// Send the edited request or response over UDP to this address.
     Forward(SocketAddr),
-    /// Send siplb's own answer back to the sender's address.
+    /// Send siplb's own answer: over UDP to this address, or, when the request arrived on a
+    /// connection, back down that connection (the address is then only informative).
     Reply(SocketAddr),
+    /// Send the edited request to this TCP or TLS server, over the backend connection that
+    /// belongs to the arrival's connection and this server (for a datagram, over one shared by
+    /// UDP clients). `pool` and `server` index the table the decision was made on.
+    ToServer {
+        addr: SocketAddr,
+        transport: Transport,
+        pool: usize,
+        server: usize,
+    },
+    /// Send the edited message down this connection: a client flow (a response, or a server's
+    /// request on that flow's backend connection) or a backend connection (a client's answer
+    /// to such a request).
+    ToConn(ConnId),
     /// Send nothing.
     Drop(DropReason),
 }
@@ -84,11 +135,13 @@ pub enum DropReason {
     AckUnroutable,
     /// A return path to a broadcast, multicast or unspecified address: siplb never sends there.
     BadDestination,
+    /// The connection the message must go down has closed (counted by the shell).
+    FlowGone,
 }
 
 impl DropReason {
     /// Every reason, for registering the metric.
-    pub(crate) const ALL: [DropReason; 7] = [
+    pub(crate) const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::KeepAlive,
         DropReason::NotOurs,
@@ -96,6 +149,7 @@ impl DropReason {
         DropReason::NoReturnPath,
         DropReason::AckUnroutable,
         DropReason::BadDestination,
+        DropReason::FlowGone,
     ];
 
     /// The metric label.
@@ -108,6 +162,7 @@ impl DropReason {
             DropReason::NoReturnPath => "no_return_path",
             DropReason::AckUnroutable => "ack_unroutable",
             DropReason::BadDestination => "bad_destination",
+            DropReason::FlowGone => "flow_gone",
         }
     }
 }
@@ -134,6 +189,7 @@ struct Request<'a> {
     version_ok: bool,
     top: via::ViaParm,
     src: SocketAddr,
+    at: Arrival,
 }
 
 impl Request<'_> {
@@ -172,13 +228,19 @@ impl Worker {
 
     /// Decides what to do with one datagram `buf` received from `src`.
     pub fn handle(&mut self, table: &RoutingTable, buf: &[u8], src: SocketAddr) -> Outcome {
+        self.handle_from(table, buf, &Arrival::udp(src))
+    }
+
+    /// Decides what to do with one message `buf`, however it arrived.
+    pub fn handle_from(&mut self, table: &RoutingTable, buf: &[u8], at: &Arrival) -> Outcome {
+        let src = at.src;
         let msg = match scan::scan(buf) {
             Ok(m) => m,
             Err(scan::ScanError::Empty) => return Outcome::drop(DropReason::KeepAlive),
             Err(_) => return Outcome::drop(DropReason::Malformed),
         };
         match msg.start {
-            StartLine::Response { code } => self.response(table, buf, &msg, code, src),
+            StartLine::Response { code } => self.response(table, buf, &msg, code, at),
             StartLine::Request {
                 method,
                 uri,
@@ -195,8 +257,13 @@ impl Worker {
                     version_ok,
                     top,
                     src,
+                    at: *at,
                 };
-                match self.forward(table, &req) {
+                let result = match at.client {
+                    Some(client) => self.down_flow(table, &req, client),
+                    None => self.forward(table, &req),
+                };
+                match result {
                     Ok(outcome) => outcome,
                     Err(refusal) => self.answer(table, &req, refusal),
                 }
@@ -266,7 +333,8 @@ impl Worker {
         if let Some(route) = msg.route {
             let (first, comma) = via::first_value(buf, route.value);
             let mut hop = Some(first);
-            if route_hop(buf, first).is_some_and(|u| table.is_us(u.host.of(buf), u.port)) {
+            let ours = route_hop(buf, first).filter(|u| table.is_us(u.host.of(buf), u.port));
+            if let Some(ours) = ours {
                 hop = match comma {
                     Some(c) => {
                         let next = via::after_comma(buf, c, route.value.end);
@@ -278,24 +346,37 @@ impl Worker {
                         msg.route2.map(|r| via::first_value(buf, r.value).0)
                     }
                 };
+                // Our Route naming one of our flows (a Path or Record-Route siplb wrote): the
+                // request goes down that flow, whatever Route remains.
+                if let Some(user) = ours.user.map(|u| u.of(buf)) {
+                    match flow_token::read(&table.branch_key, user) {
+                        Some((conn, transport)) => {
+                            return self.by_token(table, req, edits, max_forwards, conn, transport)
+                        }
+                        // A token siplb did not make (RFC 5626 §5.3: 403).
+                        None if flow_token::looks_like(user) => return Err(Refusal::ForeignRoute),
+                        None => {}
+                    }
+                }
             }
             if let Some(hop) = hop {
-                let server = route_hop(buf, hop)
-                    .and_then(|u| {
-                        Some(SocketAddr::new(
-                            parse_ip(u.host.of(buf))?,
-                            u.port.unwrap_or(5060),
-                        ))
-                    })
-                    .and_then(|a| table.server_at(a));
+                // A server by address, or by its id: a Lync Front End record-routes with its
+                // FQDN, which an operator gives as the server's id.
+                let server = route_hop(buf, hop).and_then(|u| {
+                    let host = u.host.of(buf);
+                    match parse_ip(host) {
+                        Some(ip) => table.server_at(SocketAddr::new(ip, u.port.unwrap_or(5060))),
+                        None => table.server_named(host),
+                    }
+                });
                 match server {
-                    Some((p, s)) => next_hop = Some((p, table.server(p, s).address)),
+                    Some(hop) => next_hop = Some(hop),
                     None => return Err(Refusal::ForeignRoute),
                 }
             }
         }
 
-        let (pool, dest) = match next_hop {
+        let (pool, server) = match next_hop {
             Some(hop) => hop,
             None => {
                 let d = self.choose(table, req)?;
@@ -304,28 +385,183 @@ impl Worker {
                         retry_after: table.retry_after_secs,
                     });
                 };
-                (d.serving, table.server(d.serving, s).address)
+                (d.serving, s)
             }
         };
+        let target = table.server(pool, server);
+        let (dest, transport) = (target.address, target.transport);
+        if transport != Transport::Tls && scheme_is(buf, req.ruri, b"sips") {
+            return Err(Refusal::SipsNeedsTls);
+        }
 
-        // Our Via on top, with the keyed branch.
+        // Our Via on top, with the keyed branch naming the connection the answer goes back
+        // down (none for a datagram).
         self.scratch.clear();
-        let hash = branch::hash(&table.branch_key, &req.transaction(), dest);
+        self.push_via(table, req, &mut edits, dest, transport);
+        self.push_flow_route(table, req, &mut edits);
+        self.push_max_forwards(msg, max_forwards, &mut edits);
+        edits.apply(buf, msg.end(), &self.scratch, &mut self.out);
+        let count = Some(Count::Request {
+            pool,
+            method: stats::method_index(req.method),
+        });
+        let action = match transport {
+            Transport::Udp => {
+                let limit = if dest.is_ipv4() {
+                    MAX_UDP_V4
+                } else {
+                    MAX_UDP_V6
+                };
+                if self.out.len() > limit {
+                    return Err(Refusal::TooLarge);
+                }
+                Action::Forward(dest)
+            }
+            Transport::Tcp | Transport::Tls => Action::ToServer {
+                addr: dest,
+                transport,
+                pool,
+                server,
+            },
+        };
+        Ok(Outcome {
+            action,
+            passive: None,
+            count,
+        })
+    }
+
+    /// A request a server sent on the backend connection of `client`'s flow (NOTIFY,
+    /// BENOTIFY, INVITE…): it goes down that flow, with siplb's Via naming the backend
+    /// connection so the client's answer comes back to it. It is not routed by key.
+    fn down_flow(
+        &mut self,
+        table: &RoutingTable,
+        req: &Request<'_>,
+        client: Peer,
+    ) -> Result<Outcome, Refusal> {
+        let msg = req.msg;
+        let max_forwards = Self::validate(req)?;
+        let Some((pool, _)) = table.server_at(req.src) else {
+            // The server left the config since the connection opened.
+            return Ok(Outcome::drop(DropReason::UnknownSender));
+        };
+        let mut edits = Edits::default();
+        self.scratch.clear();
+        self.push_via(table, req, &mut edits, client.addr, client.transport);
+        self.push_max_forwards(msg, max_forwards, &mut edits);
+        edits.apply(req.buf, msg.end(), &self.scratch, &mut self.out);
+        Ok(Outcome {
+            action: Action::ToConn(client.conn),
+            passive: None,
+            count: Some(Count::Request {
+                pool,
+                method: stats::method_index(req.method),
+            }),
+        })
+    }
+
+    /// A request whose top Route is a flow token of siplb's: down that flow. Only a configured
+    /// server (by IP: a server connects from ports of its own) may send one.
+    fn by_token(
+        &mut self,
+        table: &RoutingTable,
+        req: &Request<'_>,
+        mut edits: Edits,
+        max_forwards: Option<u64>,
+        conn: ConnId,
+        transport: Transport,
+    ) -> Result<Outcome, Refusal> {
+        let pool = table
+            .pool_at_ip(req.src.ip())
+            .ok_or(Refusal::ForeignRoute)?;
+        self.scratch.clear();
+        // The flow's peer is not known here: the branch is keyed to no address, and a
+        // response on a connection is verified against that too.
+        self.push_via(table, req, &mut edits, UNADDRESSED, transport);
+        self.push_max_forwards(req.msg, max_forwards, &mut edits);
+        edits.apply(req.buf, req.msg.end(), &self.scratch, &mut self.out);
+        Ok(Outcome {
+            action: Action::ToConn(conn),
+            passive: None,
+            count: Some(Count::Request {
+                pool,
+                method: stats::method_index(req.method),
+            }),
+        })
+    }
+
+    /// On a request from a client flow, the URI that brings a server's later requests back
+    /// down that flow: a `Path` on a REGISTER whose sender supports it (RFC 3327 §5.2, which
+    /// has proxies add Path only then), a `Record-Route` on a dialog-forming request from an
+    /// RFC 5626 client (its Contact has `ob`), as RFC 5626 §5.3 asks of an edge proxy. Lync
+    /// clients ask for neither: a Front End sends to them down the backend connection, which
+    /// siplb ties to the client's flow.
+    fn push_flow_route(&mut self, table: &RoutingTable, req: &Request<'_>, edits: &mut Edits) {
+        let (buf, msg) = (req.buf, req.msg);
+        let (Some(conn), None) = (req.at.conn, req.at.client) else {
+            return;
+        };
+        if req.at.transport == Transport::Udp {
+            return;
+        }
+        let header: &[u8] = if req.method == b"REGISTER" {
+            if !msg.supports_path {
+                return;
+            }
+            b"Path: <sip:"
+        } else if matches!(req.method, b"INVITE" | b"SUBSCRIBE" | b"REFER")
+            && msg.contact.is_some_and(|c| has_ob(c.value.of(buf)))
+        {
+            b"Record-Route: <sip:"
+        } else {
+            return;
+        };
+        let start = self.scratch.len();
+        self.scratch.extend_from_slice(header);
+        flow_token::write(&mut self.scratch, &table.branch_key, conn, req.at.transport);
+        self.scratch.push(b'@');
+        self.scratch
+            .extend_from_slice(table.sent_by(req.src, req.at.transport));
+        self.scratch.extend_from_slice(match req.at.transport {
+            Transport::Tls => b";transport=tls;lr>\r\n",
+            _ => b";transport=tcp;lr>\r\n",
+        });
+        let line = Span::new(start, self.scratch.len());
+        edits.push(msg.headers_start, 0, Insert::Scratch(line));
+    }
+
+    /// Puts siplb's Via on top (its transport token is the hop's, its keyed branch names the
+    /// connection the request arrived on) and `received`/`rport` on the sender's.
+    fn push_via(
+        &mut self,
+        table: &RoutingTable,
+        req: &Request<'_>,
+        edits: &mut Edits,
+        dest: SocketAddr,
+        transport: Transport,
+    ) {
+        let conn = req.at.conn;
+        let hash = branch::hash_flow(&table.branch_key, &req.transaction(), dest, conn);
         let via_line = {
             let start = self.scratch.len();
-            self.scratch.extend_from_slice(table.via_prefix(dest));
-            self.scratch.extend_from_slice(&branch::hex(hash));
+            self.scratch
+                .extend_from_slice(table.via_prefix(dest, transport));
+            branch::write(&mut self.scratch, hash, conn);
             self.scratch.extend_from_slice(b"\r\n");
             Span::new(start, self.scratch.len())
         };
         edits.push(
-            msg.via.map_or(msg.headers_start, |h| h.line.start),
+            req.msg.via.map_or(req.msg.headers_start, |h| h.line.start),
             0,
             Insert::Scratch(via_line),
         );
         // RFC 3581 §4: received always (we add it even when it equals sent-by), rport on request.
-        via::push_return_path(&req.top, req.src, &mut self.scratch, &mut edits);
-        // Max-Forwards (RFC 3261 §16.6 step 3).
+        via::push_return_path(&req.top, req.src, &mut self.scratch, edits);
+    }
+
+    /// Max-Forwards minus one, or 70 where there was none (RFC 3261 §16.6 step 3).
+    fn push_max_forwards(&mut self, msg: &Message, max_forwards: Option<u64>, edits: &mut Edits) {
         match (msg.max_forwards, max_forwards) {
             (Some(h), Some(n)) => {
                 let start = self.scratch.len();
@@ -338,23 +574,6 @@ impl Worker {
             }
             _ => edits.push(msg.headers_end, 0, Insert::Static(b"Max-Forwards: 70\r\n")),
         }
-        edits.apply(buf, msg.end(), &self.scratch, &mut self.out);
-        let limit = if dest.is_ipv4() {
-            MAX_UDP_V4
-        } else {
-            MAX_UDP_V6
-        };
-        if self.out.len() > limit {
-            return Err(Refusal::TooLarge);
-        }
-        Ok(Outcome {
-            action: Action::Forward(dest),
-            passive: None,
-            count: Some(Count::Request {
-                pool,
-                method: stats::method_index(req.method),
-            }),
-        })
     }
 
     /// Picks route, home pool, serving pool and server.
@@ -402,6 +621,7 @@ impl Worker {
             version_ok,
             top,
             src,
+            at: Arrival::udp(src),
         };
         Self::validate(&req)?;
         self.choose(table, &req)
@@ -422,7 +642,8 @@ impl Worker {
             _ => req.top.port.unwrap_or(5060),
         };
         let to = SocketAddr::new(req.src.ip(), port);
-        if bad_destination(to.ip()) {
+        // Down a connection the answer goes back where the request came from.
+        if req.at.conn.is_none() && bad_destination(to.ip()) {
             return Outcome::drop(DropReason::BadDestination);
         }
         let unrouted = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -452,9 +673,13 @@ impl Worker {
         buf: &[u8],
         msg: &Message,
         code: u16,
-        src: SocketAddr,
+        at: &Arrival,
     ) -> Outcome {
-        if table.server_at(src).is_none() {
+        let src = at.src;
+        let from_server = table.server_at(src).is_some();
+        // A datagram must come from a server's exact address; on a connection, the branch
+        // (keyed over the peer's address and the connection) is the proof.
+        if at.conn.is_none() && !from_server {
             return Outcome::drop(DropReason::UnknownSender);
         }
         let (Some(top_line), Some(top), None, false) =
@@ -488,14 +713,30 @@ impl Worker {
         let Some(next) = next else {
             return Outcome::drop(DropReason::NoReturnPath);
         };
-        let expected = branch::hash(&table.branch_key, &transaction(buf, msg, &next), src);
-        if !top
-            .branch
-            .is_some_and(|b| branch::verifies(b.of(buf), expected))
-        {
+        let Some(conn) = top.branch.and_then(|b| branch::conn_of(b.of(buf))) else {
+            return Outcome::drop(DropReason::NotOurs);
+        };
+        let tx = transaction(buf, msg, &next);
+        let verifies = |hop: SocketAddr| {
+            let expected = branch::hash_flow(&table.branch_key, &tx, hop, conn);
+            top.branch
+                .is_some_and(|b| branch::verifies(b.of(buf), expected, conn))
+        };
+        // On a connection, the request may have been sent down it by a flow token, keyed to
+        // no address.
+        let on_conn_unaddressed = || at.conn.is_some() && verifies(UNADDRESSED);
+        if !verifies(src) && !on_conn_unaddressed() {
             return Outcome::drop(DropReason::NotOurs);
         }
-        let passive = (code == 503).then_some((src, Failure::Passive503));
+        let passive = (code == 503 && from_server).then_some((src, Failure::Passive503));
+        if let Some(conn) = conn {
+            edits.apply(buf, msg.end(), &[], &mut self.out);
+            return Outcome {
+                action: Action::ToConn(conn),
+                passive,
+                count: Some(Count::Response { code }),
+            };
+        }
         let Some(dest) = via_return_address(buf, &next) else {
             return Outcome {
                 passive,
@@ -590,11 +831,44 @@ fn via_return_address(buf: &[u8], v: &via::ViaParm) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The address a branch is keyed to when the hop's address is not known (a request sent down
+/// a flow named by a flow token).
+const UNADDRESSED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Whether a Contact value's URI carries the `ob` parameter (RFC 5626 §4.2.1).
+fn has_ob(contact: &[u8]) -> bool {
+    let uri = match memchr_byte(b'<', contact) {
+        Some(open) => {
+            let rest = &contact[open + 1..];
+            &rest[..memchr_byte(b'>', rest).unwrap_or(rest.len())]
+        }
+        None => contact,
+    };
+    uri.split(|&c| c == b';')
+        .skip(1)
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"ob"))
+}
+
+fn memchr_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&c| c == needle)
+}
+
+/// Whether the URI at `span` has this scheme (any case).
+fn scheme_is(buf: &[u8], span: Span, scheme: &[u8]) -> bool {
+    let uri = span.of(buf);
+    uri.len() > scheme.len()
+        && uri[scheme.len()] == b':'
+        && uri[..scheme.len()].eq_ignore_ascii_case(scheme)
+}
+
 /// The URI of one Route value.
 fn route_hop(buf: &[u8], value: Span) -> Option<uri::Uri> {
     uri::header_uri(buf, value).and_then(|u| uri::read(buf, u))
 }
 
 pub(crate) mod explain;
+mod flow_token;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_streams;

@@ -943,3 +943,24 @@ fn an_address_of_record_hashes_the_same_however_long() {
         );
     }
 }
+
+#[test]
+fn a_route_naming_a_server_by_its_id_is_followed() {
+    // A Lync Front End record-routes with its FQDN; the operator gives that as the server's id.
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "BYE",
+        "Route: <sip:FE-B:5061;transport=tls;opaque=state:T;lr>\r\n",
+    ));
+    assert_eq!(forwarded_to(a), "127.0.0.1:5072".parse().unwrap());
+    assert!(out.contains("Route: <sip:FE-B:5061;"), "{out}");
+    let (a, out) = handle(&invite(
+        "z9hG4bK1",
+        "BYE",
+        "Route: <sip:fe9.contoso.com;lr>\r\n",
+    ));
+    assert!(
+        matches!(a, Action::Reply(_)) && status(&out) == "403",
+        "{out}"
+    );
+}

@@ -58,7 +58,7 @@ pub(crate) enum OpError {
 pub(crate) struct Reload {
     pub(crate) config: Arc<Config>,
     pub(crate) advertise: HostPort,
-    pub(crate) local: Vec<SocketAddr>,
+    pub(crate) local: crate::table::Local,
 }
 
 /// What operators and reloads ask of the supervisor; each waits for its answer.

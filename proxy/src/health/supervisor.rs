@@ -101,7 +101,7 @@ impl Drop for ServerEntry {
 pub(super) struct Supervisor {
     pub(crate) cfg: Arc<Config>,
     advertise: HostPort,
-    local: Vec<SocketAddr>,
+    local: crate::table::Local,
     tables: Arc<ArcSwap<RoutingTable>>,
     version: u64,
     pub(crate) servers: HashMap<Arc<str>, ServerEntry>,
@@ -135,7 +135,7 @@ impl Supervisor {
         let mut sup = Supervisor {
             cfg: cfg.clone(),
             advertise: table.advertise.clone(),
-            local: table.local().to_vec(),
+            local: table.local().clone(),
             version: table.version,
             tables,
             servers: HashMap::new(),

@@ -151,7 +151,7 @@ impl Harness {
         let reload = Reload {
             config: parse(text),
             advertise: advertise(),
-            local: local(),
+            local: local().into(),
         };
         self.control.reload(reload).await.expect("reload applied");
         settle().await;

@@ -106,8 +106,21 @@ impl<'a> Transaction<'a> {
     }
 }
 
-/// The hash behind siplb's branch for `tx` sent to `hop`.
+/// The hash behind siplb's branch for `tx` sent to `hop` (over UDP, or from a flow-less hop).
 pub(crate) fn hash(key: &BranchKey, tx: &Transaction<'_>, hop: SocketAddr) -> u64 {
+    hash_flow(key, tx, hop, None)
+}
+
+/// The hash behind siplb's branch for `tx` sent to `hop`, naming the connection `conn` its
+/// answer must go back down (the client flow a request came in on, or the backend connection
+/// a server's request came in on). The hash covers the connection, so a response cannot
+/// redirect itself to another flow.
+pub(crate) fn hash_flow(
+    key: &BranchKey,
+    tx: &Transaction<'_>,
+    hop: SocketAddr,
+    conn: Option<u64>,
+) -> u64 {
     let mut feed = Feed {
         h: SipHasher::<1, 3>::new(key.k0, key.k1),
         buf: [0; 256],
@@ -141,6 +154,10 @@ pub(crate) fn hash(key: &BranchKey, tx: &Transaction<'_>, hop: SocketAddr) -> u6
         IpAddr::V6(ip) => part(&ip.octets()),
     }
     part(&hop.port().to_le_bytes());
+    if let Some(conn) = conn {
+        part(b"c");
+        part(&conn.to_le_bytes());
+    }
     feed.finish()
 }
 
@@ -182,11 +199,56 @@ pub(crate) fn hex(hash: u64) -> [u8; 16] {
     out
 }
 
-/// Whether `branch` (a response's top Via branch) is the one siplb makes for `hash`.
-pub(crate) fn verifies(branch: &[u8], hash: u64) -> bool {
-    branch.len() == PREFIX.len() + 16
+/// The keyed tag that makes a flow token (RFC 5626 §5.2) unforgeable: siplb honours a Route
+/// naming one of its flows only when the tag matches the connection and its transport.
+pub(crate) fn flow_mac(key: &BranchKey, conn: u64, transport: &[u8]) -> u64 {
+    let mut h = SipHasher::<1, 3>::new(key.k0 ^ 0x666c_6f77, key.k1);
+    h.write(&conn.to_le_bytes());
+    h.write(transport);
+    h.finish()
+}
+
+/// Writes siplb's branch after [`PREFIX`]: the 16 hex digits of `hash`, then `.` and the
+/// connection in hex when there is one (`z9hG4bK-lb0123456789abcdef.1f`).
+pub(crate) fn write(out: &mut Vec<u8>, hash: u64, conn: Option<u64>) {
+    out.extend_from_slice(&hex(hash));
+    if let Some(conn) = conn {
+        out.push(b'.');
+        let digits = hex(conn);
+        let first = digits.iter().position(|&d| d != b'0').unwrap_or(15);
+        out.extend_from_slice(&digits[first..]);
+    }
+}
+
+/// The connection a branch of siplb's names: `Some(None)` for none, `Some(Some(c))` for `c`,
+/// `None` when the branch is not one siplb writes.
+pub(crate) fn conn_of(branch: &[u8]) -> Option<Option<u64>> {
+    let rest = branch.strip_prefix(PREFIX)?.get(16..)?;
+    let Some(digits) = rest.strip_prefix(b".") else {
+        return rest.is_empty().then_some(None);
+    };
+    if digits.is_empty() || digits.len() > 16 || digits[0] == b'0' {
+        return None;
+    }
+    let mut conn = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        conn = conn << 4 | u64::from(v);
+    }
+    Some(Some(conn))
+}
+
+/// Whether `branch` (a response's top Via branch) is the one siplb makes for `hash` and
+/// `conn`.
+pub(crate) fn verifies(branch: &[u8], hash: u64, conn: Option<u64>) -> bool {
+    branch.len() >= PREFIX.len() + 16
         && branch.starts_with(PREFIX)
-        && branch[PREFIX.len()..] == hex(hash)
+        && branch[PREFIX.len()..PREFIX.len() + 16] == hex(hash)
+        && conn_of(branch) == Some(conn)
 }
 
 /// SipHash-c-d (Aumasson and Bernstein, 2012) over a byte stream, with a 128-bit key.
@@ -313,10 +375,49 @@ mod tests {
         assert_ne!(l, hash(&k, &Transaction::Branch(&long[..599]), a));
         let mut branch = PREFIX.to_vec();
         branch.extend_from_slice(&hex(h));
-        assert!(verifies(&branch, h));
-        assert!(!verifies(&branch, h ^ 1));
-        assert!(!verifies(&branch.to_ascii_uppercase(), h));
-        assert!(!verifies(&branch[..branch.len() - 1], h));
+        assert!(verifies(&branch, h, None));
+        assert!(!verifies(&branch, h ^ 1, None));
+        assert!(!verifies(&branch.to_ascii_uppercase(), h, None));
+        assert!(!verifies(&branch[..branch.len() - 1], h, None));
         assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+    }
+
+    #[test]
+    fn a_branch_names_its_connection_and_the_hash_covers_it() {
+        let k = BranchKey::from_secret(b"0123456789abcdef");
+        let a: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+        let tx = Transaction::Branch(b"z9hG4bK1");
+        assert_eq!(hash_flow(&k, &tx, a, None), hash(&k, &tx, a));
+        let h = hash_flow(&k, &tx, a, Some(0x1f));
+        assert_ne!(h, hash(&k, &tx, a));
+        assert_ne!(h, hash_flow(&k, &tx, a, Some(0x1e)));
+        let mut branch = PREFIX.to_vec();
+        write(&mut branch, h, Some(0x1f));
+        assert!(
+            branch.ends_with(b".1f"),
+            "{}",
+            String::from_utf8_lossy(&branch)
+        );
+        assert_eq!(conn_of(&branch), Some(Some(0x1f)));
+        assert!(verifies(&branch, h, Some(0x1f)));
+        assert!(!verifies(&branch, h, Some(0x1e)));
+        assert!(!verifies(&branch, h, None));
+        let mut max = PREFIX.to_vec();
+        write(&mut max, 7, Some(u64::MAX));
+        assert_eq!(conn_of(&max), Some(Some(u64::MAX)));
+        // Anything else after the hash is not siplb's.
+        for tail in [
+            &b"."[..],
+            b".01",
+            b".1F",
+            b".x",
+            b"1",
+            b".11111111111111111",
+        ] {
+            let mut b = PREFIX.to_vec();
+            b.extend_from_slice(&hex(h));
+            b.extend_from_slice(tail);
+            assert_eq!(conn_of(&b), None, "{}", String::from_utf8_lossy(tail));
+        }
     }
 }

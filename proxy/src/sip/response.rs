@@ -37,6 +37,10 @@ pub(crate) enum Refusal {
     VersionNotSupported,
     /// `513`: the request no longer fits a UDP datagram once siplb's edits are applied.
     TooLarge,
+    /// `480 SIPS Needs TLS`: a `sips:` request-URI whose next hop is not a TLS server —
+    /// RFC 3261 §26.2.2 has every hop of a SIPS request secured, so siplb does not send it in
+    /// the clear.
+    SipsNeedsTls,
 }
 
 impl Refusal {
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::NoServer { .. } => 503,
             Refusal::VersionNotSupported => 505,
             Refusal::TooLarge => 513,
+            Refusal::SipsNeedsTls => 480,
         }
     }
 
@@ -80,6 +85,7 @@ impl Refusal {
             Refusal::NoServer { .. } => ("Service Unavailable", ""),
             Refusal::VersionNotSupported => ("Version Not Supported", ""),
             Refusal::TooLarge => ("Message Too Large", ""),
+            Refusal::SipsNeedsTls => ("SIPS Needs TLS", ""),
         };
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(tail.as_bytes());

@@ -78,6 +78,8 @@ enum Name {
     Route,
     ContentLength,
     ProxyRequire,
+    Supported,
+    Contact,
     Other,
 }
 
@@ -90,6 +92,8 @@ fn classify(name: &[u8]) -> Name {
             b't' => Name::To,
             b'i' => Name::CallId,
             b'l' => Name::ContentLength,
+            b'k' => Name::Supported,
+            b'm' => Name::Contact,
             _ => Name::Other,
         },
         2 if is(b"to") => Name::To,
@@ -98,6 +102,8 @@ fn classify(name: &[u8]) -> Name {
         4 if is(b"cseq") => Name::CSeq,
         5 if is(b"route") => Name::Route,
         7 if is(b"call-id") => Name::CallId,
+        7 if is(b"contact") => Name::Contact,
+        9 if is(b"supported") => Name::Supported,
         12 if is(b"max-forwards") => Name::MaxForwards,
         13 if is(b"proxy-require") => Name::ProxyRequire,
         14 if is(b"content-length") => Name::ContentLength,
@@ -127,6 +133,10 @@ pub(crate) struct Message {
     /// A Proxy-Require header names an option tag siplb does not support (RFC 3261 §16.3
     /// step 5).
     pub(crate) unsupported_proxy_require: bool,
+    /// A Supported header names the `path` option tag (RFC 3327).
+    pub(crate) supports_path: bool,
+    /// The first Contact header line.
+    pub(crate) contact: Option<Hdr>,
     /// Content-Length is not a number, two disagree, or it is larger than the datagram's body
     /// (RFC 3261 §18.3); the body is then the rest of the datagram.
     pub(crate) bad_content_length: bool,
@@ -297,6 +307,8 @@ pub(crate) fn scan(buf: &[u8]) -> Result<Message, ScanError> {
         route: None,
         route2: None,
         unsupported_proxy_require: false,
+        supports_path: false,
+        contact: None,
         bad_content_length: false,
         headers_start: next,
         headers_end: 0,
@@ -435,6 +447,14 @@ fn store(
         Name::ProxyRequire => {
             m.unsupported_proxy_require |= unsupported_tags(hdr.value.of(buf)).next().is_some();
         }
+        Name::Supported => {
+            m.supports_path |= hdr
+                .value
+                .of(buf)
+                .split(|&c| c == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"path"));
+        }
+        Name::Contact => first(&mut m.contact),
         Name::ContentLength => {
             *content_length = match (*content_length, parse_uint(hdr.value.of(buf))) {
                 (Ok(None), Some(n)) => Ok(Some(n)),

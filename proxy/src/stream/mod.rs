@@ -1,0 +1,3 @@
+//! SIP over TCP and TLS: framing, connections and flows.
+
+pub(crate) mod framer;
