@@ -56,6 +56,9 @@ pub struct Listen {
     pub(crate) advertise: Option<HostPort>,
     /// Worker sockets per UDP address (SO_REUSEPORT). Default: the number of cores.
     pub(crate) workers: usize,
+    /// Layer-4 passthrough listeners: TLS that must end at the servers, whose connections
+    /// siplb places by the client's IP without reading them.
+    pub(crate) passthrough: Vec<Passthrough>,
 }
 
 impl Listen {
@@ -76,6 +79,21 @@ pub struct TlsListen {
     pub(crate) cert: PathBuf,
     /// Private key (PEM); a relative path in the file is resolved against its directory.
     pub(crate) key: PathBuf,
+}
+
+/// One `[listen] passthrough` entry: connections accepted at `address` are placed on a server
+/// of `pool` (or of its pair when the pool is failed over) by HRW over the client's IP, and
+/// their bytes are copied both ways unread — TLS ends at the server, as behind Microsoft's
+/// hardware load balancer for Lync.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passthrough {
+    /// Address to listen on (TCP; port 0 picks a free port).
+    pub(crate) address: SocketAddr,
+    /// The home pool; its servers' addresses are where the bytes go (their TLS port).
+    pub(crate) pool: String,
+    /// A connection with no byte in either direction for this long is closed (default 1800 s,
+    /// the least Microsoft allows a load balancer in front of Lync).
+    pub(crate) idle_timeout: Duration,
 }
 
 /// A `host[:port]` as written into SIP headers.
@@ -207,6 +225,21 @@ impl Role {
             Role::Edge => "edge",
             Role::Mediation => "mediation",
             Role::Director => "director",
+        }
+    }
+
+    /// The key a route to pools of this role reads when it names none:
+    /// - front-end: the To AOR for REGISTER, the From AOR for everything else, so a user's
+    ///   registration and the requests they send meet on one server;
+    /// - mediation: the Call-ID, so every request of one call reaches one Mediation server;
+    /// - edge and director: the source IP (connection affinity, as Microsoft's load-balancing
+    ///   guidance has for those roles).
+    pub(crate) fn default_key(self, method: &[u8]) -> KeyKind {
+        match self {
+            Role::FrontEnd if method == b"REGISTER" => KeyKind::ToAor,
+            Role::FrontEnd => KeyKind::FromAor,
+            Role::Mediation => KeyKind::CallId,
+            Role::Edge | Role::Director => KeyKind::SourceIp,
         }
     }
 }
@@ -350,7 +383,7 @@ pub struct RouteConfig {
     pub(crate) uri_user_param: Option<String>,
     /// Home pool candidates: one name for `pool = ...`, several for `pools = [...]`.
     pub(crate) pools: Vec<String>,
-    /// `None`: To AOR for REGISTER, From AOR otherwise.
+    /// `None`: the default of the pools' role ([`Role::default_key`]).
     pub(crate) key: Option<KeyKind>,
 }
 

@@ -46,6 +46,18 @@ pub(crate) struct RawListen {
     pub(crate) tls: Vec<Spanned<RawTlsListen>>,
     pub(crate) advertise: Option<Str>,
     pub(crate) workers: Option<Int>,
+    /// `passthrough = [...]`: TLS passed through to a pool's servers unread.
+    #[serde(default)]
+    pub(crate) passthrough: Vec<Spanned<RawPassthrough>>,
+}
+
+/// One `[listen] passthrough` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassthrough {
+    pub(crate) address: Str,
+    pub(crate) pool: Str,
+    pub(crate) idle_timeout: Option<Str>,
 }
 
 /// One `[listen] tls` entry.

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::super::duration::format_duration;
-use super::super::{Config, Health, Mode, PoolConfig, PoolTls, RouteConfig, Transport};
+use super::super::{Config, Health, Mode, PoolConfig, PoolTls, Role, RouteConfig, Transport};
 
 /// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
 /// its settings and servers, and each route with its conditions, pools and key.
@@ -32,6 +32,16 @@ pub(crate) fn summary(cfg: &Config) -> String {
         l.workers,
         if l.workers == 1 { "" } else { "s" },
     );
+    for p in &l.passthrough {
+        let _ = writeln!(
+            out,
+            "listen    passthrough {} -> pool {} (TLS to the servers unread, by client IP; idle \
+             timeout {})",
+            p.address,
+            p.pool,
+            format_duration(p.idle_timeout)
+        );
+    }
     let advertise = match &l.advertise {
         Some(hp) => hp.to_string(),
         None => "(the first UDP listener's bound address)".to_string(),
@@ -113,7 +123,7 @@ pub(crate) fn summary(cfg: &Config) -> String {
 
     let _ = writeln!(out, "\nroutes ({}, first match wins)", cfg.routes.len());
     for (i, route) in cfg.routes.iter().enumerate() {
-        let _ = writeln!(out, "  route[{i}]  {}", route_line(route));
+        let _ = writeln!(out, "  route[{i}]  {}", route_line(route, &cfg.pools));
     }
     out
 }
@@ -156,7 +166,7 @@ fn health(h: &Health) -> String {
 }
 
 /// `methods REGISTER, INVITE; domain contoso.com -> pools fe-dc1, fe-dc2; key to-aor`.
-fn route_line(r: &RouteConfig) -> String {
+fn route_line(r: &RouteConfig, defined: &[PoolConfig]) -> String {
     let mut conditions = Vec::new();
     if let Some(methods) = &r.methods {
         conditions.push(format!("methods {}", methods.join(", ")));
@@ -176,10 +186,21 @@ fn route_line(r: &RouteConfig) -> String {
         [one] => format!("pool {one}"),
         many => format!("pools {} (by key)", many.join(", ")),
     };
-    let key = r
-        .key
-        .map_or("default (To AOR for REGISTER, From AOR otherwise)", |k| {
-            k.as_str()
-        });
+    // A route's pools share a role, which picks the key when the route names none.
+    let role = r
+        .pools
+        .first()
+        .and_then(|name| defined.iter().find(|p| p.name == *name))
+        .map_or(Role::FrontEnd, |p| p.role);
+    let key = match (r.key, role) {
+        (Some(k), _) => k.as_str().to_string(),
+        (None, Role::FrontEnd) => "default (To AOR for REGISTER, From AOR otherwise)".to_string(),
+        (None, Role::Edge) => "default (source-ip, for an edge pool)".to_string(),
+        (None, role) => format!(
+            "default ({}, for a {} pool)",
+            role.default_key(b"").as_str(),
+            role.as_str()
+        ),
+    };
     format!("{when} -> {pools}; key {key}")
 }

@@ -2,6 +2,7 @@
 //! shipped `config.toml`, and (in [`shape`], [`references`], [`structure`]) one test per kind of
 //! mistake, each checking the line, the key and that the message says what is accepted.
 
+mod passthrough;
 mod references;
 mod shape;
 mod structure;
@@ -185,6 +186,7 @@ fn full_config_becomes_the_expected_config() {
                 port: Some(5060),
             }),
             workers: 2,
+            passthrough: Vec::new(),
         },
         ops: Ops {
             listen: Some(addr("127.0.0.1:9060")),
@@ -397,10 +399,15 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
     assert_eq!(cfg.ops.listen, Some(addr("127.0.0.1:9060")));
     assert_eq!(cfg.ops.admin_token_file, None);
     let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["fe-dc1", "fe-dc2", "med-dc1"]);
+    assert_eq!(
+        names,
+        ["fe-dc1", "fe-dc2", "med-dc1", "edge-dc1", "dir-dc1"]
+    );
     assert_eq!(cfg.pools[0].pair.as_deref(), Some("fe-dc2"));
     assert_eq!(cfg.pools[1].pair.as_deref(), Some("fe-dc1"));
     assert_eq!(cfg.pools[2].role, Role::Mediation);
+    assert_eq!(cfg.pools[3].role, Role::Edge);
+    assert_eq!(cfg.pools[4].role, Role::Director);
     let ids: Vec<&str> = cfg
         .pools
         .iter()
@@ -409,13 +416,16 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
         .collect();
     assert_eq!(
         ids,
-        ["fe1-a", "fe1-b", "fe2-a", "fe2-b", "med1-a", "med1-b"]
+        [
+            "fe1-a", "fe1-b", "fe2-a", "fe2-b", "med1-a", "med1-b", "edge1-a", "edge1-b", "dir1-a",
+            "dir1-b"
+        ]
     );
     for s in cfg.pools.iter().flat_map(|p| &p.servers) {
         assert_eq!(s.transport, Transport::Udp);
         assert_eq!(s.address.ip().to_string(), "127.0.0.1");
     }
-    assert_eq!(cfg.routes.len(), 3);
+    assert_eq!(cfg.routes.len(), 5);
     assert_eq!(cfg.routes[0].uri_user_param.as_deref(), Some("phone"));
     assert_eq!(
         (cfg.routes[0].pools.as_slice(), cfg.routes[0].key),
@@ -427,11 +437,25 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
         .methods
         .as_ref()
         .is_some_and(|m| m.contains(&"REGISTER".to_string())));
+    // The Edge and Director routes name no key: their pools' role picks the source IP.
     assert_eq!(
-        (&cfg.routes[2].methods, &cfg.routes[2].domain),
+        (cfg.routes[2].domain.as_deref(), cfg.routes[2].key),
+        (Some("litwareinc.com"), None)
+    );
+    assert_eq!(cfg.routes[2].pools, ["edge-dc1"]);
+    assert_eq!(
+        (cfg.routes[3].domain.as_deref(), cfg.routes[3].key),
+        (Some("adatum.com"), None)
+    );
+    assert_eq!(cfg.routes[3].pools, ["dir-dc1"]);
+    let text = summary(&cfg);
+    assert!(text.contains("pool edge-dc1; key default (source-ip, for an edge pool)"));
+    assert!(text.contains("pool dir-dc1; key default (source-ip, for a director pool)"));
+    assert_eq!(
+        (&cfg.routes[4].methods, &cfg.routes[4].domain),
         (&None, &None)
     );
-    assert_eq!(cfg.routes[2].pools, ["fe-dc1", "fe-dc2"]);
+    assert_eq!(cfg.routes[4].pools, ["fe-dc1", "fe-dc2"]);
 }
 
 #[test]
