@@ -396,6 +396,7 @@ fn health(
         let choices = [
             ("options", ProbeKind::Options),
             ("tcp-connect", ProbeKind::TcpConnect),
+            ("tls-connect", ProbeKind::TlsConnect),
         ];
         if let Some(probe) = values::choice(ctx, p, &format!("{prefix}.probe"), "probe", &choices) {
             h.probe = probe;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
-use super::super::{Config, Health, Mode, PoolConfig, Role, RouteConfig};
+use super::super::{Config, Health, Mode, PoolConfig, PoolTls, Role, RouteConfig, Transport};
 use super::certs;
 
 /// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
@@ -109,6 +109,9 @@ pub(crate) fn summary(cfg: &Config) -> String {
                 health(&pool.health)
             );
         }
+        if let Some(line) = tls_line(pool) {
+            let _ = writeln!(out, "    {line}");
+        }
         let id_width = pool.servers.iter().map(|s| s.id.len()).max().unwrap_or(0);
         let addr_width = pool
             .servers
@@ -117,9 +120,13 @@ pub(crate) fn summary(cfg: &Config) -> String {
             .max()
             .unwrap_or(0);
         for s in &pool.servers {
+            let name = s
+                .server_name
+                .as_ref()
+                .map_or(String::new(), |n| format!("  server name {n}"));
             let _ = writeln!(
                 out,
-                "    {:id_width$}  {:addr_width$}  {:3}  weight {}{}",
+                "    {:id_width$}  {:addr_width$}  {:3}  weight {}{}{name}",
                 s.id,
                 s.address.to_string(),
                 s.transport.as_str(),
@@ -161,6 +168,31 @@ fn certificate(cert: &Path, now: SystemTime) -> String {
         let _ = write!(line, " | not valid before {}", facts.not_before.text);
     }
     line
+}
+
+/// `tls ca ca.pem | server name fe.contoso.com | client cert lb.crt (key lb.key)`, for a pool
+/// with TLS servers or a `tls` table; `None` otherwise.
+fn tls_line(pool: &PoolConfig) -> Option<String> {
+    let tls = &pool.tls;
+    let uses_tls = pool.servers.iter().any(|s| s.transport == Transport::Tls);
+    if !uses_tls && *tls == PoolTls::default() {
+        return None;
+    }
+    let ca = match &tls.ca {
+        Some(path) => path.display().to_string(),
+        None => format!("{} (system bundle)", tls.ca_file().display()),
+    };
+    let name = tls
+        .server_name
+        .as_deref()
+        .unwrap_or("each server's IP address");
+    let client = match &tls.client_cert {
+        Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
+        None => "none".to_string(),
+    };
+    Some(format!(
+        "tls ca {ca} | server name {name} | client cert {client}"
+    ))
 }
 
 /// `options every 1s, timeout 500ms, fall 2, rise 2`.

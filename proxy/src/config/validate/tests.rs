@@ -8,6 +8,7 @@ mod passthrough;
 mod references;
 mod shape;
 mod structure;
+mod tls_client;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,7 @@ fn server(
         transport,
         weight,
         drained,
+        server_name: None,
     }
 }
 
@@ -212,6 +214,7 @@ fn full_config_becomes_the_expected_config() {
                     interval: Duration::from_secs(5),
                     ..global.clone()
                 },
+                tls: PoolTls::default(),
                 servers: vec![
                     server("127.0.0.1:5071", "127.0.0.1:5071", Transport::Udp, 1, false),
                     server("fe1-b", "127.0.0.1:5072", Transport::Tcp, 2, true),
@@ -226,6 +229,7 @@ fn full_config_becomes_the_expected_config() {
                 failback_after: Duration::from_secs(30),
                 min_up: 1,
                 health: global,
+                tls: PoolTls::default(),
                 servers: vec![server(
                     "127.0.0.1:5081",
                     "127.0.0.1:5081",
