@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Transport};
 use crate::server::Proxy;
 
 /// Reloads the config file (and with it the admin token). Returns the new config version, or
@@ -31,14 +31,28 @@ pub(crate) async fn reload(proxy: &Proxy) -> Result<u64, Vec<String>> {
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-/// The files a reload depends on: the config file, and the certificate and key of each
-/// `[listen] tls` entry of `cfg`.
+/// The files a reload depends on: the config file, the certificate and key of each
+/// `[listen] tls` entry of `cfg`, and each pool's TLS files towards its servers (CA bundle,
+/// client certificate and key) — a renewed CA or client certificate is taken up like a
+/// renewed listener certificate.
 fn watched_files(cfg: &Config) -> Vec<PathBuf> {
     let mut files = vec![cfg.path.clone()];
     for tls in &cfg.listen.tls {
         files.push(tls.cert.clone());
         files.push(tls.key.clone());
     }
+    for pool in &cfg.pools {
+        if !pool.servers.iter().any(|s| s.transport == Transport::Tls) {
+            continue;
+        }
+        files.push(pool.tls.ca_file().to_path_buf());
+        if let Some(c) = &pool.tls.client_cert {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    files.retain(|f| seen.insert(f.clone()));
     files
 }
 

@@ -97,12 +97,6 @@ impl ServerTls {
     }
 }
 
-/// Whether a `sips:` request may go to a server over `transport`: only over TLS (RFC 3261
-/// §26.2.2: a SIPS URI asks for TLS on every hop).
-pub(crate) fn sips_ok(transport: Transport) -> bool {
-    transport == Transport::Tls
-}
-
 /// The name a server's certificate must carry: its own `server_name`, the pool's, or its IP.
 fn server_name(pool: &PoolConfig, server: &ServerConfig) -> anyhow::Result<ServerName<'static>> {
     match server

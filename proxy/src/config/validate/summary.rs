@@ -36,6 +36,16 @@ pub(crate) fn summary(cfg: &Config) -> String {
         l.workers,
         if l.workers == 1 { "" } else { "s" },
     );
+    for p in &l.passthrough {
+        let _ = writeln!(
+            out,
+            "listen    passthrough {} -> pool {} (TLS to the servers unread, by client IP; idle \
+             timeout {})",
+            p.address,
+            p.pool,
+            format_duration(p.idle_timeout)
+        );
+    }
     let now = SystemTime::now();
     for t in &l.tls {
         let _ = writeln!(
@@ -46,16 +56,6 @@ pub(crate) fn summary(cfg: &Config) -> String {
             t.key.display()
         );
         let _ = writeln!(out, "            {}", certificate(&t.cert, now));
-    }
-    for p in &l.passthrough {
-        let _ = writeln!(
-            out,
-            "listen    passthrough {} -> pool {} (TLS to the servers unread, by client IP; idle \
-             timeout {})",
-            p.address,
-            p.pool,
-            format_duration(p.idle_timeout)
-        );
     }
     let advertise = match &l.advertise {
         Some(hp) => hp.to_string(),

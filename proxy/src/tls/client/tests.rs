@@ -253,10 +253,3 @@ fn a_file_gone_since_validation_is_an_error_naming_pool_and_file() {
     let e = format!("{:#}", ServerTls::build(&cfg).unwrap_err());
     assert!(e.contains("pool fe") && e.contains("lb.key"), "{e}");
 }
-
-#[test]
-fn sips_goes_over_tls_only() {
-    assert!(sips_ok(Transport::Tls));
-    assert!(!sips_ok(Transport::Tcp));
-    assert!(!sips_ok(Transport::Udp));
-}

@@ -81,7 +81,11 @@ fn the_address_must_not_clash_with_a_tcp_or_tls_listener() {
 
     let text = with_passthrough(r#"{ address = "127.0.0.1:5061", pool = "a" }"#).replacen(
         "[listen]\n",
-        "[listen]\ntls = [{ address = \"127.0.0.1:5061\", cert = \"c.pem\", key = \"k.pem\" }]\n",
+        &format!(
+            "[listen]\ntls = [{{ address = \"127.0.0.1:5061\", cert = \"{dir}/tls/demo.crt\", \
+             key = \"{dir}/tls/demo.key\" }}]\n",
+            dir = concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+        ),
         1,
     );
     let e = only_error(&text);
