@@ -170,6 +170,41 @@ fn final_or_closed(client: &StreamClient, req: &Request) -> Option<Msg> {
     None
 }
 
+/// Raises this process's soft `RLIMIT_NOFILE` to at least `need` (with `prlimit`, from
+/// util-linux), so a test of many connections is limited by siplb, not by the default 1024.
+/// Child processes started afterwards (siplb) inherit it.
+fn raise_open_files(need: u64) {
+    let pid = std::process::id().to_string();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile", "--raw", "--noheadings"])
+        .args(["--output", "SOFT,HARD"])
+        .output()
+        .expect("prlimit (util-linux) reads the open-file limit");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let limits: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let [soft, hard] = limits[..] else {
+        panic!("unexpected prlimit output {text:?}");
+    };
+    if soft >= need {
+        return;
+    }
+    assert!(
+        hard >= need,
+        "this test needs {need} open files and the hard limit is {hard}: raise it (ulimit -Hn)"
+    );
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={need}:{hard}")])
+        .status()
+        .expect("prlimit sets the open-file limit");
+    assert!(
+        status.success(),
+        "prlimit could not raise the open-file limit to {need}"
+    );
+}
+
 fn backend_by_id<'a>(servers: &[&'a StreamBackend], id: &str) -> &'a StreamBackend {
     servers
         .iter()
@@ -567,6 +602,9 @@ fn max_per_ip_refuses_the_connection_over_the_limit() {
 #[test]
 fn two_thousand_concurrent_client_flows_are_served() {
     const FLOWS: usize = 2000;
+    // This process holds a client and a server end per flow, siplb (which inherits the limit)
+    // a client and a backend connection per flow.
+    raise_open_files(3 * FLOWS as u64);
     let (a, b) = (backend("fe1-a"), backend("fe1-b"));
     let servers = [&a, &b];
     let siplb = Siplb::start(&config(
@@ -594,7 +632,16 @@ fn two_thousand_concurrent_client_flows_are_served() {
     let status = ops.status();
     let flows = status.0["connections"]["flows"].as_u64();
     assert_eq!(flows, Some(FLOWS as u64), "/status counts every open flow");
-    let per_server = [&a, &b].map(|s| s.open_connections().len());
+    // Connections that carried a REGISTER (probes connect too, but send nothing).
+    let per_server = [&a, &b].map(|s| {
+        let conns: BTreeSet<u64> = s
+            .requests()
+            .iter()
+            .filter(|m| m.msg().method() == Some("REGISTER"))
+            .map(|m| m.conn)
+            .collect();
+        conns.len()
+    });
     assert_eq!(
         per_server.iter().sum::<usize>(),
         FLOWS,
