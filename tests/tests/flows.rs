@@ -882,3 +882,51 @@ fn a_server_its_probes_mark_down_has_its_connections_and_its_clients_flows_close
     let (_again, landed) = sign_in_until_ok(&siplb, &servers, "sam", CLOSES_WITHIN);
     assert_ne!(landed, on, "sam lands on the live server");
 }
+
+#[test]
+fn a_tls_connection_that_never_completes_its_handshake_is_cut_after_handshake_timeout() {
+    use siplb_e2e::tls::Pki;
+    use std::io::Read;
+    let pki = Pki::new();
+    let a = backend("fe1-a");
+    let text = format!(
+        "[listen]\ntls = [{{ address = \"127.0.0.1:0\", cert = \"{}\", key = \"{}\" }}]\n\
+         workers = 1\n\n[ops]\nlisten = \"127.0.0.1:0\"\n\n\
+         [health]\nprobe = \"tcp-connect\"\n\n\
+         [connections]\nhandshake_timeout = \"1s\"\n\n\
+         [[pool]]\nname = \"fe\"\nservers = [{{ address = \"{}\", transport = \"tcp\" }}]\n\n\
+         [[route]]\npool = \"fe\"\n",
+        pki.server.cert_path.display(),
+        pki.server.key_path.display(),
+        a.addr(),
+    );
+    let siplb = Siplb::start(&text);
+    let ops = Ops::of(&siplb);
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(siplb.tls()).expect("connect");
+    silent
+        .set_read_timeout(Some(CLOSES_WITHIN))
+        .expect("a read timeout");
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let cut = started.elapsed();
+    assert_eq!(
+        n, 0,
+        "siplb sends nothing to a client that never says hello"
+    );
+    assert!(
+        cut >= Duration::from_millis(900) && cut < CLOSES_WITHIN,
+        "cut after about handshake_timeout (1s), not {cut:?}"
+    );
+    // A client that does the handshake is served.
+    let client = StreamClient::connect(siplb.tls(), Dial::tls(pki.client_config(false)));
+    assert_eq!(client.register(&aor("tina")).status(), Some(200));
+    let m = ops.metrics();
+    assert_eq!(
+        m.sum(
+            "siplb_connection_refusals_total",
+            &[("reason", "handshake_timeout")]
+        ),
+        1.0
+    );
+}
