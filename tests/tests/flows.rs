@@ -908,12 +908,15 @@ fn a_tls_connection_that_never_completes_its_handshake_is_cut_after_handshake_ti
         .set_read_timeout(Some(CLOSES_WITHIN))
         .expect("a read timeout");
     let mut buf = [0u8; 64];
-    let n = silent.read(&mut buf).unwrap_or(0);
+    let read = silent.read(&mut buf);
     let cut = started.elapsed();
-    assert_eq!(
-        n, 0,
-        "siplb sends nothing to a client that never says hello"
-    );
+    match read {
+        Ok(0) => {}
+        Ok(n) => panic!("siplb sent {n} bytes to a client that never said hello"),
+        // A reset is a close too; a timeout is not.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection was not closed within {CLOSES_WITHIN:?}: {e}"),
+    }
     assert!(
         cut >= Duration::from_millis(900) && cut < CLOSES_WITHIN,
         "cut after about handshake_timeout (1s), not {cut:?}"
