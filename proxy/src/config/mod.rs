@@ -86,7 +86,8 @@ pub struct Connections {
     /// A message that has started must complete its header block within this time (default
     /// 10 s): a client that trickles a header byte by byte (slowloris) is cut off.
     pub(crate) header_timeout: Duration,
-    /// A TLS handshake must complete within this time (default 5 s).
+    /// A client's TLS handshake must complete within this time (default 5 s); so must siplb's
+    /// connect (and handshake) to a TCP or TLS server.
     pub(crate) handshake_timeout: Duration,
     /// The largest header block accepted on a connection (default 64 KiB).
     pub(crate) max_header_bytes: usize,
