@@ -6,6 +6,8 @@
 //! - [`config`] writes configs in the words of DESIGN.md's configuration contract;
 //! - [`backend`] is a server peer that records what it received and answers like a registrar;
 //! - [`client`] is a user agent that sends raw requests and collects responses;
+//! - [`stream`] has the same two peers over TCP and TLS (connections, flows, keep-alives), and
+//!   [`tls`] the test PKI (CA, server and client leaves) and rustls configs they use;
 //! - [`request`] builds the exact request bytes; [`sip`] reads messages for assertions;
 //! - [`answer`] checks siplb's own answers (copied headers, `received`/`rport`);
 //! - [`torture`] reads the RFC 4475 torture messages kept in `tests/torture/`;
@@ -50,7 +52,9 @@ pub mod reload;
 pub mod request;
 pub mod sip;
 pub mod sipp;
+pub mod stream;
 pub mod testbed;
+pub mod tls;
 pub mod torture;
 
 pub use backend::{response_to, Backend, Behaviour, Datagram, ProbeAnswer};

@@ -231,6 +231,43 @@ impl Worker {
         self.handle_from(table, buf, &Arrival::udp(src))
     }
 
+    /// siplb's answer `refusal` to a request the stream shell refused before reading it whole
+    /// (its header block `head` was read: 513 for a message over the size limits, 400 for its
+    /// Content-Length). A response, or a head whose top Via cannot be read, is dropped.
+    pub(crate) fn refuse(
+        &mut self,
+        table: &RoutingTable,
+        head: &[u8],
+        at: &Arrival,
+        refusal: Refusal,
+    ) -> Outcome {
+        let Ok(msg) = scan::scan(head) else {
+            return Outcome::drop(DropReason::Malformed);
+        };
+        let (
+            StartLine::Request {
+                method,
+                uri,
+                version_ok,
+            },
+            Some(top),
+        ) = (msg.start, msg.top_via)
+        else {
+            return Outcome::drop(DropReason::Malformed);
+        };
+        let req = Request {
+            buf: head,
+            msg: &msg,
+            method: method.of(head),
+            ruri: uri,
+            version_ok,
+            top,
+            src: at.src,
+            at: *at,
+        };
+        self.answer(table, &req, refusal)
+    }
+
     /// Decides what to do with one message `buf`, however it arrived.
     pub fn handle_from(&mut self, table: &RoutingTable, buf: &[u8], at: &Arrival) -> Outcome {
         let src = at.src;
@@ -360,14 +397,15 @@ impl Worker {
                 }
             }
             if let Some(hop) = hop {
-                let server = route_hop(buf, hop)
-                    .and_then(|u| {
-                        Some(SocketAddr::new(
-                            parse_ip(u.host.of(buf))?,
-                            u.port.unwrap_or(5060),
-                        ))
-                    })
-                    .and_then(|a| table.server_at(a));
+                // A server by address, or by its id: a Lync Front End record-routes with its
+                // FQDN, which an operator gives as the server's id.
+                let server = route_hop(buf, hop).and_then(|u| {
+                    let host = u.host.of(buf);
+                    match parse_ip(host) {
+                        Some(ip) => table.server_at(SocketAddr::new(ip, u.port.unwrap_or(5060))),
+                        None => table.server_named(host),
+                    }
+                });
                 match server {
                     Some(hop) => next_hop = Some(hop),
                     None => return Err(Refusal::ForeignRoute),
