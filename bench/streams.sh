@@ -48,7 +48,8 @@
 #   RATES, CALLS, REPEAT       part 1: calls/s ["2000 5000"], calls per run [30000], runs per leg [2]
 #   TN_RATE                    the rate of the -t tn legs, run once (at the first of RATES) [500]:
 #                              on this kind of machine sipp's tn mode stalls for seconds with a few
-#                              thousand sockets open and holds no higher rate, through either proxy
+#                              thousand sockets open and holds no higher rate, through either proxy;
+#                              TN_CALLS calls per run [10000]
 #   IDLE_FLOWS                 part 2: flows held [10000, capped by the open-file limit]
 #   HANDSHAKES, HS_CONCURRENCY part 3: handshakes per run [3000], in flight at once [16]
 #   PARTS                      which parts run ["cpu flows handshakes"]
@@ -79,6 +80,7 @@ LEGS=${LEGS:-udp tcp-t1 tcp-tn tls-t1}
 WORKERS=${WORKERS:-2}
 RATES=${RATES:-2000 5000}
 TN_RATE=${TN_RATE:-500}
+TN_CALLS=${TN_CALLS:-10000}
 CALLS=${CALLS:-30000}
 REPEAT=${REPEAT:-2}
 IDLE_FLOWS=${IDLE_FLOWS:-10000}
@@ -94,7 +96,7 @@ MAX_LOST_PCT=0.1
 FLOW_BUDGET_KIB=32
 
 if [[ ${1:-} == --quick ]]; then
-    CALLS=4000 REPEAT=1 IDLE_FLOWS=1000 HANDSHAKES=500
+    CALLS=4000 TN_CALLS=2000 REPEAT=1 IDLE_FLOWS=1000 HANDSHAKES=500
 elif [[ $# -gt 0 ]]; then
     usage
 fi
@@ -323,7 +325,9 @@ wait_answering() {
 # The proxies: one instance per proxy and transport, each with the listener of its transport
 # only, in front of backends of that transport.
 
-declare -A proxy_pid=() udp_addr=() tcp_addr=() tls_addr=() kamailio_ctl_of=() kamailio_info=()
+# proxy_addr[PROXY-TRANSPORT]: the listener of part 1's instance; tls_addr[PROXY]: its TLS
+# listener, where stunnel's client service connects.
+declare -A proxy_pid=() proxy_addr=() tls_addr=() kamailio_ctl_of=() kamailio_info=()
 
 # siplb_config FILE TRANSPORT PORT MAX_CONNECTIONS BACKEND... : siplb's configuration for one
 # transport: the listener of that transport only, the backends over it (TLS ones verified
@@ -385,7 +389,7 @@ start_siplb() {
     siplb_config "$out/$name.toml" "$transport" "$port" 4096 "$@"
     start_siplb_process pid "$name" 150 || die "$name did not print ready within 15 s (see $out/$name.stderr)"
     proxy_pid[$name]=$pid
-    printf -v "${transport}_addr[siplb]" '%s' "127.0.0.1:$port"
+    proxy_addr[siplb-$transport]=127.0.0.1:$port
 }
 
 # spawn_kamailio_streams NAME PROTO PORT SHM_MB MAX_CONNECTIONS BACKEND...: Kamailio with
@@ -491,7 +495,7 @@ start_kamailio() {
         kamailio_info[$name]=$(kamailio_streams_settings "$name" "$KAMAILIO_SHM_MB" 4096 tls)
         ;;
     esac
-    printf -v "${transport}_addr[kamailio]" '%s' "127.0.0.1:$port"
+    proxy_addr[kamailio-$transport]=127.0.0.1:$port
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +531,7 @@ for leg in $LEGS; do
 done
 
 # 1. CPU per pair.
-declare -A cpu_sum=() ok_sum=() st_sum=() lossy=()
+declare -A cpu_sum=() ok_sum=() st_sum=() lossy=() unfinished=()
 cpu_rows=() summary_keys=()
 if has_part cpu; then
     start_sipp_backends
@@ -570,7 +574,7 @@ if has_part cpu; then
         t=${leg%%-*} mode=${leg#*-}
         [[ $t == udp ]] && mode=u1
         for p in $PROXIES; do
-            addr=$(eval "echo \${${t}_addr[$p]}")
+            addr=${proxy_addr[$p-$t]:-}
             [[ $t == tls ]] && addr=${stunnel_front[$p]}
             wait_answering "$p-$leg" "$addr" "$mode" 500 || die "$p over $leg does not forward REGISTERs (see $out/warmup-$p-$leg-*.out)"
         done
@@ -580,19 +584,19 @@ if has_part cpu; then
     for asked in $RATES; do
         for ((run = 1; run <= REPEAT; run++)); do
             for leg in $LEGS; do
-                t=${leg%%-*} mode=${leg#*-} rate=$asked
+                t=${leg%%-*} mode=${leg#*-} rate=$asked calls=$CALLS
                 [[ $t == udp ]] && mode=u1
                 # A connection per call: once, at TN_RATE (sipp's own limit, see the header).
                 if [[ $mode == tn ]]; then
                     [[ $asked == "$first_rate" ]] || continue
-                    rate=$TN_RATE
+                    rate=$TN_RATE calls=$TN_CALLS
                 fi
                 [[ " ${summary_keys[*]} " == *" $rate/$leg "* ]] || summary_keys+=("$rate/$leg")
                 for p in $PROXIES; do
-                    addr=$(eval "echo \${${t}_addr[$p]}")
+                    addr=${proxy_addr[$p-$t]:-}
                     [[ $t == tls ]] && addr=${stunnel_front[$p]}
                     pid=${proxy_pid[$p-$t]}
-                    log "$leg $p run $run: $CALLS calls at $rate/s"
+                    log "$leg $p run $run: $calls calls at $rate/s"
                     perf_pid=
                     if [[ $p == siplb && $run == 1 && " ${PERF_LEGS:-} " == *" $leg "* ]]; then
                         perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf-$leg-$rate.data" >"$out/perf-$leg-$rate.log" 2>&1 &
@@ -602,7 +606,7 @@ if has_part cpu; then
                     c0=$(cpu_ticks "$pid")
                     s0=0
                     [[ $t == tls ]] && s0=$(cpu_ticks "$stunnel_pid")
-                    read -r ok failed retrans wall _ <<<"$(run_uac "cpu-$leg-$p-$rate-$run" "$addr" "$mode" "$rate" "$CALLS")"
+                    read -r ok failed retrans wall _ <<<"$(run_uac "cpu-$leg-$p-$rate-$run" "$addr" "$mode" "$rate" "$calls")"
                     if [[ -n $perf_pid ]]; then
                         kill -INT "$perf_pid" 2>/dev/null || true
                         wait "$perf_pid" 2>/dev/null || true
@@ -618,9 +622,12 @@ if has_part cpu; then
                                ((tls && ok > 0) ? sprintf("%.1f", s / hz * 1e6 / ok) : "-") }')"
                     log "  $ok ok, $failed failed, $retrans retransmissions, ${wall}s, CPU ${cpu}s, $per µs/pair (stunnel $st), load $load"
                     cpu_rows+=("| $rate | $leg | $p | $run | $ok | $failed | $retrans | $wall | $cpu | **$per** | $st | $load |")
-                    if awk -v f="$failed" -v re="$retrans" -v n="$CALLS" -v ok="$ok" -v maxl="$MAX_LOST_PCT" \
-                        'BEGIN { exit !((f + re) * 100 >= maxl * n || ok < n) }'; then
+                    if awk -v f="$failed" -v re="$retrans" -v n="$calls" -v maxl="$MAX_LOST_PCT" \
+                        'BEGIN { exit !((f + re) * 100 >= maxl * n) }'; then
                         lossy[$rate-$leg]+="$p run $run, "
+                    fi
+                    if ((ok + failed < calls)); then
+                        unfinished[$rate-$leg]+="$p run $run ($((ok + failed)) of $calls), "
                     fi
                     cpu_sum[$rate-$leg-$p]=$(awk -v a="${cpu_sum[$rate-$leg-$p]:-0}" -v b="$cpu" 'BEGIN { print a + b }')
                     ok_sum[$rate-$leg-$p]=$((${ok_sum[$rate-$leg-$p]:-0} + ok))
@@ -755,7 +762,7 @@ fi
     for p in "${!kamailio_info[@]}"; do echo "- $p, read back with kamcmd: ${kamailio_info[$p]}"; done
     if has_part cpu; then
         echo
-        echo "## CPU per forwarded REGISTER + 200 OK ($CALLS calls per run)"
+        echo "## CPU per forwarded REGISTER + 200 OK ($CALLS calls per run; $TN_CALLS for the -t tn legs)"
         echo
         echo "| rate /s | leg | proxy | run | successful | failed | retransmissions | wall s | proxy CPU s | µs CPU / pair | stunnel µs / pair | load after |"
         echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |"
@@ -777,6 +784,7 @@ fi
                 fi
                 note=""
                 [[ -n ${lossy[$rate-$leg]:-} ]] && note=" (not comparable: ${lossy[$rate-$leg]%, } lost pairs)"
+                [[ -n ${unfinished[$rate-$leg]:-} ]] && note+=" (sipp did not start every call in time: ${unfinished[$rate-$leg]%, }; the figure is per call completed)"
                 echo "| $rate | $leg | **$s** | $k | **$r**$note | $st |"
             }
         done
