@@ -54,9 +54,9 @@
 #   HANDSHAKES, HS_CONCURRENCY part 3: handshakes per run [3000], in flight at once [16]
 #   PARTS                      which parts run ["cpu flows handshakes"]
 #   FLOW_TRANSPORTS            part 2 over TLS, and over TCP to tell TLS's share ["tls tcp"]
-#   PERF_LEGS                  legs whose first siplb run is also recorded with `perf record -e
-#                              cpu-clock` (top symbols in perf-LEG-RATE.txt) [none]; the
-#                              recording costs siplb some CPU in that run
+#   PERF_LEGS                  legs of which one more siplb run (at the first rate) is recorded
+#                              with `perf record -e cpu-clock`, not counted in the figures: CPU
+#                              by binary and top symbols in perf-LEG-RATE.txt [none]
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh); the
 #                              idle-flow instance gets KAMAILIO_FLOWS_SHM_MB [2048]
 # Needs: sipp (sip-tester), kamailio and kamailio-tls-modules, stunnel4, openssl. Talks to
@@ -597,22 +597,10 @@ if has_part cpu; then
                     [[ $t == tls ]] && addr=${stunnel_front[$p]}
                     pid=${proxy_pid[$p-$t]}
                     log "$leg $p run $run: $calls calls at $rate/s"
-                    perf_pid=
-                    if [[ $p == siplb && $run == 1 && " ${PERF_LEGS:-} " == *" $leg "* ]]; then
-                        perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf-$leg-$rate.data" >"$out/perf-$leg-$rate.log" 2>&1 &
-                        perf_pid=$!
-                        started_pids+=("$perf_pid")
-                    fi
                     c0=$(cpu_ticks "$pid")
                     s0=0
                     [[ $t == tls ]] && s0=$(cpu_ticks "$stunnel_pid")
                     read -r ok failed retrans wall _ <<<"$(run_uac "cpu-$leg-$p-$rate-$run" "$addr" "$mode" "$rate" "$calls")"
-                    if [[ -n $perf_pid ]]; then
-                        kill -INT "$perf_pid" 2>/dev/null || true
-                        wait "$perf_pid" 2>/dev/null || true
-                        perf report -i "$out/perf-$leg-$rate.data" --stdio --no-children --sort dso,sym 2>/dev/null |
-                            grep -v '^#' | grep -v '^$' | head -n 40 >"$out/perf-$leg-$rate.txt" || true
-                    fi
                     c1=$(cpu_ticks "$pid")
                     s1=0
                     [[ $t == tls ]] && s1=$(cpu_ticks "$stunnel_pid")
@@ -635,6 +623,27 @@ if has_part cpu; then
                 done
             done
         done
+    done
+    # Profiles: one more siplb run of each of PERF_LEGS at the first rate, under `perf record`,
+    # not counted above (sampling costs the profiled process CPU of its own).
+    for leg in ${PERF_LEGS:-}; do
+        t=${leg%%-*} mode=${leg#*-} rate=$first_rate calls=$CALLS
+        [[ $t == udp ]] && mode=u1
+        [[ $mode == tn ]] && rate=$TN_RATE calls=$TN_CALLS
+        addr=${proxy_addr[siplb-$t]:-}
+        [[ $t == tls ]] && addr=${stunnel_front[siplb]}
+        pid=${proxy_pid[siplb-$t]}
+        log "$leg siplb under perf record: $calls calls at $rate/s"
+        perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf-$leg-$rate.data" >"$out/perf-$leg-$rate.log" 2>&1 &
+        perf_pid=$!
+        started_pids+=("$perf_pid")
+        run_uac "perf-$leg-$rate" "$addr" "$mode" "$rate" "$calls" >/dev/null
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        perf report -i "$out/perf-$leg-$rate.data" --stdio --no-children --sort dso 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | head -n 12 >"$out/perf-$leg-$rate.txt" || true
+        perf report -i "$out/perf-$leg-$rate.data" --stdio --no-children --sort dso,sym 2>/dev/null |
+            grep -v '^#' | grep -v '^$' | head -n 40 >>"$out/perf-$leg-$rate.txt" || true
     done
     # Part 1's processes go before part 2 measures memory.
     if [[ ${#kamailio_pids[@]} -gt 0 ]]; then stop_pids 5 "${kamailio_pids[@]}"; fi
