@@ -19,7 +19,7 @@
 //! Client sockets are bound to 127.0.0.2 .. 127.0.0.(K+1) in turn (`--sources`, default 200),
 //! so ten thousand flows stay far from one source address's ephemeral ports. The soft limit
 //! of open files is raised to the hard limit at start. Every loop is bounded by a count and by
-//! S seconds; everything talks to loopback only (the addresses given).
+//! S seconds; every address given must be a loopback one (the tool refuses others).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -115,6 +115,15 @@ impl Opts {
     }
 }
 
+/// The benchmark's traffic stays on the machine.
+fn loopback(addr: &SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!("{addr}: not a loopback address"))
+    }
+}
+
 fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("bad {what}: {s:?}"))
 }
@@ -146,6 +155,7 @@ async fn serve(opts: &Opts) -> Result<(), String> {
     }
     let mut listeners = Vec::new();
     for addr in &opts.addrs {
+        loopback(addr)?;
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot bind {addr}: {e}"))?;
@@ -159,6 +169,8 @@ async fn serve(opts: &Opts) -> Result<(), String> {
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = l.accept().await else {
+                    // Out of descriptors, most likely: let connections close before retrying.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let acceptor = acceptor.clone();
@@ -326,8 +338,10 @@ impl Client {
         } else {
             Some(Self::tls(opts)?)
         };
+        let to: SocketAddr = opts.need("to")?;
+        loopback(&to)?;
         Ok(Client {
-            to: opts.need("to")?,
+            to,
             tls,
             sources: opts.or("sources", 200)?.clamp(1, 250),
         })
