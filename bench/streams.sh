@@ -274,12 +274,15 @@ start_flows_serve() {
     mapfile -t flows_backends < <(awk '$1 == "listening" { print $2 }' "$out/$name.out")
 }
 
-# hold_flows PROXY TRANSPORT N SECS: `flows hold` of N flows over TRANSPORT (tls or tcp) through
-# PROXY's idle-flow instance, held until SECS after the start.
-hold_flows() {
+# hold_command PROXY TRANSPORT N SECS: sets hold_argv to the `flows hold` command of N flows
+# over TRANSPORT (tls or tcp) through PROXY's idle-flow instance, held until SECS after the
+# start. (A command line, not a function running it: started in the background, its PID is
+# the tool's own, the one to stop.)
+hold_argv=()
+hold_command() {
     local -a how=(--tcp)
     [[ $2 == tls ]] && how=(--ca "$certs/ca.crt" --name "$tls_name")
-    "$FLOWS_BIN" hold --to "${flow_addr[$1-$2]}" "${how[@]}" --flows "$3" --secs "$4"
+    hold_argv=("$FLOWS_BIN" hold --to "${flow_addr[$1-$2]}" "${how[@]}" --flows "$3" --secs "$4")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -686,7 +689,8 @@ if has_part flows || has_part handshakes; then
         for p in $PROXIES; do
             ok=0
             for ((i = 0; i < 50; i++)); do
-                hold_flows "$p" "$ft" 100 3 >"$out/warmup-flows-$p-$ft.out" 2>&1 || true
+                hold_command "$p" "$ft" 100 3
+                "${hold_argv[@]}" >"$out/warmup-flows-$p-$ft.out" 2>&1 || true
                 if grep -q '^holding 100$' "$out/warmup-flows-$p-$ft.out"; then ok=1; break; fi
                 sleep 0.5
             done
@@ -705,7 +709,8 @@ if has_part flows; then
             m0=$(memory_kib "$pid" "$field")
             f0=$(open_fds "$pid")
             log "idle flows: $IDLE_FLOWS $ft flows held through $p ($field before: $m0 KiB)"
-            hold_flows "$p" "$ft" "$IDLE_FLOWS" 900 >"$out/flows-$p-$ft.out" 2>&1 &
+            hold_command "$p" "$ft" "$IDLE_FLOWS" 900
+            "${hold_argv[@]}" >"$out/flows-$p-$ft.out" 2>&1 &
             hold_pid=$!
             started_pids+=("$hold_pid")
             for ((i = 0; i < 8000; i++)); do
