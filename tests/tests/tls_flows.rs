@@ -38,6 +38,10 @@ const RUN_WITHIN: Duration = Duration::from_secs(60);
 /// REGISTERs outstanding at once from the datagram client.
 const UDP_WINDOW: usize = 20;
 
+/// The name the TLS servers of an MTLS pool are verified for (the pool's FQDN, as Lync
+/// servers' certificates carry it).
+const POOL_NAME: &str = "fe-tls.contoso.com";
+
 const USER_AGENT: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
 
 // --------------------------------------------------------------------------------------------
@@ -50,7 +54,8 @@ enum Link {
     Tcp,
     /// TLS verified against the test CA, probed with `tls-connect`.
     Tls,
-    /// Like [`Link::Tls`], presenting the PKI's client leaf (`tls = { cert, key }`).
+    /// Like [`Link::Tls`], presenting the PKI's client leaf (`tls = { cert, key }`) and
+    /// verifying the servers for [`POOL_NAME`] (`tls = { server_name }`).
     Mtls,
 }
 
@@ -95,14 +100,14 @@ fn path(p: &std::path::Path) -> String {
 }
 
 /// A config listening on UDP and on TLS (with the PKI's server leaf), the ops endpoint, probes
-/// every 300 ms that take a server down after `fall` failures, and each pool of `pools` with
+/// every 500 ms (each may take as long) that take a server down after `fall` failures, and each pool of `pools` with
 /// a route from its domain.
 fn config(pki: &Pki, pools: &[PoolSpec<'_>], fall: u32) -> String {
     let mut t = format!(
         "[listen]\nudp = [\"127.0.0.1:0\"]\n\
          tls = [{{ address = \"127.0.0.1:0\", cert = {}, key = {} }}]\nworkers = 1\n\n\
          [ops]\nlisten = \"127.0.0.1:0\"\n\n\
-         [health]\nprobe = \"options\"\ninterval = \"300ms\"\ntimeout = \"250ms\"\n\
+         [health]\nprobe = \"options\"\ninterval = \"500ms\"\ntimeout = \"500ms\"\n\
          fall = {fall}\nrise = 1\n\n",
         path(&pki.server.cert_path),
         path(&pki.server.key_path),
@@ -122,8 +127,9 @@ fn config(pki: &Pki, pools: &[PoolSpec<'_>], fall: u32) -> String {
             Link::Tcp => {}
             Link::Tls => t.push_str(&format!("tls = {{ ca = {} }}\n", path(&pki.ca_path))),
             Link::Mtls => t.push_str(&format!(
-                "tls = {{ ca = {}, cert = {}, key = {} }}\n",
+                "tls = {{ ca = {}, server_name = {}, cert = {}, key = {} }}\n",
                 path(&pki.ca_path),
+                quote(POOL_NAME),
                 path(&pki.client.cert_path),
                 path(&pki.client.key_path)
             )),
@@ -501,7 +507,7 @@ impl Mixed {
 
 #[test]
 fn tcp_and_tls_pools_with_a_server_demanding_siplbs_client_certificate_keep_every_user_placed() {
-    let pki = Pki::new();
+    let pki = Pki::with_names(&[POOL_NAME]);
     let mixed = Mixed::start(&pki);
     let (tcp, tls) = (mixed.tcp_servers(), mixed.tls_servers());
     let siplb = Siplb::start(&config(
@@ -579,7 +585,7 @@ fn tcp_and_tls_pools_with_a_server_demanding_siplbs_client_certificate_keep_ever
 
 #[test]
 fn without_the_client_certificate_the_mtls_servers_requests_fail_and_its_probe_marks_it_down() {
-    let pki = Pki::new();
+    let pki = Pki::with_names(&[POOL_NAME]);
     let mixed = Mixed::start(&pki);
     let (tcp, tls) = (mixed.tcp_servers(), mixed.tls_servers());
     let mtls = mixed.mtls();
