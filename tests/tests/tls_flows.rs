@@ -14,7 +14,8 @@
 //! - A Lync-shaped sign-in over TLS with three clients connected: the Front End's NOTIFY and
 //!   BENOTIFY, sent on the connection the REGISTER arrived on, reach that client's flow and no
 //!   other; the client's 200 to the NOTIFY reaches the Front End on that connection; BENOTIFY
-//!   gets no answer and the flow goes on.
+//!   gets no answer and the flow goes on: a refresh, a keep-alive's pong and a contact-list
+//!   NOTIFY larger than any datagram all pass.
 //! - `sips:` (RFC 3261 §26.2.2): refused 480 towards a TCP pool, forwarded to a TLS pool.
 //!
 //! Each test makes its own PKI ([`Pki`]), every port is `127.0.0.1:0`, every wait has a
@@ -763,6 +764,29 @@ fn roaming_self(fe: &StreamBackend, method: &str, aor: &str) -> Request {
         )
 }
 
+/// A Front End's roaming-contacts NOTIFY to `aor` whose body (a contact list) is about
+/// `size` bytes.
+fn roaming_contacts(fe: &StreamBackend, aor: &str, size: usize) -> Request {
+    let mut body = String::from(
+        "<contactList deltaNum=\"1\" xmlns=\"http://schemas.microsoft.com/2006/09/sip/roaming-contacts\"><group id=\"1\" name=\"~\" externalURI=\"\"/>",
+    );
+    let mut n = 0;
+    while body.len() < size {
+        body.push_str(&format!(
+            "<contact uri=\"contact{n:05}@{DOMAIN}\" name=\"\" groups=\"1\" subscribed=\"true\" externalURI=\"\"/>"
+        ));
+        n += 1;
+    }
+    body.push_str("</contactList>");
+    fe.request("NOTIFY", aor)
+        .set("Event", "vnd-microsoft-roaming-contacts")
+        .set("Subscription-State", "active;expires=28800")
+        .body(
+            "application/vnd-microsoft-roaming-contacts+xml",
+            body.as_bytes(),
+        )
+}
+
 #[test]
 fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer_reaches_the_front_end(
 ) {
@@ -900,6 +924,37 @@ fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer
             "BENOTIFY was answered: {benotify_answers:?}"
         );
         assert!(!client.is_closed(), "{}'s flow closed", ep.aor);
+
+        // The keep-alive a Lync client sends after 300 s of silence (CRLFCRLF) is answered
+        // with a CRLF over TLS (RFC 5626 §3.5.1).
+        let pongs = client.pongs();
+        client.send_raw(b"\r\n\r\n").expect("send a keep-alive");
+        assert!(
+            client.wait_pongs(pongs + 1, ANSWER_WITHIN),
+            "{}'s keep-alive got no pong",
+            ep.aor
+        );
+
+        // A contact list is one NOTIFY larger than any datagram: over TLS it is relayed whole
+        // (no 513), across many TLS records, and answered.
+        let contacts = roaming_contacts(fe, &ep.aor, 100_000);
+        let answer = fe
+            .transact(*conn, &contacts, ANSWER_WITHIN)
+            .unwrap_or_else(|| panic!("{} did not answer its contact list", ep.aor));
+        assert_eq!(answer.status(), Some(200));
+        sent_to[i].insert(contacts.call_id());
+        let got = client
+            .wait_request(ANSWER_WITHIN, |m| {
+                m.call_id() == Some(contacts.call_id().as_str())
+            })
+            .unwrap_or_else(|| panic!("{} got no contact list", ep.aor));
+        assert!(
+            got.body == contacts.body,
+            "{}'s contact list: {} bytes arrived of {}",
+            ep.aor,
+            got.body.len(),
+            contacts.body.len()
+        );
     }
 
     // Listening for what must not come: no client got another client's requests, and nothing
@@ -914,8 +969,8 @@ fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer
         assert_eq!(&got, own, "{} got requests of another client", ep.aor);
         assert_eq!(
             client.answers().len(),
-            1,
-            "{} answered only the NOTIFY",
+            2,
+            "{} answered its two NOTIFYs, not the BENOTIFY",
             ep.aor
         );
     }
