@@ -16,6 +16,8 @@
 //!   other; the client's 200 to the NOTIFY reaches the Front End on that connection; BENOTIFY
 //!   gets no answer and the flow goes on: a refresh, a keep-alive's pong and a contact-list
 //!   NOTIFY larger than any datagram all pass.
+//! - A Front End that dies closes the TLS flows of its clients (and only theirs); they sign
+//!   in again on the other.
 //! - `sips:` (RFC 3261 §26.2.2): refused 480 towards a TCP pool, forwarded to a TLS pool.
 //!
 //! Each test makes its own PKI ([`Pki`]), every port is `127.0.0.1:0`, every wait has a
@@ -24,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use siplb_e2e::ops::Ops;
+use siplb_e2e::ops::{wait_until, Ops, SHOWS_WITHIN};
 use siplb_e2e::request::unique;
 use siplb_e2e::stream::{Dial, Listen, StreamBackend, StreamClient, ANSWER_WITHIN, QUIET_FOR};
 use siplb_e2e::tls::Pki;
@@ -990,6 +992,76 @@ fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer
             fe.id()
         );
     }
+}
+
+#[test]
+fn a_front_end_that_dies_closes_its_clients_tls_flows_and_they_sign_in_again_on_the_other() {
+    let pki = Pki::new();
+    let mut fes = [
+        tls_backend(&pki, "fe1", false),
+        tls_backend(&pki, "fe2", false),
+    ];
+    let siplb = {
+        let servers: Vec<&StreamBackend> = fes.iter().collect();
+        Siplb::start(&config(
+            &pki,
+            &[PoolSpec::new("fe", DOMAIN, Link::Tls, &servers)],
+            2,
+        ))
+    };
+    // Users until one lives on each Front End.
+    let mut on: BTreeMap<String, (StreamClient, String)> = BTreeMap::new();
+    for n in 0..40 {
+        if on.len() == 2 {
+            break;
+        }
+        let ep = Endpoint::new(n, &format!("user{n:02}"));
+        let client = connect_tls(&siplb, &pki);
+        assert_eq!(
+            client.transact(&ep.register(&client, 1)).status(),
+            Some(200)
+        );
+        let home = fes
+            .iter()
+            .find(|s| {
+                s.requests()
+                    .iter()
+                    .any(|m| m.msg().call_id() == Some(ep.call_id.as_str()))
+            })
+            .map(|s| s.id().to_string())
+            .expect("a Front End got the REGISTER");
+        on.entry(home).or_insert((client, ep.aor));
+    }
+    assert_eq!(on.len(), 2, "40 users all on one Front End");
+    let (victim, victim_aor) = on.remove("fe1").expect("a user on fe1");
+    let (bystander, bystander_aor) = on.remove("fe2").expect("a user on fe2");
+
+    fes[0].kill();
+    assert!(
+        victim.wait_closed(ANSWER_WITHIN).is_some(),
+        "siplb kept {victim_aor}'s flow open after its Front End died"
+    );
+    assert!(!bystander.is_closed(), "{bystander_aor}'s flow closed too");
+    let refresh = bystander.register_request(&bystander_aor);
+    assert_eq!(bystander.transact(&refresh).status(), Some(200));
+
+    // The client connects and registers again, as Lync does, until routing has caught up.
+    let again = wait_until(
+        &format!("{victim_aor} signs in again"),
+        SHOWS_WITHIN,
+        || {
+            let client = connect_tls(&siplb, &pki);
+            let req = client.register_request(&victim_aor);
+            client.send(&req);
+            match final_or_closed(&client, &req) {
+                Some(m) if m.status() == Some(200) => Ok((client, req.call_id())),
+                other => Err(format!("{:?}", other.map(|m| m.start))),
+            }
+        },
+    );
+    let (client, call_id) = again;
+    fes[1].wait_request(&call_id, ANSWER_WITHIN);
+    assert!(!client.is_closed());
 }
 
 // --------------------------------------------------------------------------------------------
