@@ -26,6 +26,9 @@ RUN groupadd --system siplb \
 
 COPY target/release/siplb /usr/local/bin/siplb
 COPY config.toml /etc/siplb/config.toml
+# The public demo certificate the example config's TLS listener names (tls/README.md): never
+# for production; mount your own pair and a config naming it.
+COPY tls/demo.crt tls/demo.key /etc/siplb/tls/
 
 USER siplb:siplb
 WORKDIR /etc/siplb

@@ -3,7 +3,7 @@
 //!
 //! - [`server`]: the per-server fall/rise state machine, with the reason of every transition;
 //! - [`pool`]: pool failover to the paired pool, automatic with a failback hold time, or manual;
-//! - [`probe`]: SIP OPTIONS and TCP connect probers.
+//! - [`probe`]: SIP OPTIONS (over UDP, TCP or TLS), TCP connect and TLS handshake probers.
 //!
 //! The state machines are plain data with time passed in, so they are tested without clocks or
 //! sockets. This crate knows nothing about routing or the proxy's wire path.
@@ -14,8 +14,8 @@ pub mod probe;
 pub mod server;
 
 pub use pool::{FailoverChange, FailoverReason, Mode, PoolFailover};
-pub use probe::{ProbeKind, ProbeSettings};
-pub use server::{Failure, Outcome, Reason, ServerHealth, Thresholds, Transition};
+pub use probe::{ProbeKind, ProbeSettings, Target, TlsClient, Transport};
+pub use server::{Failure, Outcome, Reason, ServerHealth, Thresholds, TlsFailure, Transition};
 
 /// Whether a server takes part in hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

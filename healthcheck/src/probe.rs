@@ -1,25 +1,37 @@
-//! Probers: SIP OPTIONS over UDP, and a TCP connect (the check Microsoft's load-balancer
-//! guidance uses on a Front End's port 5061).
+//! Probers: SIP OPTIONS over a server's own transport (UDP, TCP or TLS), a TCP connect (the
+//! check Microsoft's load-balancer guidance uses on a Front End's port 5061) and a TLS
+//! handshake.
 //!
 //! A prober only measures; it does not decide. [`probe_loop`] probes one server every
 //! `interval` and hands each [`Outcome`] to the caller, whose state machine decides.
 
+mod stream;
+#[cfg(test)]
+mod stream_tests;
+
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::ServerName;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
 
 use crate::server::{Failure, Outcome};
 
-/// How a server is probed (`probe = "options" | "tcp-connect"` in the config).
+/// How a server is probed (`probe = "options" | "tcp-connect" | "tls-connect"` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeKind {
-    /// SIP OPTIONS over UDP; any final answer but 500, 503 and 504 means alive.
+    /// SIP OPTIONS over the server's transport; any final answer but 500, 503 and 504 means
+    /// alive.
     Options,
     /// A TCP connect (the check Microsoft's load-balancer guidance uses on a Front End's port
     /// 5061); an accepted connection means alive.
     TcpConnect,
+    /// A TCP connect and a complete TLS handshake, the server's certificate verified (and
+    /// siplb's client certificate accepted, when one is configured).
+    TlsConnect,
 }
 
 impl ProbeKind {
@@ -28,6 +40,7 @@ impl ProbeKind {
         match self {
             ProbeKind::Options => "options",
             ProbeKind::TcpConnect => "tcp-connect",
+            ProbeKind::TlsConnect => "tls-connect",
         }
     }
 }
@@ -43,8 +56,64 @@ pub struct ProbeSettings {
     pub confirm: u32,
 }
 
+/// The transport siplb speaks to a server, which OPTIONS probes use too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// The transport as a Via names it (`SIP/2.0/TCP`).
+    fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// How to open TLS to one server: the connector carries the trust anchors and the client
+/// certificate to present, `name` is what the server's certificate must name.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One server as its probes see it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// The server's TLS settings; needed by OPTIONS over TLS and by `tls-connect`. `None` for a
+    /// TLS server makes those probes fail with [`crate::TlsFailure::NoSettings`].
+    pub tls: Option<TlsClient>,
+}
+
+impl Target {
+    /// A target reached over UDP (no TLS).
+    pub fn udp(addr: SocketAddr) -> Self {
+        Target {
+            addr,
+            transport: Transport::Udp,
+            tls: None,
+        }
+    }
+}
+
 /// Maps an I/O error of a probe to why it failed.
-fn failure_of(e: &io::Error) -> Failure {
+pub(crate) fn failure_of(e: &io::Error) -> Failure {
     match e.kind() {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => Failure::Refused,
         io::ErrorKind::TimedOut => Failure::Timeout,
@@ -104,19 +173,14 @@ impl OptionsProber {
 
     /// The OPTIONS request of probe number `seq`.
     fn request(&self, call_id: &str) -> String {
-        let (target, local, seq, tag) = (self.target, self.local, self.seq, self.tag);
-        format!(
-            "OPTIONS sip:{target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch=z9hG4bK-probe-{tag:x}-{seq};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:siplb@{local}>;tag=probe{tag:x}\r\n\
-             To: <sip:{target}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {seq} OPTIONS\r\n\
-             User-Agent: siplb-probe\r\n\
-             Accept: application/sdp\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
+        let probe = Probe {
+            transport: Transport::Udp,
+            target: self.target,
+            local: self.local,
+            tag: self.tag,
+            seq: self.seq,
+        };
+        probe.request(call_id)
     }
 
     /// Sends one OPTIONS and waits up to `timeout` for its final answer.
@@ -142,20 +206,13 @@ impl OptionsProber {
             if code < 200 {
                 continue;
             }
-            return if is_failure_code(code) {
-                Outcome::Failed(Failure::Reply(code))
-            } else {
-                Outcome::Alive {
-                    rtt: start.elapsed(),
-                    code: Some(code),
-                }
-            };
+            return outcome_of_code(code, start.elapsed());
         }
     }
 }
 
 /// The status code of `msg` if it is a response carrying `call_id`.
-fn answer_code(msg: &[u8], call_id: &str) -> Option<u16> {
+pub(crate) fn answer_code(msg: &[u8], call_id: &str) -> Option<u16> {
     let text = std::str::from_utf8(msg).ok()?;
     let mut lines = text.split("\r\n");
     let status = lines.next()?.strip_prefix("SIP/2.0 ")?;
@@ -170,33 +227,92 @@ fn answer_code(msg: &[u8], call_id: &str) -> Option<u16> {
     ours.then_some(code)
 }
 
+/// One OPTIONS probe's identity: who sends it where, over what, and its number.
+pub(crate) struct Probe {
+    pub(crate) transport: Transport,
+    pub(crate) target: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) tag: u64,
+    pub(crate) seq: u64,
+}
+
+impl Probe {
+    /// The Call-ID of this probe.
+    pub(crate) fn call_id(&self) -> String {
+        format!("probe-{:x}-{}@siplb", self.tag, self.seq)
+    }
+
+    /// The OPTIONS request; over TCP and TLS the request-URI says so (`;transport=tcp`), and
+    /// Content-Length (always written) frames it.
+    pub(crate) fn request(&self, call_id: &str) -> String {
+        let (target, local, seq, tag) = (self.target, self.local, self.seq, self.tag);
+        let via = self.transport.via_name();
+        let uri_param = match self.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        format!(
+            "OPTIONS sip:{target}{uri_param} SIP/2.0\r\n\
+             Via: SIP/2.0/{via} {local};branch=z9hG4bK-probe-{tag:x}-{seq};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:siplb@{local}>;tag=probe{tag:x}\r\n\
+             To: <sip:{target}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {seq} OPTIONS\r\n\
+             User-Agent: siplb-probe\r\n\
+             Accept: application/sdp\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+}
+
+/// What an OPTIONS answer with final status `code` says.
+fn outcome_of_code(code: u16, rtt: Duration) -> Outcome {
+    if is_failure_code(code) {
+        Outcome::Failed(Failure::Reply(code))
+    } else {
+        Outcome::Alive {
+            rtt,
+            code: Some(code),
+        }
+    }
+}
+
 /// Probes `target` every `settings.interval` for as long as the task lives, handing each
 /// outcome to `report`. Probing starts at once.
+///
+/// OPTIONS goes over the server's own transport: over UDP one socket serves every probe; over
+/// TCP and TLS each probe opens its own connection (connect, handshake, OPTIONS, answer,
+/// close). That costs a handshake per probe, but a probe then says exactly what a new
+/// connection to the server would meet, and no connection state outlives a probe.
 ///
 /// A failure is confirmed at once: up to `settings.confirm` further probes go out back to back
 /// (each still bounded by `timeout`) instead of one per interval. A hung server is then down
 /// within `interval + fall × timeout` rather than `fall × interval + timeout`, while a server
 /// that misses a single probe is back in good standing one probe later.
-pub async fn probe_loop(
-    target: SocketAddr,
-    settings: ProbeSettings,
-    mut report: impl FnMut(Outcome),
-) {
+pub async fn probe_loop(target: Target, settings: ProbeSettings, mut report: impl FnMut(Outcome)) {
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut options: Option<OptionsProber> = None;
     let mut failures_in_a_row = 0u32;
+    let mut seq = 0u64;
     loop {
         let confirming = failures_in_a_row > 0 && failures_in_a_row <= settings.confirm;
         if !confirming {
             tick.tick().await;
         }
-        let outcome = match settings.kind {
-            ProbeKind::TcpConnect => probe_tcp(target, settings.timeout).await,
-            ProbeKind::Options => {
+        seq += 1;
+        let outcome = match (settings.kind, target.transport) {
+            (ProbeKind::TcpConnect, _) => probe_tcp(target.addr, settings.timeout).await,
+            (ProbeKind::TlsConnect, _) => stream::tls_connect(&target, settings.timeout).await,
+            (ProbeKind::Options, Transport::Tcp | Transport::Tls) => {
+                stream::options(&target, settings.timeout, seq).await
+            }
+            (ProbeKind::Options, Transport::Udp) => {
                 let mut opened = Ok(());
                 if options.is_none() {
-                    match OptionsProber::new(target).await {
+                    match OptionsProber::new(target.addr).await {
                         Ok(p) => options = Some(p),
                         Err(e) => opened = Err(failure_of(&e)),
                     }
@@ -327,7 +443,7 @@ mod tests {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
-        let task = tokio::spawn(probe_loop(silent, settings, move |o| {
+        let task = tokio::spawn(probe_loop(Target::udp(silent), settings, move |o| {
             let _ = tx.send((start.elapsed(), o));
         }));
         let mut at = Vec::new();

@@ -26,6 +26,46 @@ pub enum Failure {
     Passive503,
     /// The wire path's send to the server drew an ICMP port unreachable.
     PassiveRefused,
+    /// A TCP or TLS connection closed before the probe's answer arrived.
+    Closed,
+    /// The server's answer to a probe could not be read as SIP (or was too large).
+    Garbled,
+    /// The TLS handshake failed (or the server refused siplb's client certificate).
+    Tls(TlsFailure),
+}
+
+/// Why a TLS handshake with a server failed, as far as siplb can tell from its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server's certificate does not chain to the configured CA.
+    UnknownIssuer,
+    /// The server's certificate does not name the server (the configured `server_name`, or
+    /// its IP address).
+    NameMismatch,
+    /// The server's certificate has expired or is not valid yet.
+    Expired,
+    /// Something else is wrong with the server's certificate.
+    BadCertificate,
+    /// The server refused siplb's client certificate, or wanted one and got none (MTLS).
+    ClientCertificate,
+    /// The peer does not speak TLS, or the handshake failed in another way.
+    Handshake,
+    /// siplb has no TLS settings for this server (its pool's `tls` files could not be loaded).
+    NoSettings,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFailure::UnknownIssuer => "server certificate not issued by the configured CA",
+            TlsFailure::NameMismatch => "server certificate does not name the server",
+            TlsFailure::Expired => "server certificate expired or not yet valid",
+            TlsFailure::BadCertificate => "server certificate refused",
+            TlsFailure::ClientCertificate => "server refused siplb's client certificate",
+            TlsFailure::Handshake => "handshake failed",
+            TlsFailure::NoSettings => "no TLS settings for this server",
+        })
+    }
 }
 
 impl fmt::Display for Failure {
@@ -37,6 +77,9 @@ impl fmt::Display for Failure {
             Failure::Unreachable => f.write_str("unreachable"),
             Failure::Passive503 => f.write_str("answered a request with 503"),
             Failure::PassiveRefused => f.write_str("port unreachable on forward"),
+            Failure::Closed => f.write_str("connection closed before an answer"),
+            Failure::Garbled => f.write_str("unreadable answer"),
+            Failure::Tls(why) => write!(f, "tls: {why}"),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! together, and nothing imports it.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,6 +36,10 @@ enum Command {
         method: String,
         /// The user's address of record, e.g. sip:alice@contoso.com.
         aor: String,
+        /// The client's IP address, which a `source-ip` key reads (the default key of edge and
+        /// director pools).
+        #[arg(long, default_value = "127.0.0.1")]
+        source: IpAddr,
     },
     /// Run paired pools of built-in SIP responders and the proxy on loopback, and show routing.
     Demo,
@@ -47,7 +51,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         None => run(&cli.config),
         Some(Command::Check) => check(&cli.config),
-        Some(Command::Route { method, aor }) => route(&cli.config, &method, &aor),
+        Some(Command::Route {
+            method,
+            aor,
+            source,
+        }) => route(&cli.config, &method, &aor, source),
         Some(Command::Demo) => crate::demo::run(),
     };
     match result {
@@ -86,12 +94,15 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
+/// `siplb route`: the route, pools and server, then the key and why the route reads it, e.g.
+/// `key     call-id (default for a mediation pool)` or `key     to-aor (route's key)`; for a
+/// `source-ip` key, the source it was read from.
+fn route(path: &Path, method: &str, aor: &str, source: IpAddr) -> anyhow::Result<ExitCode> {
     let Some(cfg) = load(path) else {
         return Ok(ExitCode::FAILURE);
     };
     let table = RoutingTable::unbound(&cfg, &AllUp);
-    match explain::explain(&table, method, aor) {
+    match explain::explain(&table, method, aor, source) {
         Ok(d) => {
             println!("route   {}", d.route);
             println!("home    {}", d.home);
@@ -100,7 +111,10 @@ fn route(path: &Path, method: &str, aor: &str) -> anyhow::Result<ExitCode> {
                 Some(s) => println!("server  {} {} {}", s.id, s.address, s.transport),
                 None => println!("server  none (503)"),
             }
-            println!("key     {}", d.key);
+            println!("key     {} ({})", d.key, d.key_rule);
+            if d.key == "source-ip" {
+                println!("source  {}", d.source);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(refusal) => {
@@ -152,6 +166,9 @@ fn announce(proxy: &Proxy, ops: Option<SocketAddr>) {
     let mut out = std::io::stdout().lock();
     for addr in &proxy.udp() {
         let _ = writeln!(out, "listening udp {addr}");
+    }
+    for addr in &proxy.passthrough.addrs() {
+        let _ = writeln!(out, "listening passthrough {addr}");
     }
     if let Some(addr) = ops {
         let _ = writeln!(out, "listening ops {addr}");

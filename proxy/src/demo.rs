@@ -7,14 +7,20 @@
 //! as a health change or an operator's drain makes) only that server's users move, spread over
 //! the others, and come back when it returns. The proxy then keeps running for sipp or any SIP
 //! client until Ctrl-C.
+//!
+//! The shipped config has a TLS listener on 127.0.0.1:5061 naming `tls/demo.crt` and
+//! `tls/demo.key`; the demo does not use the repository's public demo pair but writes the config
+//! into a directory of its own with a certificate made at start, and checks with a handshake
+//! that the listener serves it before saying `listening tls ADDR`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rustls_pki_types::CertificateDer;
 use tokio::net::UdpSocket;
 
 use crate::config::{self, Config};
@@ -101,23 +107,113 @@ fn say(out: &mut impl std::io::Write, what: &str) -> std::io::Result<()> {
     writeln!(out, "   [operator] {what}")
 }
 
+/// Where the demo keeps the built-in config and the certificate it makes for its TLS listener:
+/// a directory of its own under the system's temporary directory, removed when the demo ends.
+struct DemoDir {
+    path: PathBuf,
+}
+
+impl DemoDir {
+    /// Writes the built-in config as `config.toml` and a fresh self-signed certificate for
+    /// 127.0.0.1 and localhost as `tls/demo.crt` and `tls/demo.key`, the files its
+    /// `[listen] tls` entry names (relative to the config). Returns the certificate too.
+    fn create() -> anyhow::Result<(DemoDir, CertificateDer<'static>)> {
+        let path = std::env::temp_dir().join(format!("siplb-demo-{}", std::process::id()));
+        let dir = DemoDir { path };
+        let tls = dir.path.join("tls");
+        std::fs::create_dir_all(&tls)
+            .with_context(|| format!("cannot create {}", tls.display()))?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "siplb demo (made for this run)");
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        write_private(&tls.join("demo.key"), key.serialize_pem().as_bytes())?;
+        std::fs::write(tls.join("demo.crt"), cert.pem())
+            .with_context(|| format!("cannot write {}", tls.display()))?;
+        std::fs::write(dir.config(), CONFIG)
+            .with_context(|| format!("cannot write {}", dir.config().display()))?;
+        Ok((dir, cert.der().clone()))
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Runs the demo until Ctrl-C.
 pub(crate) fn run() -> anyhow::Result<std::process::ExitCode> {
-    let cfg: Config =
-        config::parse(Path::new("config.toml (built in)"), CONFIG).map_err(|errors| {
-            anyhow::anyhow!(errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"))
-        })?;
+    let (dir, cert) = DemoDir::create()?;
+    let cfg: Config = config::load(&dir.config()).map_err(|errors| {
+        anyhow::anyhow!(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })?;
     crate::logging::init(&cfg.log);
     let runtime = crate::runtime(cfg.listen.workers)?;
-    runtime.block_on(demo(cfg))?;
+    runtime.block_on(demo(cfg, cert))?;
+    drop(dir);
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn demo(cfg: Config) -> anyhow::Result<()> {
+/// Says where TLS is served: `listening tls ADDR` for each `[listen] tls` address that
+/// completes a handshake with the demo's certificate, and why for one that does not.
+async fn show_tls(out: &mut impl std::io::Write, cfg: &Config, cert: &CertificateDer<'static>) {
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add(cert.clone()).is_err() {
+        return;
+    }
+    let Ok(config) = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+    else {
+        return;
+    };
+    let client = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config.with_root_certificates(roots).with_no_client_auth(),
+    ));
+    for entry in &cfg.listen.tls {
+        let addr = entry.address;
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::from(addr.ip());
+            client.connect(name, tcp).await
+        };
+        let line = match tokio::time::timeout(Duration::from_secs(2), handshake).await {
+            Ok(Ok(_)) => format!(
+                "listening tls {addr} (a self-signed certificate made for this run: {})",
+                entry.cert.display()
+            ),
+            Ok(Err(e)) => format!("tls {addr}: no TLS handshake ({e})"),
+            Err(_) => format!("tls {addr}: no TLS handshake within 2s"),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+async fn demo(cfg: Config, cert: CertificateDer<'static>) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     for pool in &cfg.pools {
         for s in &pool.servers {
@@ -137,6 +233,7 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         )
     ));
     let listeners = Listeners::bind(&cfg)?;
+    let tls_cfg = cfg.clone();
     let proxy = Proxy::start(cfg, listeners, token, true, crate::shutdown_signal())?;
     let addr = proxy.udp()[0];
     let ops = crate::ops::Ops {
@@ -151,6 +248,7 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
         "siplb demo: proxy on udp {addr}, advertising {}",
         t.advertise
     )?;
+    show_tls(&mut out, &tls_cfg, &cert).await;
     for p in &t.pools {
         let servers: Vec<String> = p
             .servers
@@ -290,4 +388,60 @@ async fn demo(cfg: Config) -> anyhow::Result<()> {
     out.flush()?;
     proxy.stopped().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_demo_says_listening_tls_only_for_a_listener_that_serves_its_certificate() {
+        let (dir, cert) = DemoDir::create().unwrap();
+        let cfg = config::load(&dir.config()).unwrap();
+        let entry = cfg.listen.tls[0].clone();
+        assert_eq!(entry.address, "127.0.0.1:5061".parse().unwrap());
+        assert!(
+            entry.cert.starts_with(&dir.path),
+            "{}",
+            entry.cert.display()
+        );
+
+        // The listener the demo's config names, served on a free port by the listener side.
+        let tls = crate::tls::server::ListenerTls::load(&entry).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    if let Ok(mut stream) = acceptor.accept(tcp).await {
+                        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut [0u8; 1]).await;
+                    }
+                });
+            }
+        });
+        let mut served = cfg.clone();
+        served.listen.tls[0].address = addr;
+        let mut out = Vec::new();
+        show_tls(&mut out, &served, &cert).await;
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(&format!("listening tls {addr} (a self-signed certificate")),
+            "{out}"
+        );
+
+        // Nothing there: no `listening` line.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        served.listen.tls[0].address = closed.local_addr().unwrap();
+        drop(closed);
+        let mut out = Vec::new();
+        show_tls(&mut out, &served, &cert).await;
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("no TLS handshake"), "{out}");
+        assert!(!out.contains("listening"), "{out}");
+
+        let path = dir.path.clone();
+        drop(dir);
+        assert!(!path.exists(), "the demo's directory is removed");
+    }
 }

@@ -12,7 +12,8 @@
 //!   installs the metrics recorder.
 //! - **Middle, the I/O shell.** `udp` moves datagrams between sockets and the core;
 //!   `health` owns server health and pool failover and is the only writer of the routing table;
-//!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads). `token` (the
+//!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads);
+//!   `passthrough` copies TLS connections unread to the servers HRW picks by client IP. `token` (the
 //!   admin bearer token) and `logging` sit beside them.
 //! - **Top, what a person or a program talks to.** `ops` (the HTTP endpoint), `reload` (file
 //!   watcher and SIGHUP), `demo`, and [`cli`] (the command line; `main.rs` only calls it).
@@ -26,6 +27,7 @@ mod health;
 mod hrw;
 mod logging;
 mod ops;
+mod passthrough;
 mod reload;
 pub mod server;
 pub mod sip;

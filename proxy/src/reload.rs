@@ -3,17 +3,23 @@
 //! The watcher watches the config file's *directory*, not the file: an editor's in-place
 //! write, an atomic rename over the file, and a Kubernetes ConfigMap's `..data` symlink swap
 //! all show up there, while a watch on the file itself would lose track of it after the first
-//! rename. Events are debounced, and a reload runs only when the file's content changed.
+//! rename. The certificate and key files of the `[listen] tls` entries are watched the same
+//! way (a renewal tool's rename, a Kubernetes Secret's `..data` swap), and a change to one of
+//! them triggers the same reload as a config edit: the config is validated again (which checks
+//! the files) and each TLS listener loads its pair again. Events are debounced, and a reload
+//! runs only when the content of one of these files changed. After each reload the running
+//! config says which files (and so which directories) to watch next.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
-use crate::config;
+use crate::config::{self, Config, Transport};
 use crate::server::Proxy;
 
 /// Reloads the config file (and with it the admin token). Returns the new config version, or
@@ -25,17 +31,92 @@ pub(crate) async fn reload(proxy: &Proxy) -> Result<u64, Vec<String>> {
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-fn content_hash(path: &Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|bytes| xxh3_64(&bytes))
+/// The files a reload depends on: the config file, the certificate and key of each
+/// `[listen] tls` entry of `cfg`, and each pool's TLS files towards its servers (CA bundle,
+/// client certificate and key) — a renewed CA or client certificate is taken up like a
+/// renewed listener certificate.
+fn watched_files(cfg: &Config) -> Vec<PathBuf> {
+    let mut files = vec![cfg.path.clone()];
+    for tls in &cfg.listen.tls {
+        files.push(tls.cert.clone());
+        files.push(tls.key.clone());
+    }
+    for pool in &cfg.pools {
+        if !pool.servers.iter().any(|s| s.transport == Transport::Tls) {
+            continue;
+        }
+        files.push(pool.tls.ca_file().to_path_buf());
+        if let Some(c) = &pool.tls.client_cert {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+    }
+    let mut seen = BTreeSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    files
 }
 
-/// Watches the config file's directory and reloads on SIGHUP, until the task is dropped.
+/// The directory of each file, once (`.` for a bare file name).
+fn dirs_of(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    files
+        .iter()
+        .map(|f| match f.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect()
+}
+
+/// One hash over the contents of `files` (the config file first), in order; `None` while the
+/// config file cannot be read (it is between rename steps, and its return is another event).
+/// A certificate or key that cannot be read counts as a content of its own, so that its loss
+/// is reported by a refused reload and its return reloads again.
+fn content_hash(files: &[PathBuf]) -> Option<u64> {
+    let mut h = Xxh3::new();
+    for (i, f) in files.iter().enumerate() {
+        match std::fs::read(f) {
+            Ok(bytes) => {
+                h.update(&(bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+            Err(_) if i == 0 => return None,
+            Err(_) => h.update(&u64::MAX.to_le_bytes()),
+        }
+    }
+    Some(h.digest())
+}
+
+/// Makes the watched directories `wanted`: watches the new ones, unwatches the others. A
+/// directory that cannot be watched (it does not exist yet) is logged and left out; the config
+/// that names it was refused, or will be.
+fn watch_dirs(
+    watcher: &mut dyn Watcher,
+    watching: &mut BTreeSet<PathBuf>,
+    wanted: BTreeSet<PathBuf>,
+) {
+    for gone in watching.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+        tracing::info!(dir = %gone.display(), "no longer watching");
+    }
+    watching.retain(|d| wanted.contains(d));
+    for dir in wanted {
+        if watching.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "watching the config and certificate files");
+                watching.insert(dir);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+        }
+    }
+}
+
+/// Watches the config file's directory and the directories of the TLS listeners' files, and
+/// reloads on SIGHUP, until the task is dropped.
 pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path: PathBuf = proxy.config().path.clone();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let file_tx = tx.clone();
     let tx_start = tx.clone();
@@ -48,10 +129,18 @@ pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::J
                 }
             }
         })?;
-    debouncer
-        .watcher()
-        .watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(dir = %dir.display(), "watching the config directory");
+    let mut files = watched_files(&proxy.config());
+    // The config's own directory must be watchable; a certificate's may come later.
+    let config_dir = dirs_of(std::slice::from_ref(&path));
+    let mut watching = BTreeSet::new();
+    for dir in &config_dir {
+        debouncer
+            .watcher()
+            .watch(dir, RecursiveMode::NonRecursive)?;
+        watching.insert(dir.clone());
+        tracing::info!(dir = %dir.display(), "watching the config directory");
+    }
+    watch_dirs(debouncer.watcher(), &mut watching, dirs_of(&files));
 
     #[cfg(unix)]
     {
@@ -66,24 +155,33 @@ pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::J
         });
     }
 
-    // The file may have changed between siplb reading it and the watch starting: compare what
-    // is there now with the config that runs, and reload at once if they differ.
-    let mut last = std::fs::read_to_string(&path).ok().and_then(|text| {
-        let same = config::parse(&path, &text).is_ok_and(|c| c == *proxy.config());
-        same.then(|| xxh3_64(text.as_bytes()))
-    });
+    // The files may have changed between siplb reading them and the watch starting: hash
+    // them first, then compare the config file with the config that runs, and reload at once
+    // if they differ (a later change is an event, and its hash differs from this one).
+    let hashed = content_hash(&files);
+    let same = std::fs::read_to_string(&path)
+        .ok()
+        .is_some_and(|text| config::parse(&path, &text).is_ok_and(|c| c == *proxy.config()));
+    let mut last = if same { hashed } else { None };
     if last.is_none() {
         let _ = tx_start.send(false);
     }
     Ok(tokio::spawn(async move {
-        let _keep_watching = debouncer;
+        let mut debouncer = debouncer;
         while let Some(forced) = rx.recv().await {
-            let now = content_hash(&path);
+            let now = content_hash(&files);
             if !forced && (now.is_none() || now == last) {
-                continue; // unrelated file, or the file is between rename steps
+                continue; // unrelated file, or the config file is between rename steps
             }
             last = now;
             let _ = reload(&proxy).await;
+            // The config in effect (new, or the old one after a refusal) names the files.
+            let next = watched_files(&proxy.config());
+            if next != files {
+                files = next;
+                last = content_hash(&files);
+                watch_dirs(debouncer.watcher(), &mut watching, dirs_of(&files));
+            }
         }
     }))
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
+use crate::passthrough::{self, Passthroughs};
 use crate::table::{ConfigHealth, RoutingTable};
 use crate::token::Token;
 use crate::udp::{self, Senders};
@@ -56,6 +57,8 @@ impl UdpBinding {
 /// before anything runs.
 pub(crate) struct Listeners {
     udp: Vec<UdpBinding>,
+    /// `[listen] passthrough`.
+    passthrough: passthrough::Bindings,
 }
 
 impl Listeners {
@@ -73,7 +76,8 @@ impl Listeners {
             .iter()
             .map(|&addr| UdpBinding::bind(addr, cfg.listen.workers))
             .collect::<anyhow::Result<_>>()?;
-        Ok(Listeners { udp })
+        let passthrough = passthrough::Bindings::bind(cfg)?;
+        Ok(Listeners { udp, passthrough })
     }
 }
 
@@ -107,6 +111,8 @@ pub(crate) struct Proxy {
     senders: Senders,
     /// The admin token; refreshed by every reload that takes effect.
     token: Token,
+    /// `[listen] passthrough` listeners and their connections.
+    pub(crate) passthrough: Passthroughs,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
     supervisor: JoinHandle<()>,
@@ -193,6 +199,7 @@ impl Proxy {
         let tables = Arc::new(ArcSwap::from_pointee(table));
         let config = Arc::new(cfg);
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
+        let passthrough = Passthroughs::start(listeners.passthrough, &config, &tables, &control)?;
         let senders = Senders::default();
         let mut served = Vec::new();
         for binding in listeners.udp {
@@ -215,6 +222,7 @@ impl Proxy {
             listeners: Mutex::new(served),
             senders,
             token,
+            passthrough,
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
             stopped,
@@ -238,6 +246,7 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.senders.set([]);
+        self.passthrough.stop();
         self.stopped.send_replace(true);
     }
 
@@ -325,6 +334,10 @@ impl Proxy {
             tracing::warn!("[ops] listen changes take effect at the next start; the ops endpoint stays where it is");
         }
         warn_unserved(&cfg);
+        let staged = self.passthrough.prepare(&cfg).map_err(|e| {
+            let key = "listen.passthrough";
+            vec![ConfigError::new(&cfg.path, 0, key, format!("{e:#}"))]
+        })?;
         let bound = self.rebind(&cfg).map_err(|e| {
             vec![ConfigError::new(
                 &cfg.path,
@@ -348,6 +361,9 @@ impl Proxy {
                 "siplb is stopping",
             )]);
         };
+        if let Err(e) = self.passthrough.commit(staged) {
+            tracing::error!(error = %e, "passthrough listener not served");
+        }
         self.config.store(config);
         Ok(self.meta().version + 1)
     }

@@ -99,17 +99,56 @@ pub struct Route {
     pub(crate) domain: Option<String>,
     pub(crate) uri_user_param: Option<String>,
     pub pools: Vec<usize>,
+    /// The `key` the route names; `None` leaves it to `role`.
     pub(crate) key: Option<KeyKind>,
+    /// The role of the route's pools (validation makes them share one); it picks the key when
+    /// the route names none.
+    pub(crate) role: Role,
+}
+
+/// Why a route reads the key it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRule {
+    /// The route names its `key`.
+    Route,
+    /// The route names none: the default of its pools' role ([`Role::default_key`]).
+    RoleDefault(Role),
+}
+
+impl KeyRule {
+    /// Says why, for `siplb route` and `/route`: `route's key`, or `default for a mediation
+    /// pool` (for a Front End pool, with the method's part of the rule).
+    pub(crate) fn describe(self, method: &[u8]) -> String {
+        match self {
+            KeyRule::Route => "route's key".to_string(),
+            KeyRule::RoleDefault(Role::FrontEnd) if method == b"REGISTER" => {
+                "default for a front-end pool: To AOR for REGISTER".to_string()
+            }
+            KeyRule::RoleDefault(Role::FrontEnd) => {
+                "default for a front-end pool: From AOR for all but REGISTER".to_string()
+            }
+            KeyRule::RoleDefault(Role::Edge) => "default for an edge pool".to_string(),
+            KeyRule::RoleDefault(role) => format!("default for a {} pool", role.as_str()),
+        }
+    }
 }
 
 impl Route {
-    /// The key this route reads for a request of `method`.
+    /// The key this route reads for a request of `method`: its own `key`, else its role's
+    /// default ([`Role::default_key`]).
     pub(crate) fn key_for(&self, method: &[u8]) -> KeyKind {
-        self.key.unwrap_or(if method == b"REGISTER" {
-            KeyKind::ToAor
-        } else {
-            KeyKind::FromAor
-        })
+        match self.key {
+            Some(key) => key,
+            None => self.role.default_key(method),
+        }
+    }
+
+    /// Why the route reads the key [`Route::key_for`] gives.
+    pub(crate) fn key_rule(&self) -> KeyRule {
+        match self.key {
+            Some(_) => KeyRule::Route,
+            None => KeyRule::RoleDefault(self.role),
+        }
     }
 
     /// Whether a request with this method and request-URI matches (`ruri`: its host and `user=`
@@ -161,6 +200,17 @@ pub(crate) struct Decision {
     /// The pool serving the home pool's users now (the pair when failed over).
     pub(crate) serving: usize,
     /// The chosen server of the serving pool, `None` when none is up.
+    pub(crate) server: Option<usize>,
+}
+
+/// Where a key of a known home pool goes: [`Decision`] without the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// The home pool.
+    pub(crate) home: usize,
+    /// The pool serving the home pool's users now (the pair when failed over).
+    pub(crate) serving: usize,
+    /// The chosen server of the serving pool, `None` when none takes traffic.
     pub(crate) server: Option<usize>,
 }
 
@@ -297,16 +347,23 @@ impl RoutingTable {
         let routes: Vec<Route> = cfg
             .routes
             .iter()
-            .map(|r| Route {
-                methods: r.methods.clone(),
-                domain: r.domain.clone(),
-                uri_user_param: r.uri_user_param.clone(),
-                pools: r
+            .map(|r| {
+                let route_pools: Vec<usize> = r
                     .pools
                     .iter()
                     .filter_map(|n| index.get(n.as_str()).copied())
-                    .collect(),
-                key: r.key,
+                    .collect();
+                Route {
+                    methods: r.methods.clone(),
+                    domain: r.domain.clone(),
+                    uri_user_param: r.uri_user_param.clone(),
+                    // Validation gives every route at least one pool, all of one role.
+                    role: route_pools
+                        .first()
+                        .map_or(Role::FrontEnd, |&p| cfg.pools[p].role),
+                    pools: route_pools,
+                    key: r.key,
+                }
             })
             .collect();
         let via = |transport: Transport, sent_by: &HostPort| {
@@ -424,27 +481,50 @@ impl RoutingTable {
     }
 
     /// Routes a key (a [`hrw::key_hash`]) through route `route`: home pool by HRW over the
-    /// route's pools, serving pool, then server by weighted HRW over the serving pool's servers
-    /// that take traffic.
+    /// route's pools, then [`RoutingTable::decide_pool`].
     pub(crate) fn decide(&self, route: usize, key: u64) -> Decision {
         let r = &self.routes[route];
         let home_at =
             hrw::pick(key, r.pools.iter().map(|&p| (self.pools[p].id_hash, 1))).unwrap_or_default();
-        let home = r.pools[home_at];
-        let serving = self.serving(home);
-        let servers = &self.pools[serving].servers;
-        let up = servers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state.takes_traffic());
-        let server = hrw::pick(key, up.clone().map(|(_, s)| (s.id_hash, s.weight)))
-            .and_then(|n| up.clone().nth(n).map(|(i, _)| i));
+        let placed = self.decide_pool(r.pools[home_at], key);
         Decision {
             route,
+            home: placed.home,
+            serving: placed.serving,
+            server: placed.server,
+        }
+    }
+
+    /// Places a key whose home pool is known (a passthrough listener's pool): serving pool (the
+    /// pair when `home` is failed over), then server by weighted HRW over the serving pool's
+    /// servers that take traffic. The one place the rule is written; [`RoutingTable::decide`]
+    /// uses it.
+    pub(crate) fn decide_pool(&self, home: usize, key: u64) -> Placement {
+        let serving = self.serving(home);
+        Placement {
             home,
             serving,
-            server,
+            server: self.next_server(serving, key, &[]),
         }
+    }
+
+    /// The server of `pool` that HRW ranks first for `key` among those that take traffic and
+    /// are not in `tried`: with `tried` empty the server [`RoutingTable::decide_pool`] chooses,
+    /// and then, as servers are added to `tried`, the next ones in HRW order (a rendezvous
+    /// ranking over fewer candidates keeps the others' order).
+    pub(crate) fn next_server(&self, pool: usize, key: u64, tried: &[usize]) -> Option<usize> {
+        let up = self.pools[pool]
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i));
+        hrw::pick(key, up.clone().map(|(_, s)| (s.id_hash, s.weight)))
+            .and_then(|n| up.clone().nth(n).map(|(i, _)| i))
+    }
+
+    /// The index of the pool named `name`.
+    pub(crate) fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
     }
 
     /// The addresses siplb listens on.
@@ -591,6 +671,40 @@ pools = ["a", "b"]
         );
     }
 
+    struct Down(String);
+    impl HealthView for Down {
+        fn server_state(&self, id: &str) -> Option<ServerState> {
+            (id == self.0).then_some(ServerState::Down)
+        }
+        fn failed_over(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_pool_places_keys_as_its_routes_do_and_ranks_the_fallbacks() {
+        let t = table(&ConfigHealth);
+        let a = t.pool_index("a").expect("pool a");
+        assert_eq!(t.pool_index("nope"), None);
+        for k in 0..500u64 {
+            let d = t.decide(1, k);
+            let p = t.decide_pool(d.home, k);
+            assert_eq!((p.home, p.serving, p.server), (d.home, d.serving, d.server));
+            // The fallback is the server the key moves to when its own is down.
+            let first = t.decide_pool(a, k).server.expect("a server of a");
+            let next = t.next_server(a, k, &[first]);
+            let down = table(&Down(t.pools[a].servers[first].id.clone()));
+            assert_eq!(next, down.decide_pool(a, k).server);
+            assert_eq!(t.next_server(a, k, &[0, 1]), None);
+        }
+        // Failed over: served by the pair, whose drained server takes nothing.
+        let t = table(&FailedOver("a"));
+        for k in 0..200u64 {
+            let p = t.decide_pool(a, k);
+            assert_eq!((p.home, p.serving, p.server), (a, 1, Some(0)));
+        }
+    }
+
     #[test]
     fn a_via_for_a_server_of_the_other_family_names_the_listener_of_its_family() {
         let cfg = parse(
@@ -615,6 +729,55 @@ pools = ["a", "b"]
         assert_eq!(
             t.via_prefix(v4, Transport::Udp),
             t.via_prefix(v6, Transport::Udp)
+        );
+    }
+
+    #[test]
+    fn a_route_without_key_reads_the_default_of_its_pools_role() {
+        let mut text = String::from("[listen]\nudp = [\"127.0.0.1:5060\"]\n");
+        let roles = ["front-end", "mediation", "edge", "director"];
+        for (i, role) in roles.iter().enumerate() {
+            text += &format!(
+                "[[pool]]\nname = \"{role}\"\nrole = \"{role}\"\n\
+                 servers = [{{ address = \"127.0.0.1:{}\" }}]\n",
+                5071 + i
+            );
+        }
+        for role in roles {
+            text += &format!("[[route]]\ndomain = \"{role}.test\"\npool = \"{role}\"\n");
+        }
+        text += "[[route]]\npool = \"mediation\"\nkey = \"to-aor\"\n";
+        let cfg = parse(Path::new("t.toml"), &text).expect("valid config");
+        let t = RoutingTable::unbound(&cfg, &ConfigHealth);
+        let key = |route: usize, method: &[u8]| t.routes[route].key_for(method);
+        let rule = |route: usize, method: &[u8]| t.routes[route].key_rule().describe(method);
+
+        assert_eq!(key(0, b"REGISTER"), KeyKind::ToAor);
+        assert_eq!(key(0, b"INVITE"), KeyKind::FromAor);
+        assert_eq!(key(0, b"SUBSCRIBE"), KeyKind::FromAor);
+        assert_eq!(
+            rule(0, b"REGISTER"),
+            "default for a front-end pool: To AOR for REGISTER"
+        );
+        assert_eq!(
+            rule(0, b"INVITE"),
+            "default for a front-end pool: From AOR for all but REGISTER"
+        );
+        for method in [&b"REGISTER"[..], b"INVITE", b"BYE", b"CANCEL"] {
+            assert_eq!(key(1, method), KeyKind::CallId);
+            assert_eq!(key(2, method), KeyKind::SourceIp);
+            assert_eq!(key(3, method), KeyKind::SourceIp);
+            assert_eq!(key(4, method), KeyKind::ToAor, "a route's key wins");
+        }
+        assert_eq!(rule(1, b"INVITE"), "default for a mediation pool");
+        assert_eq!(rule(2, b"INVITE"), "default for an edge pool");
+        assert_eq!(rule(3, b"REGISTER"), "default for a director pool");
+        assert_eq!(rule(4, b"INVITE"), "route's key");
+        assert_eq!(t.routes[4].key_rule(), KeyRule::Route);
+        assert_eq!(
+            t.routes[2].key_rule(),
+            KeyRule::RoleDefault(Role::Edge),
+            "the route takes its pool's role"
         );
     }
 

@@ -110,6 +110,8 @@ impl Health {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
+    /// `front-end` (written when `None`), `edge`, `mediation` or `director`.
+    pub role: Option<String>,
     pub servers: Vec<Server>,
     pub pair: Option<String>,
     /// `auto` or `manual`.
@@ -122,12 +124,19 @@ impl Pool {
     pub fn new(name: &str, servers: Vec<Server>) -> Pool {
         Pool {
             name: name.into(),
+            role: None,
             servers,
             pair: None,
             failover: None,
             failback_after: None,
             min_up: None,
         }
+    }
+
+    /// `role = "..."`: `front-end`, `edge`, `mediation` or `director`.
+    pub fn role(mut self, role: &str) -> Pool {
+        self.role = Some(role.into());
+        self
     }
 
     pub fn pair(mut self, pair: &str) -> Pool {
@@ -312,8 +321,9 @@ impl Config {
         for p in &self.pools {
             let _ = writeln!(
                 t,
-                "[[pool]]\nname = {}\nrole = \"front-end\"",
-                quote(&p.name)
+                "[[pool]]\nname = {}\nrole = {}",
+                quote(&p.name),
+                quote(p.role.as_deref().unwrap_or("front-end"))
             );
             if let Some(pair) = &p.pair {
                 let _ = writeln!(t, "pair = {}", quote(pair));

@@ -613,16 +613,32 @@ fn rfc4475_3_1_2_19_bigcode_overlarge_status_code_is_dropped_as_malformed() {
 // The other side of each check: what is valid stays forwarded, with only siplb's edits.
 
 #[test]
-fn sip_sips_and_tel_request_uris_are_forwarded() {
+fn sip_and_tel_request_uris_are_forwarded() {
     let (mut tb, _ops) = bed();
-    for ruri in [
-        "sip:bob@contoso.com",
-        "sips:bob@contoso.com",
-        "tel:+14255550100",
-    ] {
+    for ruri in ["sip:bob@contoso.com", "tel:+14255550100"] {
         let req = Request::new("MESSAGE", ruri, "alice@contoso.com", "bob@contoso.com");
         tb.exchange(&req.bytes());
     }
+}
+
+#[test]
+fn sips_request_uris_are_forwarded_only_over_tls() {
+    let (mut tb, ops) = bed();
+    // This bed's servers speak UDP: a SIPS request would leave siplb in the clear
+    // (RFC 3261 §26.2.2), so it is answered instead (tests/tests/tls_flows.rs forwards one to
+    // a TLS server).
+    let sips = Request::new(
+        "MESSAGE",
+        "sips:bob@contoso.com",
+        "alice@contoso.com",
+        "bob@contoso.com",
+    );
+    rejected(
+        &mut tb,
+        &ops,
+        &sips.bytes(),
+        Expect::Answer(480, &["SIPS Needs TLS"]),
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ pub use validate::parse;
 pub(crate) use validate::{load, summary};
 
 /// How a server is probed, and who moves a pool's users to its pair: the config speaks
-/// healthcheck's own vocabulary (`probe = "options" | "tcp-connect"`,
+/// healthcheck's own vocabulary (`probe = "options" | "tcp-connect" | "tls-connect"`,
 /// `failover = "auto" | "manual"`), so nothing maps one enum onto another.
 pub use healthcheck::{Mode, ProbeKind};
 
@@ -56,6 +56,9 @@ pub struct Listen {
     pub(crate) advertise: Option<HostPort>,
     /// Worker sockets per UDP address (SO_REUSEPORT). Default: the number of cores.
     pub(crate) workers: usize,
+    /// Layer-4 passthrough listeners: TLS that must end at the servers, whose connections
+    /// siplb places by the client's IP without reading them.
+    pub(crate) passthrough: Vec<Passthrough>,
 }
 
 impl Listen {
@@ -76,6 +79,21 @@ pub struct TlsListen {
     pub(crate) cert: PathBuf,
     /// Private key (PEM); a relative path in the file is resolved against its directory.
     pub(crate) key: PathBuf,
+}
+
+/// One `[listen] passthrough` entry: connections accepted at `address` are placed on a server
+/// of `pool` (or of its pair when the pool is failed over) by HRW over the client's IP, and
+/// their bytes are copied both ways unread — TLS ends at the server, as behind Microsoft's
+/// hardware load balancer for Lync.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passthrough {
+    /// Address to listen on (TCP; port 0 picks a free port).
+    pub(crate) address: SocketAddr,
+    /// The home pool; its servers' addresses are where the bytes go (their TLS port).
+    pub(crate) pool: String,
+    /// A connection with no byte in either direction for this long is closed (default 1800 s,
+    /// the least Microsoft allows a load balancer in front of Lync).
+    pub(crate) idle_timeout: Duration,
 }
 
 /// A `host[:port]` as written into SIP headers.
@@ -131,8 +149,9 @@ pub struct Ops {
 /// Probe settings: `[health]`, or a pool's `health = { ... }` override merged over it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// How a server is probed: SIP OPTIONS (an answer 500, 503 or 504 counts as a failure, any
-    /// other final answer as alive; no answer within `timeout` is a failure) or a TCP connect.
+    /// How a server is probed: SIP OPTIONS over the server's transport (an answer 500, 503 or
+    /// 504 counts as a failure, any other final answer as alive; no answer within `timeout` is
+    /// a failure), a TCP connect, or a TLS handshake (`tls-connect`, TLS servers only).
     pub(crate) probe: ProbeKind,
     /// Time between two probes of one server (> 0).
     pub(crate) interval: Duration,
@@ -208,6 +227,21 @@ impl Role {
             Role::Director => "director",
         }
     }
+
+    /// The key a route to pools of this role reads when it names none:
+    /// - front-end: the To AOR for REGISTER, the From AOR for everything else, so a user's
+    ///   registration and the requests they send meet on one server;
+    /// - mediation: the Call-ID, so every request of one call reaches one Mediation server;
+    /// - edge and director: the source IP (connection affinity, as Microsoft's load-balancing
+    ///   guidance has for those roles).
+    pub(crate) fn default_key(self, method: &[u8]) -> KeyKind {
+        match self {
+            Role::FrontEnd if method == b"REGISTER" => KeyKind::ToAor,
+            Role::FrontEnd => KeyKind::FromAor,
+            Role::Mediation => KeyKind::CallId,
+            Role::Edge | Role::Director => KeyKind::SourceIp,
+        }
+    }
 }
 
 /// One `[[pool]]`.
@@ -227,8 +261,46 @@ pub struct PoolConfig {
     pub(crate) min_up: usize,
     /// `[health]` with this pool's overrides applied.
     pub(crate) health: Health,
+    /// How siplb opens TLS to the pool's `transport = "tls"` servers (defaults when the file
+    /// has no `tls = { ... }`).
+    pub(crate) tls: PoolTls,
     /// At least one server, in file order.
     pub(crate) servers: Vec<ServerConfig>,
+}
+
+/// The CA bundle a pool's TLS servers are verified against when its `tls` names no `ca`
+/// (Debian's `ca-certificates`).
+pub(crate) const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A pool's `tls = { ca, server_name, cert, key }`: how siplb verifies the pool's TLS servers
+/// and which certificate it presents to them. Verification is always on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolTls {
+    /// PEM file of the CA certificates a server's certificate must chain to (a relative path in
+    /// the file is resolved against its directory). `None`: [`SYSTEM_CA_BUNDLE`].
+    pub(crate) ca: Option<PathBuf>,
+    /// The name every server's certificate must carry, unless the server gives its own
+    /// `server_name`. `None`: each server's IP address.
+    pub(crate) server_name: Option<String>,
+    /// siplb's client certificate, for servers that demand one (MTLS, as Lync servers require
+    /// of each other).
+    pub(crate) client_cert: Option<ClientCert>,
+}
+
+impl PoolTls {
+    /// The CA file in effect: `ca`, or the system bundle.
+    pub(crate) fn ca_file(&self) -> &Path {
+        self.ca
+            .as_deref()
+            .unwrap_or_else(|| Path::new(SYSTEM_CA_BUNDLE))
+    }
+}
+
+/// A client certificate chain and its private key, both PEM (checked to match).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCert {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// Transport siplb uses towards a server.
@@ -266,6 +338,9 @@ pub struct ServerConfig {
     pub(crate) weight: u32,
     /// Start drained: out of hashing until an operator undrains it.
     pub(crate) drained: bool,
+    /// `transport = "tls"` only: the name the server's certificate must carry, instead of the
+    /// pool's `tls.server_name` (or the server's IP address).
+    pub(crate) server_name: Option<String>,
 }
 
 /// Where a route's key comes from.
@@ -308,7 +383,7 @@ pub struct RouteConfig {
     pub(crate) uri_user_param: Option<String>,
     /// Home pool candidates: one name for `pool = ...`, several for `pools = [...]`.
     pub(crate) pools: Vec<String>,
-    /// `None`: To AOR for REGISTER, From AOR otherwise.
+    /// `None`: the default of the pools' role ([`Role::default_key`]).
     pub(crate) key: Option<KeyKind>,
 }
 

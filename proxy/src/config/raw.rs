@@ -46,6 +46,18 @@ pub(crate) struct RawListen {
     pub(crate) tls: Vec<Spanned<RawTlsListen>>,
     pub(crate) advertise: Option<Str>,
     pub(crate) workers: Option<Int>,
+    /// `passthrough = [...]`: TLS passed through to a pool's servers unread.
+    #[serde(default)]
+    pub(crate) passthrough: Vec<Spanned<RawPassthrough>>,
+}
+
+/// One `[listen] passthrough` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassthrough {
+    pub(crate) address: Str,
+    pub(crate) pool: Str,
+    pub(crate) idle_timeout: Option<Str>,
 }
 
 /// One `[listen] tls` entry.
@@ -105,6 +117,8 @@ pub(crate) struct RawPool {
     pub(crate) failback_after: Option<Str>,
     pub(crate) min_up: Option<Int>,
     pub(crate) health: Option<Spanned<RawHealth>>,
+    /// How siplb opens TLS to the pool's `transport = "tls"` servers.
+    pub(crate) tls: Option<Spanned<RawPoolTls>>,
     /// Optional to serde so that a pool without servers gets our "empty pool" error, with the
     /// others, rather than a lone "missing field".
     pub(crate) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
@@ -119,6 +133,18 @@ pub(crate) struct RawServer {
     pub(crate) weight: Option<Int>,
     pub(crate) id: Option<Str>,
     pub(crate) drained: Option<bool>,
+    /// The name this server's TLS certificate must carry (overrides the pool's).
+    pub(crate) server_name: Option<Str>,
+}
+
+/// A pool's `tls = { ca, server_name, cert, key }`: every key optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoolTls {
+    pub(crate) ca: Option<Str>,
+    pub(crate) server_name: Option<Str>,
+    pub(crate) cert: Option<Str>,
+    pub(crate) key: Option<Str>,
 }
 
 /// One `[[route]]`.

@@ -8,25 +8,29 @@
 //! not returned at the first, so `siplb check` shows all of them at once, sorted by line.
 //!
 //! The work is split by section: [`values`] reads single values, [`pools`] checks pools, their
-//! servers and pairs, [`routes`] checks routes against the pools, [`toml_error`] turns serde's
-//! errors into ours, and [`summary`] prints a validated config for humans.
+//! servers and pairs, [`routes`] checks routes against the pools, [`certs`] checks the files of
+//! `[listen] tls` entries (with [`x509`] reading what a certificate says), [`toml_error`] turns
+//! serde's errors into ours, and [`summary`] prints a validated config for humans.
 
+mod certs;
 mod pools;
 mod routes;
 mod summary;
 mod toml_error;
 mod values;
+mod x509;
 
 #[cfg(test)]
 mod tests;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
 use super::{
-    BranchSecret, Config, ConfigError, Health, Listen, Log, LogFormat, Ops, ProbeKind, Routing,
+    BranchSecret, Config, ConfigError, Health, Listen, Log, LogFormat, Ops, Passthrough,
+    PoolConfig, ProbeKind, Routing,
 };
 
 pub(crate) use summary::summary;
@@ -49,6 +53,10 @@ fn default_routing() -> Routing {
         branch_key: None,
     }
 }
+
+/// A passthrough connection's idle timeout when the file gives none: Microsoft's least for a
+/// load balancer in front of Lync.
+const DEFAULT_PASSTHROUGH_IDLE: Duration = Duration::from_secs(1800);
 
 /// The shortest branch key accepted, in bytes.
 const MIN_BRANCH_KEY: usize = 16;
@@ -158,6 +166,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let log = log(ctx, raw.log.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
     pools::check_families(ctx, &raw.pool, &listen.udp);
+    passthrough_pools(ctx, raw.listen.as_ref(), &pools);
     let routes = routes::routes(ctx, &raw.route, &pools);
     Config {
         path: ctx.path.to_path_buf(),
@@ -209,6 +218,7 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         tls: Vec::new(),
         advertise: None,
         workers: default_workers(),
+        passthrough: Vec::new(),
     };
     let Some(raw) = raw else {
         ctx.error_at_line(
@@ -247,10 +257,14 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         }
         let cert = values::file_path(ctx, &tls.cert, &format!("{prefix}.cert"), &base);
         let key_file = values::file_path(ctx, &tls.key, &format!("{prefix}.key"), &base);
+        if let (Some(cert), Some(key)) = (&cert, &key_file) {
+            certs::check(ctx, tls, &prefix, (cert, key), SystemTime::now());
+        }
         if let (Some(address), Some(cert), Some(key)) = (address, cert, key_file) {
             listen.tls.push(super::TlsListen { address, cert, key });
         }
     }
+    listen.passthrough = passthrough(ctx, raw.get_ref(), &mut seen_udp, &mut seen_tcp);
     let raw_listen = raw.get_ref();
     if raw_listen.udp.is_empty() && raw_listen.tcp.is_empty() && raw_listen.tls.is_empty() {
         ctx.error(
@@ -273,6 +287,82 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         }
     }
     listen
+}
+
+/// `[listen] passthrough`: each address a TCP port of its own — no TCP or TLS listener on it,
+/// and no UDP listener either, so that one address is one service — and an idle timeout
+/// longer than 0. The pools are checked once they are known ([`passthrough_pools`]).
+fn passthrough(
+    ctx: &mut Ctx<'_>,
+    raw: &RawListen,
+    seen_udp: &mut values::Seen,
+    seen_tcp: &mut values::Seen,
+) -> Vec<Passthrough> {
+    let mut out = Vec::new();
+    for (i, entry) in raw.passthrough.iter().enumerate() {
+        let prefix = format!("listen.passthrough[{i}]");
+        let entry = entry.get_ref();
+        let key = format!("{prefix}.address");
+        let address = values::socket_addr(ctx, &entry.address, &key, values::AddrUse::Listen);
+        // Port 0 picks a free port at bind time, so it clashes with nothing.
+        if let Some(a) = address.filter(|a| a.port() != 0) {
+            let span = entry.address.span();
+            if seen_tcp.check(
+                ctx,
+                a,
+                span.clone(),
+                &key,
+                "TCP, TLS or passthrough listener",
+            ) {
+                seen_udp.check(ctx, a, span, &key, "UDP listener or passthrough");
+            }
+        }
+        let mut idle_timeout = DEFAULT_PASSTHROUGH_IDLE;
+        if let Some(v) = &entry.idle_timeout {
+            let key = format!("{prefix}.idle_timeout");
+            match values::duration(ctx, v, &key) {
+                Some(d) if d.is_zero() => ctx.error(
+                    v.span(),
+                    key,
+                    "idle_timeout must be longer than 0; use e.g. 1800s (Microsoft's least for                      Lync), or leave it out for 1800s",
+                ),
+                Some(d) => idle_timeout = d,
+                None => {}
+            }
+        }
+        if let Some(address) = address {
+            out.push(Passthrough {
+                address,
+                pool: entry.pool.get_ref().clone(),
+                idle_timeout,
+            });
+        }
+    }
+    out
+}
+
+/// Each passthrough listener names a defined pool.
+fn passthrough_pools(
+    ctx: &mut Ctx<'_>,
+    raw: Option<&toml::Spanned<RawListen>>,
+    pools: &[PoolConfig],
+) {
+    let Some(raw) = raw else { return };
+    for (i, entry) in raw.get_ref().passthrough.iter().enumerate() {
+        let name = &entry.get_ref().pool;
+        if !pools.iter().any(|p| p.name == *name.get_ref()) {
+            ctx.error(
+                name.span(),
+                format!("listen.passthrough[{i}].pool"),
+                format!(
+                    "unknown pool \"{}\"; the pool whose servers take this listener's \
+                     connections must be a [[pool]]; {}",
+                    name.get_ref(),
+                    pools::defined_pools(pools)
+                ),
+            );
+        }
+    }
 }
 
 /// `[ops]`: both keys optional.
@@ -306,6 +396,7 @@ fn health(
         let choices = [
             ("options", ProbeKind::Options),
             ("tcp-connect", ProbeKind::TcpConnect),
+            ("tls-connect", ProbeKind::TlsConnect),
         ];
         if let Some(probe) = values::choice(ctx, p, &format!("{prefix}.probe"), "probe", &choices) {
             h.probe = probe;

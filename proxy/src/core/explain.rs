@@ -4,7 +4,7 @@
 //! through the wire path's own decision ([`Worker::explain`]), so the explanation cannot drift
 //! from what the wire path does. The demo's client sends the same requests.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -50,6 +50,13 @@ pub(crate) struct RouteDoc {
     pub route: usize,
     /// The key the route reads (`to-aor`, `from-aor`, …).
     pub key: &'static str,
+    /// Why it reads that key: `route's key`, or the default of the route's pools' role, e.g.
+    /// `default for a mediation pool`.
+    pub key_rule: String,
+    /// The role of the route's pools.
+    pub role: &'static str,
+    /// The source address the request was taken to come from (what a `source-ip` key reads).
+    pub source: String,
     /// The user's home pool.
     pub home: String,
     /// The pool serving the home pool's users now.
@@ -66,11 +73,16 @@ pub(crate) struct RouteServer {
     pub transport: &'static str,
 }
 
-/// Routes a synthetic request through the wire path's own decision; `Err` is the answer siplb
-/// would give instead.
-pub(crate) fn explain(table: &RoutingTable, method: &str, aor: &str) -> Result<RouteDoc, Refusal> {
-    let request = request(method, aor, "siplb-route", 1, "127.0.0.1:5060");
-    let src: SocketAddr = ([127, 0, 0, 1], 5060).into();
+/// Routes a synthetic request, sent from `source` (what a `source-ip` key reads), through the
+/// wire path's own decision; `Err` is the answer siplb would give instead.
+pub(crate) fn explain(
+    table: &RoutingTable,
+    method: &str,
+    aor: &str,
+    source: IpAddr,
+) -> Result<RouteDoc, Refusal> {
+    let src = SocketAddr::new(source, 5060);
+    let request = request(method, aor, "siplb-route", 1, &src.to_string());
     let d = Worker::new().explain(table, request.as_bytes(), src)?;
     let server = d.server.map(|s| {
         let s = table.server(d.serving, s);
@@ -80,10 +92,14 @@ pub(crate) fn explain(table: &RoutingTable, method: &str, aor: &str) -> Result<R
             transport: s.transport.as_str(),
         }
     });
+    let route = &table.routes[d.route];
     Ok(RouteDoc {
         routed: true,
         route: d.route,
-        key: table.routes[d.route].key_for(method.as_bytes()).as_str(),
+        key: route.key_for(method.as_bytes()).as_str(),
+        key_rule: route.key_rule().describe(method.as_bytes()),
+        role: route.role.as_str(),
+        source: source.to_string(),
         home: table.pools[d.home].name.clone(),
         serving: table.pools[d.serving].name.clone(),
         server,

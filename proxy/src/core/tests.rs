@@ -1,5 +1,6 @@
 //! The routing rules of DESIGN.md, one by one, against the sans-io core.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -963,4 +964,90 @@ fn a_route_naming_a_server_by_its_id_is_followed() {
         matches!(a, Action::Reply(_)) && status(&out) == "403",
         "{out}"
     );
+}
+
+// ---- default keys by role -------------------------------------------------------------------
+
+/// `CFG` plus a Mediation and an Edge pool of four servers each, and a route to each that
+/// names no key.
+fn table_with_roles() -> RoutingTable {
+    let mut text = CFG.to_string();
+    for (name, role, base) in [("med", "mediation", 5091), ("edge", "edge", 5101)] {
+        let servers: Vec<String> = (0..4)
+            .map(|i| format!("{{ address = \"127.0.0.1:{}\" }}", base + i))
+            .collect();
+        text += &format!(
+            "\n[[pool]]\nname = \"{name}\"\nrole = \"{role}\"\nservers = [{}]\n",
+            servers.join(", ")
+        );
+    }
+    // Ahead of the contoso.com route, so they are tried first.
+    let text = text.replacen(
+        "[[route]]",
+        "[[route]]\nuri_user_param = \"phone\"\npool = \"med\"\n\n\
+         [[route]]\ndomain = \"edge.example\"\npool = \"edge\"\n\n[[route]]",
+        1,
+    );
+    let cfg = parse(Path::new("t.toml"), &text).expect("valid config");
+    RoutingTable::unbound(&cfg, &ConfigHealth)
+}
+
+/// An INVITE to `ruri` from `from`, in call `call_id`.
+fn call(ruri: &str, from: &str, call_id: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bK-{call_id}-{from}\r\n\
+From: <sip:{from}@contoso.com>;tag=a1\r\n\
+To: <{ruri}>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The servers `requests` (message, source) reach on the wire path.
+fn servers_reached(t: &RoutingTable, requests: &[(String, &str)]) -> BTreeSet<SocketAddr> {
+    let mut w = Worker::new();
+    requests
+        .iter()
+        .map(|(req, src)| forwarded_to(w.handle(t, req.as_bytes(), src.parse().unwrap()).action))
+        .collect()
+}
+
+#[test]
+fn a_mediation_route_without_key_keeps_a_call_on_one_server() {
+    let t = table_with_roles();
+    let phone = "sip:+14255550100@contoso.com;user=phone";
+    let one_call: Vec<(String, &str)> = (0..40)
+        .map(|i| (call(phone, &format!("u{i}"), "call-7"), CLIENT))
+        .collect();
+    let hit = servers_reached(&t, &one_call);
+    assert_eq!(hit.len(), 1, "one Call-ID, 40 callers: {hit:?}");
+    assert!(hit.iter().all(|a| (5091..5095).contains(&a.port())));
+    let calls: Vec<(String, &str)> = (0..40)
+        .map(|i| (call(phone, "alice", &format!("call-{i}")), CLIENT))
+        .collect();
+    assert!(servers_reached(&t, &calls).len() > 1, "Call-IDs spread");
+}
+
+#[test]
+fn an_edge_route_without_key_keeps_a_source_on_one_server() {
+    let t = table_with_roles();
+    let one_source: Vec<(String, &str)> = (0..40)
+        .map(|i| {
+            let ruri = format!("sip:r{i}@edge.example");
+            (call(&ruri, &format!("u{i}"), &format!("c{i}")), CLIENT)
+        })
+        .collect();
+    let hit = servers_reached(&t, &one_source);
+    assert_eq!(hit.len(), 1, "one source, 40 users and calls: {hit:?}");
+    assert!(hit.iter().all(|a| (5101..5105).contains(&a.port())));
+    let sources: Vec<String> = (0..40)
+        .map(|i| format!("192.0.2.{}:5099", 10 + i))
+        .collect();
+    let spread: Vec<(String, &str)> = sources
+        .iter()
+        .map(|src| (call("sip:bob@edge.example", "alice", "c1"), src.as_str()))
+        .collect();
+    assert!(servers_reached(&t, &spread).len() > 1, "sources spread");
 }

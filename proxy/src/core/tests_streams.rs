@@ -12,7 +12,7 @@ const CFG: &str = r#"
 [listen]
 udp = ["127.0.0.1:5060"]
 tcp = ["127.0.0.1:5060"]
-tls = [{ address = "127.0.0.1:5061", cert = "c.pem", key = "k.pem" }]
+tls = [{ address = "127.0.0.1:5061", cert = "tls/demo.crt", key = "tls/demo.key" }]
 
 [[pool]]
 name = "udp"
@@ -42,7 +42,10 @@ pool = "tls"
 const CLIENT: &str = "192.0.2.7:50123";
 
 fn table() -> RoutingTable {
-    let cfg = parse(Path::new("t.toml"), CFG).expect("valid config");
+    // Beside the repository's config.toml, so the TLS listener's files are the demo pair
+    // (validation reads them).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../t.toml");
+    let cfg = parse(&path, CFG).expect("valid config");
     let local = Local {
         udp: vec!["127.0.0.1:5060".parse().unwrap()],
         tcp: vec!["127.0.0.1:5060".parse().unwrap()],

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use healthcheck::{Failure, Outcome, ProbeSettings};
+use healthcheck::{Failure, Outcome, ProbeSettings, Target};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -148,10 +148,11 @@ impl Control {
 /// Where a probe task hands each result.
 type Report = Box<dyn FnMut(Outcome) + Send>;
 
-/// Starts the probe task of one server: its address, its settings, where results go. The
-/// supervisor aborts the task when the server's address or settings change or it leaves the
-/// config. Real probes are [`healthcheck::probe::probe_loop`]; tests put their own in.
-type Prober = Arc<dyn Fn(SocketAddr, ProbeSettings, Report) -> JoinHandle<()> + Send + Sync>;
+/// Starts the probe task of one server: its address, transport and TLS settings, its probe
+/// settings, where results go. The supervisor aborts the task when any of these change or the
+/// server leaves the config. Real probes are [`healthcheck::probe::probe_loop`]; tests put
+/// their own in.
+type Prober = Arc<dyn Fn(Target, ProbeSettings, Report) -> JoinHandle<()> + Send + Sync>;
 
 /// Starts the supervisor for `cfg` with the first table already in `tables`; probes start at
 /// once unless `probe` is false (then servers stay as the config says until an operator or a

@@ -7,13 +7,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use healthcheck::probe::ProbeSettings;
-use healthcheck::{FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Thresholds};
+use healthcheck::{
+    FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Target, Thresholds, TlsClient,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
-use crate::config::{Config, HostPort, PoolConfig};
+use crate::config::{Config, HostPort, PoolConfig, ServerConfig, Transport};
 use crate::table::{HealthView, RoutingTable};
+use crate::tls::client::ServerTls;
 
 /// The supervisor's clock: tokio's, so that tests run it under a paused clock
 /// (`tokio::time::pause`, `advance`) and failback timers fire when the test says.
@@ -44,11 +47,46 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
     }
 }
 
+/// How a server's probes reach it: its own transport and, for TLS, its TLS settings.
+#[derive(Clone)]
+struct Link {
+    transport: healthcheck::Transport,
+    tls: Option<TlsClient>,
+    /// [`ServerTls::fingerprint`]: when it changes (a renewed certificate, another CA or
+    /// name), the probe restarts with the new settings.
+    fingerprint: Option<u64>,
+}
+
+impl Link {
+    fn of(server: &ServerConfig, tls: &ServerTls) -> Link {
+        let transport = match server.transport {
+            Transport::Udp => healthcheck::Transport::Udp,
+            Transport::Tcp => healthcheck::Transport::Tcp,
+            Transport::Tls => healthcheck::Transport::Tls,
+        };
+        let client = tls
+            .connector(&server.id)
+            .map(|(connector, name)| TlsClient { connector, name });
+        Link {
+            transport,
+            tls: client,
+            fingerprint: tls.fingerprint(&server.id),
+        }
+    }
+
+    fn same_as(&self, other: &Link) -> bool {
+        self.transport == other.transport
+            && self.fingerprint == other.fingerprint
+            && self.tls.is_some() == other.tls.is_some()
+    }
+}
+
 pub(super) struct ServerEntry {
     pub(crate) pool: usize,
     pub(crate) address: SocketAddr,
     pub(crate) health: ServerHealth,
     plan: ProbePlan,
+    link: Link,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -188,6 +226,12 @@ impl Supervisor {
     /// new servers start up, removed ones stop being probed.
     fn reconcile(&mut self, cfg: Arc<Config>, now: Instant) {
         let old_cfg = std::mem::replace(&mut self.cfg, cfg.clone());
+        let server_tls = ServerTls::build(&cfg).unwrap_or_else(|e| {
+            // Validation read these files; one that changed since leaves the pool's TLS
+            // servers without settings, and their TLS probes fail saying so.
+            tracing::warn!(error = %format!("{e:#}"), "TLS settings of servers unusable");
+            ServerTls::default()
+        });
         let mut old_pools: HashMap<String, PoolFailover> = old_cfg
             .pools
             .iter()
@@ -211,6 +255,7 @@ impl Supervisor {
             let plan = plan(p);
             for s in &p.servers {
                 let id: Arc<str> = Arc::from(s.id.as_str());
+                let link = Link::of(s, &server_tls);
                 self.by_addr.insert(s.address, id.clone());
                 let mut entry = match old_servers.remove(&id) {
                     Some(mut e) => {
@@ -227,13 +272,16 @@ impl Supervisor {
                         address: s.address,
                         health: ServerHealth::new(now, s.drained),
                         plan,
+                        link: link.clone(),
                         probe: None,
                     },
                 };
-                let stale = entry.address != s.address || entry.plan != plan;
+                let stale =
+                    entry.address != s.address || entry.plan != plan || !entry.link.same_as(&link);
                 entry.pool = pi;
                 entry.address = s.address;
                 entry.plan = plan;
+                entry.link = link;
                 if stale || entry.probe.is_none() {
                     self.spawn_probe(&id, &mut entry);
                 }
@@ -248,7 +296,12 @@ impl Supervisor {
             p.abort();
         }
         let Some(prober) = &self.prober else { return };
-        let (tx, target, settings) = (self.probes.clone(), entry.address, entry.plan.settings);
+        let target = Target {
+            addr: entry.address,
+            transport: entry.link.transport,
+            tls: entry.link.tls.clone(),
+        };
+        let (tx, settings) = (self.probes.clone(), entry.plan.settings);
         let id = id.clone();
         let report = Box::new(move |outcome| {
             // Fails only once the supervisor is gone, and then nobody needs the result.

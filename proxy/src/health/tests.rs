@@ -19,6 +19,9 @@ use crate::table::{ConfigHealth, RoutingTable};
 /// One probe task the supervisor started.
 struct Spawned {
     target: SocketAddr,
+    transport: healthcheck::Transport,
+    /// The name the probe verifies the server's certificate under, for TLS.
+    tls_name: Option<String>,
     settings: ProbeSettings,
     report: Report,
     /// False once the supervisor aborted the task.
@@ -39,11 +42,13 @@ type Spawns = Arc<Mutex<Vec<Spawned>>>;
 fn fake_prober() -> (Prober, Spawns) {
     let spawns: Spawns = Arc::default();
     let record = spawns.clone();
-    let prober: Prober = Arc::new(move |target, settings, report| {
+    let prober: Prober = Arc::new(move |target: healthcheck::Target, settings, report| {
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
         record.lock().unwrap().push(Spawned {
-            target,
+            target: target.addr,
+            transport: target.transport,
+            tls_name: target.tls.as_ref().map(|t| t.name.to_str().into_owned()),
             settings,
             report,
             alive,
@@ -383,4 +388,82 @@ async fn a_flood_of_passive_signals_is_shed_and_counted_and_probe_results_still_
         Some("down"),
         "the signals that were queued count"
     );
+}
+
+/// A pool of a TLS server verified against a CA file (written into a directory of the test's
+/// own, with `ca`'s PEM) and a UDP server.
+fn tls_config(dir: &Path, ca_pem: &str, name: &str) -> String {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    format!(
+        r#"
+[listen]
+udp = ["127.0.0.1:5060"]
+[[pool]]
+name = "a"
+tls = {{ ca = "{}", server_name = "{name}" }}
+servers = [
+  {{ id = "a1", address = "127.0.0.1:5061", transport = "tls" }},
+  {{ id = "a2", address = "127.0.0.1:5071" }},
+]
+[[route]]
+pool = "a"
+"#,
+        ca.display()
+    )
+}
+
+fn self_signed_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[tokio::test(start_paused = true)]
+async fn tls_servers_are_probed_over_tls_and_reprobed_when_their_tls_settings_change() {
+    let dir = std::env::temp_dir().join(format!("siplb-health-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = self_signed_ca_pem();
+    let h = Harness::start(&tls_config(&dir, &ca, "fe-dc1.contoso.com"));
+    settle().await;
+    let last_of = |target: &str| {
+        let target: SocketAddr = target.parse().unwrap();
+        let spawns = h.spawns.lock().unwrap();
+        let s = spawns.iter().rev().find(|s| s.target == target).unwrap();
+        (s.transport, s.tls_name.clone())
+    };
+    assert_eq!(
+        last_of("127.0.0.1:5061"),
+        (
+            healthcheck::Transport::Tls,
+            Some("fe-dc1.contoso.com".into())
+        )
+    );
+    assert_eq!(
+        last_of("127.0.0.1:5071"),
+        (healthcheck::Transport::Udp, None)
+    );
+
+    // The same files: the same probes.
+    h.reload(&tls_config(&dir, &ca, "fe-dc1.contoso.com")).await;
+    assert_eq!(h.probes_of("127.0.0.1:5061"), (1, 1));
+    // A new CA in the same file: the TLS server's probe restarts with it, the UDP one does not.
+    h.reload(&tls_config(
+        &dir,
+        &self_signed_ca_pem(),
+        "fe-dc1.contoso.com",
+    ))
+    .await;
+    assert_eq!(h.probes_of("127.0.0.1:5061"), (2, 1));
+    assert_eq!(h.probes_of("127.0.0.1:5071"), (1, 1));
+    // Another name: likewise.
+    h.reload(&tls_config(&dir, &ca, "fe-dc2.contoso.com")).await;
+    assert_eq!(h.probes_of("127.0.0.1:5061"), (3, 1));
+    assert_eq!(
+        last_of("127.0.0.1:5061").1.as_deref(),
+        Some("fe-dc2.contoso.com")
+    );
+    assert_eq!(h.probes_of("127.0.0.1:5071"), (1, 1));
+    let _ = std::fs::remove_dir_all(&dir);
 }

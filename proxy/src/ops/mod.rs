@@ -8,7 +8,7 @@
 mod admin;
 mod page;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -111,6 +111,8 @@ pub(crate) struct StatusDoc {
     pub(crate) config: ConfigMeta,
     pub(crate) listen_udp: Vec<String>,
     pub(crate) advertise: String,
+    /// `[listen] passthrough` listeners with their open connections.
+    pub(crate) passthrough: Vec<crate::passthrough::ListenerStatus>,
     #[serde(flatten)]
     pub(crate) health: Status,
 }
@@ -127,6 +129,7 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
         advertise: ops.proxy.tables.load().advertise.to_string(),
+        passthrough: ops.proxy.passthrough.status(),
         health,
     })
 }
@@ -164,13 +167,17 @@ async fn metrics(State(ops): State<Ops>) -> Response {
 struct RouteQuery {
     method: String,
     aor: String,
+    /// The client's IP address, which a `source-ip` key reads; 127.0.0.1 when absent.
+    source: Option<IpAddr>,
 }
 
-/// `/route?method=REGISTER&aor=sip:alice@contoso.com`: where such a request goes now, with
-/// live health — the same answer the wire path gives.
+/// `/route?method=REGISTER&aor=sip:alice@contoso.com[&source=IP]`: where such a request goes
+/// now, with live health — the same answer the wire path gives — and which key rule applied
+/// (`key`, `key_rule`, the pools' `role`).
 async fn route(State(ops): State<Ops>, Query(q): Query<RouteQuery>) -> Response {
     let table = ops.proxy.tables.load();
-    match explain::explain(&table, &q.method, &q.aor) {
+    let source = q.source.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    match explain::explain(&table, &q.method, &q.aor, source) {
         Ok(doc) => Json(doc).into_response(),
         Err(refusal) => (
             StatusCode::UNPROCESSABLE_ENTITY,

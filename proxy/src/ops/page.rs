@@ -37,6 +37,15 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
         esc(&doc.advertise),
         esc(&doc.listen_udp.join(", "))
     );
+    for p in &doc.passthrough {
+        let _ = write!(
+            h,
+            "<p class=\"meta\">passthrough {} → pool {} · {} open</p>",
+            esc(&p.address),
+            esc(&p.pool),
+            p.connections
+        );
+    }
     match &doc.not_ready_reason {
         None => h.push_str("<p class=\"verdict up\">ready: every routed pool has a server up</p>"),
         Some(why) => {

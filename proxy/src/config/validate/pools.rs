@@ -13,9 +13,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::{RawPool, RawServer};
-use super::super::{Health, Mode, PoolConfig, Role, ServerConfig, Transport};
+use super::super::{Health, Mode, PoolConfig, ProbeKind, Role, ServerConfig, Transport};
 use super::values::{self, AddrUse, Seen};
 use super::Ctx;
+
+mod tls;
 
 /// `failback_after` when not given.
 const DEFAULT_FAILBACK_AFTER: Duration = Duration::from_secs(30);
@@ -161,6 +163,9 @@ fn pool_config(
             for (j, server) in list.get_ref().iter().enumerate() {
                 let key = format!("{prefix}.servers[{j}]");
                 if let Some(s) = server_config(ctx, &key, server.get_ref(), seen) {
+                    if health.probe == ProbeKind::TlsConnect && s.transport != Transport::Tls {
+                        tls_connect_needs_tls(ctx, &key, p, server.get_ref(), s.transport);
+                    }
                     servers.push(s);
                 }
             }
@@ -184,6 +189,9 @@ fn pool_config(
         }
     }
 
+    let name_line = ctx.line_of(p.name.span().start);
+    let tls = tls::pool_tls(ctx, &prefix, p.tls.as_ref(), name_line, &servers);
+
     PoolConfig {
         name: p.name.get_ref().clone(),
         role: role.unwrap_or(Role::FrontEnd),
@@ -192,8 +200,42 @@ fn pool_config(
         failback_after: failback_after.unwrap_or(DEFAULT_FAILBACK_AFTER),
         min_up,
         health,
+        tls,
         servers,
     }
+}
+
+/// `probe = "tls-connect"` is a TLS handshake: a server that does not speak TLS cannot pass it.
+fn tls_connect_needs_tls(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    pool: &RawPool,
+    server: &RawServer,
+    transport: Transport,
+) {
+    let from = match pool
+        .health
+        .as_ref()
+        .and_then(|h| h.get_ref().probe.as_ref())
+    {
+        Some(_) => "",
+        None => " (from [health])",
+    };
+    let (span, key) = match &server.transport {
+        Some(t) => (t.span(), format!("{key}.transport")),
+        None => (server.address.span(), format!("{key}.address")),
+    };
+    ctx.error(
+        span,
+        key,
+        format!(
+            "pool \"{}\" is probed with tls-connect{from}, a TLS handshake, but this server's \
+             transport is \"{}\"; set transport = \"tls\", or probe the pool another way, \
+             e.g. health = {{ probe = \"options\" }}",
+            pool.name.get_ref(),
+            transport.as_str()
+        ),
+    );
 }
 
 /// Ids and addresses seen so far, across all pools.
@@ -260,12 +302,22 @@ fn server_config(
     if s.id.is_some() || address_is_new {
         check_id(ctx, &id, id_span, &id_key, s.id.is_some(), &mut seen.ids);
     }
+    // A transport already reported as wrong says nothing about server_name.
+    let transport_known = s.transport.is_none() || transport.is_some();
+    let transport = transport.unwrap_or(Transport::Udp);
+    let server_name = tls::server_name_of(
+        ctx,
+        &format!("{prefix}.server_name"),
+        s.server_name.as_ref().filter(|_| transport_known),
+        transport,
+    );
     Some(ServerConfig {
         id,
         address: address?,
-        transport: transport.unwrap_or(Transport::Udp),
+        transport,
         weight,
         drained: s.drained.unwrap_or(false),
+        server_name,
     })
 }
 

@@ -1,5 +1,8 @@
 //! `[[route]]`: match conditions, the home pool candidates and the key.
 //!
+//! The pools of one route share a role: the role decides which key a route without `key`
+//! reads (`Role::default_key`), and one route spreads users over pools that do one job.
+//!
 //! Conditions are normalised here so that the router compares without allocating: methods to
 //! upper case (SIP methods are case-sensitive tokens, and every method siplb routes is an
 //! upper-case one), domains to lower case (hosts are case-insensitive), `user=` values to lower
@@ -8,7 +11,7 @@
 use toml::Spanned;
 
 use super::super::raw::{RawRoute, Str};
-use super::super::{KeyKind, PoolConfig, RouteConfig};
+use super::super::{KeyKind, PoolConfig, Role, RouteConfig};
 use super::pools::defined_pools;
 use super::values;
 use super::Ctx;
@@ -155,6 +158,8 @@ fn home_pools(
             );
         }
         let mut listed: Vec<&str> = Vec::new();
+        // The first listed pool's name and role: the others must have it too.
+        let mut first: Option<(&str, Role)> = None;
         for (j, p) in list.get_ref().iter().enumerate() {
             let key = format!("{prefix}.pools[{j}]");
             if listed.contains(&p.get_ref().as_str()) {
@@ -171,6 +176,25 @@ fn home_pools(
             listed.push(p.get_ref());
             if known_pool(ctx, p, &key, pools) && r.pool.is_none() {
                 home.push(p.get_ref().clone());
+            }
+            let Some(role) = role_of(pools, p.get_ref()) else {
+                continue;
+            };
+            match first {
+                None => first = Some((p.get_ref(), role)),
+                Some((first_name, first_role)) if first_role != role => ctx.error(
+                    p.span(),
+                    key,
+                    format!(
+                        "{prefix} spreads users over pools of different roles: \"{first_name}\" \
+                         is {} and \"{}\" is {}; list pools of one role (the role picks the \
+                         route's default key), or give each role a route of its own",
+                        first_role.as_str(),
+                        p.get_ref(),
+                        role.as_str()
+                    ),
+                ),
+                Some(_) => {}
             }
         }
     }
@@ -189,6 +213,11 @@ fn home_pools(
         _ => {}
     }
     home
+}
+
+/// The role of the defined pool `name`.
+fn role_of(pools: &[PoolConfig], name: &str) -> Option<Role> {
+    pools.iter().find(|p| p.name == name).map(|p| p.role)
 }
 
 /// Whether `name` is a defined pool; records an error naming the defined ones when not.

@@ -4,12 +4,16 @@
 //! what siplb will actually do, not just what the file says.
 
 use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
-use super::super::{Config, Health, Mode, RouteConfig};
+use super::super::{Config, Health, Mode, PoolConfig, PoolTls, Role, RouteConfig, Transport};
+use super::certs;
 
-/// Describes `cfg` in a few lines: listeners, advertise, ops, health defaults, each pool with
-/// its settings and servers, and each route with its conditions, pools and key.
+/// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
+/// alternative names and expiry, read from the file now), advertise, ops, health defaults, each
+/// pool with its settings and servers, and each route with its conditions, pools and key.
 pub(crate) fn summary(cfg: &Config) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
@@ -32,6 +36,27 @@ pub(crate) fn summary(cfg: &Config) -> String {
         l.workers,
         if l.workers == 1 { "" } else { "s" },
     );
+    for p in &l.passthrough {
+        let _ = writeln!(
+            out,
+            "listen    passthrough {} -> pool {} (TLS to the servers unread, by client IP; idle \
+             timeout {})",
+            p.address,
+            p.pool,
+            format_duration(p.idle_timeout)
+        );
+    }
+    let now = SystemTime::now();
+    for t in &l.tls {
+        let _ = writeln!(
+            out,
+            "tls       {}  cert {}  key {}",
+            t.address,
+            t.cert.display(),
+            t.key.display()
+        );
+        let _ = writeln!(out, "            {}", certificate(&t.cert, now));
+    }
     let advertise = match &l.advertise {
         Some(hp) => hp.to_string(),
         None => "(the first UDP listener's bound address)".to_string(),
@@ -84,6 +109,9 @@ pub(crate) fn summary(cfg: &Config) -> String {
                 health(&pool.health)
             );
         }
+        if let Some(line) = tls_line(pool) {
+            let _ = writeln!(out, "    {line}");
+        }
         let id_width = pool.servers.iter().map(|s| s.id.len()).max().unwrap_or(0);
         let addr_width = pool
             .servers
@@ -92,9 +120,13 @@ pub(crate) fn summary(cfg: &Config) -> String {
             .max()
             .unwrap_or(0);
         for s in &pool.servers {
+            let name = s
+                .server_name
+                .as_ref()
+                .map_or(String::new(), |n| format!("  server name {n}"));
             let _ = writeln!(
                 out,
-                "    {:id_width$}  {:addr_width$}  {:3}  weight {}{}",
+                "    {:id_width$}  {:addr_width$}  {:3}  weight {}{}{name}",
                 s.id,
                 s.address.to_string(),
                 s.transport.as_str(),
@@ -106,9 +138,61 @@ pub(crate) fn summary(cfg: &Config) -> String {
 
     let _ = writeln!(out, "\nroutes ({}, first match wins)", cfg.routes.len());
     for (i, route) in cfg.routes.iter().enumerate() {
-        let _ = writeln!(out, "  route[{i}]  {}", route_line(route));
+        let _ = writeln!(out, "  route[{i}]  {}", route_line(route, &cfg.pools));
     }
     out
+}
+
+/// `subject CN=sip.contoso.com | SANs DNS:sip.contoso.com, IP:10.0.0.5 | expires
+/// 2036-11-27T12:00:00Z (in 3650 days)`, or why the file cannot be read now.
+fn certificate(cert: &Path, now: SystemTime) -> String {
+    let facts = match certs::describe(cert, now) {
+        Ok(f) => f,
+        Err(why) => return format!("unreadable now: {why}"),
+    };
+    let sans = if facts.sans.is_empty() {
+        "none".to_string()
+    } else {
+        facts.sans.join(", ")
+    };
+    let days = |d: Duration| d.as_secs() / 86_400;
+    let left = match facts.not_after.at.duration_since(now) {
+        Ok(d) => format!("in {} days", days(d)),
+        Err(e) => format!("{} days ago", days(e.duration())),
+    };
+    let mut line = format!(
+        "subject {} | SANs {sans} | expires {} ({left})",
+        facts.subject, facts.not_after.text
+    );
+    if facts.not_before.at > now {
+        let _ = write!(line, " | not valid before {}", facts.not_before.text);
+    }
+    line
+}
+
+/// `tls ca ca.pem | server name fe.contoso.com | client cert lb.crt (key lb.key)`, for a pool
+/// with TLS servers or a `tls` table; `None` otherwise.
+fn tls_line(pool: &PoolConfig) -> Option<String> {
+    let tls = &pool.tls;
+    let uses_tls = pool.servers.iter().any(|s| s.transport == Transport::Tls);
+    if !uses_tls && *tls == PoolTls::default() {
+        return None;
+    }
+    let ca = match &tls.ca {
+        Some(path) => path.display().to_string(),
+        None => format!("{} (system bundle)", tls.ca_file().display()),
+    };
+    let name = tls
+        .server_name
+        .as_deref()
+        .unwrap_or("each server's IP address");
+    let client = match &tls.client_cert {
+        Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
+        None => "none".to_string(),
+    };
+    Some(format!(
+        "tls ca {ca} | server name {name} | client cert {client}"
+    ))
 }
 
 /// `options every 1s, timeout 500ms, fall 2, rise 2`.
@@ -124,7 +208,7 @@ fn health(h: &Health) -> String {
 }
 
 /// `methods REGISTER, INVITE; domain contoso.com -> pools fe-dc1, fe-dc2; key to-aor`.
-fn route_line(r: &RouteConfig) -> String {
+fn route_line(r: &RouteConfig, defined: &[PoolConfig]) -> String {
     let mut conditions = Vec::new();
     if let Some(methods) = &r.methods {
         conditions.push(format!("methods {}", methods.join(", ")));
@@ -144,10 +228,21 @@ fn route_line(r: &RouteConfig) -> String {
         [one] => format!("pool {one}"),
         many => format!("pools {} (by key)", many.join(", ")),
     };
-    let key = r
-        .key
-        .map_or("default (To AOR for REGISTER, From AOR otherwise)", |k| {
-            k.as_str()
-        });
+    // A route's pools share a role, which picks the key when the route names none.
+    let role = r
+        .pools
+        .first()
+        .and_then(|name| defined.iter().find(|p| p.name == *name))
+        .map_or(Role::FrontEnd, |p| p.role);
+    let key = match (r.key, role) {
+        (Some(k), _) => k.as_str().to_string(),
+        (None, Role::FrontEnd) => "default (To AOR for REGISTER, From AOR otherwise)".to_string(),
+        (None, Role::Edge) => "default (source-ip, for an edge pool)".to_string(),
+        (None, role) => format!(
+            "default ({}, for a {} pool)",
+            role.default_key(b"").as_str(),
+            role.as_str()
+        ),
+    };
     format!("{when} -> {pools}; key {key}")
 }

@@ -1,10 +1,14 @@
 //! Tests of [`parse`]: a full file into the expected [`Config`], defaults, health overrides, the
-//! shipped `config.toml`, and (in [`shape`], [`references`], [`structure`]) one test per kind of
-//! mistake, each checking the line, the key and that the message says what is accepted.
+//! shipped `config.toml`, and (in [`shape`], [`references`], [`structure`], and [`certs`] for
+//! the files of TLS listeners) one test per kind of mistake, each checking the line, the key and
+//! that the message says what is accepted.
 
+mod certs;
+mod passthrough;
 mod references;
 mod shape;
 mod structure;
+mod tls_client;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,13 +103,13 @@ fn server(
         transport,
         weight,
         drained,
+        server_name: None,
     }
 }
 
 const FULL: &str = r#"[listen]
 udp = ["127.0.0.1:5060", "[::1]:5060"]
 tcp = ["127.0.0.1:5060"]
-tls = [{ address = "0.0.0.0:5061", cert = "tls/lb.crt", key = "/etc/tls/lb.key" }]
 advertise = "sip.contoso.com:5060"
 workers = 2
 
@@ -173,16 +177,14 @@ fn full_config_becomes_the_expected_config() {
         listen: Listen {
             udp: vec![addr("127.0.0.1:5060"), addr("[::1]:5060")],
             tcp: vec![addr("127.0.0.1:5060")],
-            tls: vec![TlsListen {
-                address: addr("0.0.0.0:5061"),
-                cert: PathBuf::from("/etc/siplb/tls/lb.crt"),
-                key: PathBuf::from("/etc/tls/lb.key"),
-            }],
+            // TLS listeners need real files: see `certs`.
+            tls: vec![],
             advertise: Some(HostPort {
                 host: "sip.contoso.com".into(),
                 port: Some(5060),
             }),
             workers: 2,
+            passthrough: Vec::new(),
         },
         ops: Ops {
             listen: Some(addr("127.0.0.1:9060")),
@@ -212,6 +214,7 @@ fn full_config_becomes_the_expected_config() {
                     interval: Duration::from_secs(5),
                     ..global.clone()
                 },
+                tls: PoolTls::default(),
                 servers: vec![
                     server("127.0.0.1:5071", "127.0.0.1:5071", Transport::Udp, 1, false),
                     server("fe1-b", "127.0.0.1:5072", Transport::Tcp, 2, true),
@@ -226,6 +229,7 @@ fn full_config_becomes_the_expected_config() {
                 failback_after: Duration::from_secs(30),
                 min_up: 1,
                 health: global,
+                tls: PoolTls::default(),
                 servers: vec![server(
                     "127.0.0.1:5081",
                     "127.0.0.1:5081",
@@ -379,9 +383,22 @@ fn advertise_accepts_names_ipv4_and_bracketed_ipv6() {
 
 #[test]
 fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
-    let text = include_str!("../../../../config.toml");
-    let cfg = ok(text);
+    // Read from where it is, so that its TLS listener finds tls/demo.crt and tls/demo.key.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = match parse(&path, &text) {
+        Ok(c) => c,
+        Err(errors) => panic!("the shipped config.toml is refused:\n{}", render(&errors)),
+    };
     assert_eq!(cfg.listen.udp, vec![addr("127.0.0.1:5060")]);
+    assert_eq!(
+        cfg.listen.tls,
+        vec![TlsListen {
+            address: addr("127.0.0.1:5061"),
+            cert: path.parent().unwrap().join("tls/demo.crt"),
+            key: path.parent().unwrap().join("tls/demo.key"),
+        }]
+    );
     assert_eq!(
         cfg.listen
             .advertise
@@ -393,10 +410,15 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
     assert_eq!(cfg.ops.listen, Some(addr("127.0.0.1:9060")));
     assert_eq!(cfg.ops.admin_token_file, None);
     let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["fe-dc1", "fe-dc2", "med-dc1"]);
+    assert_eq!(
+        names,
+        ["fe-dc1", "fe-dc2", "med-dc1", "edge-dc1", "dir-dc1"]
+    );
     assert_eq!(cfg.pools[0].pair.as_deref(), Some("fe-dc2"));
     assert_eq!(cfg.pools[1].pair.as_deref(), Some("fe-dc1"));
     assert_eq!(cfg.pools[2].role, Role::Mediation);
+    assert_eq!(cfg.pools[3].role, Role::Edge);
+    assert_eq!(cfg.pools[4].role, Role::Director);
     let ids: Vec<&str> = cfg
         .pools
         .iter()
@@ -405,13 +427,16 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
         .collect();
     assert_eq!(
         ids,
-        ["fe1-a", "fe1-b", "fe2-a", "fe2-b", "med1-a", "med1-b"]
+        [
+            "fe1-a", "fe1-b", "fe2-a", "fe2-b", "med1-a", "med1-b", "edge1-a", "edge1-b", "dir1-a",
+            "dir1-b"
+        ]
     );
     for s in cfg.pools.iter().flat_map(|p| &p.servers) {
         assert_eq!(s.transport, Transport::Udp);
         assert_eq!(s.address.ip().to_string(), "127.0.0.1");
     }
-    assert_eq!(cfg.routes.len(), 3);
+    assert_eq!(cfg.routes.len(), 5);
     assert_eq!(cfg.routes[0].uri_user_param.as_deref(), Some("phone"));
     assert_eq!(
         (cfg.routes[0].pools.as_slice(), cfg.routes[0].key),
@@ -423,11 +448,25 @@ fn shipped_config_is_valid_and_describes_the_loopback_deployment() {
         .methods
         .as_ref()
         .is_some_and(|m| m.contains(&"REGISTER".to_string())));
+    // The Edge and Director routes name no key: their pools' role picks the source IP.
     assert_eq!(
-        (&cfg.routes[2].methods, &cfg.routes[2].domain),
+        (cfg.routes[2].domain.as_deref(), cfg.routes[2].key),
+        (Some("litwareinc.com"), None)
+    );
+    assert_eq!(cfg.routes[2].pools, ["edge-dc1"]);
+    assert_eq!(
+        (cfg.routes[3].domain.as_deref(), cfg.routes[3].key),
+        (Some("adatum.com"), None)
+    );
+    assert_eq!(cfg.routes[3].pools, ["dir-dc1"]);
+    let text = summary(&cfg);
+    assert!(text.contains("pool edge-dc1; key default (source-ip, for an edge pool)"));
+    assert!(text.contains("pool dir-dc1; key default (source-ip, for a director pool)"));
+    assert_eq!(
+        (&cfg.routes[4].methods, &cfg.routes[4].domain),
         (&None, &None)
     );
-    assert_eq!(cfg.routes[2].pools, ["fe-dc1", "fe-dc2"]);
+    assert_eq!(cfg.routes[4].pools, ["fe-dc1", "fe-dc2"]);
 }
 
 #[test]
@@ -485,7 +524,7 @@ fn summary_shows_what_siplb_will_do() {
     let text = summary(&ok(FULL));
     for needle in [
         "configuration /etc/siplb/test.toml",
-        "udp 127.0.0.1:5060, [::1]:5060 | tcp 127.0.0.1:5060 | tls 0.0.0.0:5061 | 2 workers",
+        "udp 127.0.0.1:5060, [::1]:5060 | tcp 127.0.0.1:5060 | tls - | 2 workers",
         "advertise sip.contoso.com:5060",
         "ops       http://127.0.0.1:9060 | admin token file: /run/secrets/siplb-admin",
         "health    tcp-connect every 2s, timeout 1500ms, fall 3, rise 4",

@@ -103,6 +103,26 @@ fn pair_with_a_different_role() {
 }
 
 #[test]
+fn a_route_over_pools_of_different_roles() {
+    let text = PAIRED
+        .replace("pair = \"b\"\n", "")
+        .replace("pair = \"a\"\n", "")
+        .replace("pool = \"a\"", "pools = [\"a\", \"b\"]");
+    assert_eq!(ok(&text).routes[0].pools, ["a", "b"]);
+    let e = only_error(&text.replace("name = \"b\"", "name = \"b\"\nrole = \"mediation\""));
+    assert_error(
+        &e,
+        9,
+        "route[0].pools[1]",
+        &[
+            "route[0] spreads users over pools of different roles",
+            "\"a\" is front-end and \"b\" is mediation",
+            "list pools of one role",
+        ],
+    );
+}
+
+#[test]
 fn duplicate_pool_name() {
     let e = only_error(&plus(
         "\n[[pool]]\nname = \"a\"\nservers = [{ address = \"127.0.0.1:5081\" }]\n",

@@ -1,0 +1,241 @@
+//! A pool's `tls = { ca, server_name, cert, key }` and a server's `server_name`: how siplb
+//! opens TLS to the pool's `transport = "tls"` servers.
+//!
+//! The files are read here, so `siplb check` (and start, and every reload) catch what would
+//! otherwise only show at the first connection: a CA file that holds no usable certificate, a
+//! client certificate without its key, a key that does not match its certificate. The system
+//! CA bundle, the default, is read only when a pool has TLS servers that depend on it.
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use toml::Spanned;
+
+use super::super::super::raw::{RawPoolTls, Str};
+use super::super::super::{ClientCert, PoolTls, ServerConfig, Transport, SYSTEM_CA_BUNDLE};
+use super::super::values;
+use super::super::Ctx;
+
+/// The pool's TLS settings; `servers` are its validated servers, `name_line` the line of its
+/// `name` (where an error about a missing `tls` goes).
+pub(super) fn pool_tls(
+    ctx: &mut Ctx<'_>,
+    prefix: &str,
+    raw: Option<&Spanned<RawPoolTls>>,
+    name_line: usize,
+    servers: &[ServerConfig],
+) -> PoolTls {
+    let mut tls = PoolTls::default();
+    let uses_tls = servers.iter().any(|s| s.transport == Transport::Tls);
+    let Some(raw) = raw else {
+        if uses_tls {
+            check_system_bundle(ctx, name_line, &format!("{prefix}.tls"));
+        }
+        return tls;
+    };
+    let t = raw.get_ref();
+    let base = ctx.base_dir();
+    match &t.ca {
+        Some(ca) => {
+            let key = format!("{prefix}.tls.ca");
+            if let Some(path) = values::file_path(ctx, ca, &key, &base) {
+                if let Err(message) = read_ca(&path) {
+                    ctx.error(ca.span(), key, message);
+                }
+                tls.ca = Some(path);
+            }
+        }
+        None if uses_tls => {
+            let line = ctx.line_of(raw.span().start);
+            check_system_bundle(ctx, line, &format!("{prefix}.tls.ca"));
+        }
+        None => {}
+    }
+    if let Some(name) = &t.server_name {
+        tls.server_name = server_name(ctx, name, &format!("{prefix}.tls.server_name"));
+    }
+    tls.client_cert = client_cert(ctx, prefix, raw, &base);
+    tls
+}
+
+/// A server's own `server_name`, allowed only on a TLS server.
+pub(super) fn server_name_of(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    raw: Option<&Str>,
+    transport: Transport,
+) -> Option<String> {
+    let name = raw?;
+    if transport != Transport::Tls {
+        ctx.error(
+            name.span(),
+            key,
+            format!(
+                "server_name is the name a TLS server's certificate must carry, but this server's \
+                 transport is \"{}\"; remove server_name or set transport = \"tls\"",
+                transport.as_str()
+            ),
+        );
+        return None;
+    }
+    server_name(ctx, name, key)
+}
+
+/// A name a server certificate can carry: a DNS name or an IP address.
+fn server_name(ctx: &mut Ctx<'_>, v: &Str, key: &str) -> Option<String> {
+    let name = v.get_ref().trim();
+    match ServerName::try_from(name) {
+        Ok(_) if !name.is_empty() => Some(name.to_string()),
+        _ => {
+            ctx.error(
+                v.span(),
+                key,
+                format!(
+                    "\"{}\" is not a DNS name or an IP address; use the name the server's \
+                     certificate carries, e.g. fe1.contoso.com",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `cert` and `key`, which go together; both files read and the key checked against the
+/// certificate.
+fn client_cert(
+    ctx: &mut Ctx<'_>,
+    prefix: &str,
+    raw: &Spanned<RawPoolTls>,
+    base: &Path,
+) -> Option<ClientCert> {
+    let t = raw.get_ref();
+    let (cert, key) = match (&t.cert, &t.key) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(only), None) | (None, Some(only)) => {
+            let (given, missing) = if t.cert.is_some() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            ctx.error(
+                only.span(),
+                format!("{prefix}.tls.{given}"),
+                format!(
+                    "a client certificate needs both cert and key; add {missing} = \"...\" (PEM) \
+                     or remove {given}"
+                ),
+            );
+            return None;
+        }
+    };
+    let cert_key = format!("{prefix}.tls.cert");
+    let key_key = format!("{prefix}.tls.key");
+    let cert_path = values::file_path(ctx, cert, &cert_key, base)?;
+    let key_path = values::file_path(ctx, key, &key_key, base)?;
+    let chain = match read_chain(&cert_path) {
+        Ok(chain) => Some(chain),
+        Err(message) => {
+            ctx.error(cert.span(), cert_key, message);
+            None
+        }
+    };
+    let private = match PrivateKeyDer::from_pem_file(&key_path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            let message = format!(
+                "{}: no readable PEM private key ({e}); give the key of the client certificate \
+                 in PEM (PKCS#8, PKCS#1 or SEC1)",
+                key_path.display()
+            );
+            ctx.error(key.span(), key_key.clone(), message);
+            None
+        }
+    };
+    if let (Some(chain), Some(private)) = (chain, private) {
+        if let Err(message) = check_pair(chain, &private, &cert_path, &key_path) {
+            ctx.error(key.span(), key_key, message);
+        }
+    }
+    Some(ClientCert {
+        cert: cert_path,
+        key: key_path,
+    })
+}
+
+/// A CA file: at least one PEM certificate rustls accepts as a trust anchor.
+pub(crate) fn read_ca(path: &Path) -> Result<(), String> {
+    let certs = read_chain(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{}: none of its certificates can serve as a CA (trust anchor); give the PEM \
+             certificate of the CA that issued the servers' certificates",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Every PEM certificate of a file, at least one.
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The key must be one rustls can sign with and belong to the chain's first certificate.
+fn check_pair(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), String> {
+    let signer = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
+        format!(
+            "{}: a key siplb cannot sign with ({e}); use an RSA, ECDSA (P-256, P-384) or Ed25519 \
+             key",
+            key_path.display()
+        )
+    })?;
+    match CertifiedKey::new(chain, signer).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(format!(
+                "the key in {} does not match the certificate in {}; give the key the \
+                 certificate was issued for",
+                key_path.display(),
+                cert_path.display()
+            ))
+        }
+        Err(e) => Err(format!("{}: {e}", cert_path.display())),
+    }
+}
+
+/// The system bundle must be readable when a pool's TLS servers rely on it.
+fn check_system_bundle(ctx: &mut Ctx<'_>, line: usize, key: &str) {
+    let path = PathBuf::from(SYSTEM_CA_BUNDLE);
+    if let Err(why) = read_ca(&path) {
+        ctx.error_at_line(
+            line,
+            key,
+            format!(
+                "this pool has TLS servers and names no CA, so siplb verifies them against the \
+                 system bundle, which is unusable ({why}); install ca-certificates or give \
+                 tls = {{ ca = \"ca.pem\" }}"
+            ),
+        );
+    }
+}
