@@ -167,6 +167,9 @@ fn announce(proxy: &Proxy, ops: Option<SocketAddr>) {
     for addr in &proxy.udp() {
         let _ = writeln!(out, "listening udp {addr}");
     }
+    for (transport, addr) in proxy.stream_listeners() {
+        let _ = writeln!(out, "listening {} {addr}", transport.as_str());
+    }
     for addr in &proxy.passthrough.addrs() {
         let _ = writeln!(out, "listening passthrough {addr}");
     }

@@ -10,7 +10,8 @@
 //!   held in an `ArcSwap`; [`core`] turns one datagram into one outcome (forward, answer, or
 //!   drop) and explains where a request would go; `stats` counts what the core decides and
 //!   installs the metrics recorder.
-//! - **Middle, the I/O shell.** `udp` moves datagrams between sockets and the core;
+//! - **Middle, the I/O shell.** `udp` moves datagrams between sockets and the core; `stream`
+//!   serves TCP and TLS connections as flows (framing, backend connections, limits);
 //!   `health` owns server health and pool failover and is the only writer of the routing table;
 //!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads);
 //!   `passthrough` copies TLS connections unread to the servers HRW picks by client IP. `token` (the

@@ -15,7 +15,10 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, ConfigError, Transport};
 use crate::health::{self, Control, Reload};
 use crate::passthrough::{self, Passthroughs};
-use crate::table::{ConfigHealth, RoutingTable};
+use crate::stream::{StreamBinding, StreamListener, StreamStatus, Streams};
+use crate::table::{ConfigHealth, Local, RoutingTable};
+use crate::tls::client::ServerTls;
+use crate::tls::server::{self as tls_server, ListenerTls};
 use crate::token::Token;
 use crate::udp::{self, Senders};
 
@@ -57,27 +60,81 @@ impl UdpBinding {
 /// before anything runs.
 pub(crate) struct Listeners {
     udp: Vec<UdpBinding>,
+    streams: Vec<StreamBinding>,
     /// `[listen] passthrough`.
     passthrough: passthrough::Bindings,
 }
 
-impl Listeners {
-    /// Binds every `[listen] udp` address of `cfg`, `[listen] workers` sockets each.
-    pub(crate) fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
-        if cfg.listen.udp.is_empty() {
-            anyhow::bail!(
-                "{}: [listen] udp is empty; this release serves SIP over UDP",
-                cfg.path.display()
-            );
+/// The stream listeners a config asks for: every `[listen] tcp` address, then every
+/// `[listen] tls` one.
+fn stream_addresses(cfg: &Config) -> Vec<(SocketAddr, Transport)> {
+    let tcp = cfg.listen.tcp.iter().map(|&a| (a, Transport::Tcp));
+    let tls = cfg.listen.tls.iter().map(|t| (t.address, Transport::Tls));
+    tcp.chain(tls).collect()
+}
+
+/// Binds one stream listener of `cfg`; a TLS one loads its certificate first.
+fn bind_stream(
+    cfg: &Config,
+    addr: SocketAddr,
+    transport: Transport,
+) -> anyhow::Result<StreamBinding> {
+    let binding = match transport {
+        Transport::Tls => {
+            let entry = cfg
+                .listen
+                .tls
+                .iter()
+                .find(|t| t.address == addr)
+                .with_context(|| format!("no [listen] tls entry for {addr}"))?;
+            let tls = ListenerTls::load(entry)?;
+            StreamBinding::tls(addr, tls)
         }
+        _ => StreamBinding::tcp(addr),
+    };
+    binding.with_context(|| format!("cannot bind {} {addr}", transport.as_str()))
+}
+
+impl Listeners {
+    /// Binds every `[listen] udp` address of `cfg`, `[listen] workers` sockets each, and every
+    /// `[listen] tcp` address.
+    pub(crate) fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
         let udp = cfg
             .listen
             .udp
             .iter()
             .map(|&addr| UdpBinding::bind(addr, cfg.listen.workers))
             .collect::<anyhow::Result<_>>()?;
+        let streams = stream_addresses(cfg)
+            .into_iter()
+            .map(|(addr, transport)| bind_stream(cfg, addr, transport))
+            .collect::<anyhow::Result<_>>()?;
         let passthrough = passthrough::Bindings::bind(cfg)?;
-        Ok(Listeners { udp, passthrough })
+        let listeners = Listeners {
+            udp,
+            streams,
+            passthrough,
+        };
+        if listeners.local().first().is_none() {
+            anyhow::bail!(
+                "{}: no listener; give [listen] udp or tcp",
+                cfg.path.display()
+            );
+        }
+        Ok(listeners)
+    }
+
+    /// Every address bound, by transport, in config order.
+    fn local(&self) -> Local {
+        let of = |t: Transport| {
+            let s = self.streams.iter().filter(move |b| b.transport == t);
+            s.map(|b| b.bound).collect()
+        };
+        Local {
+            udp: self.udp.iter().map(|b| b.bound).collect(),
+            tcp: of(Transport::Tcp),
+            tls: of(Transport::Tls),
+        }
     }
 }
 
@@ -107,6 +164,12 @@ pub(crate) struct Proxy {
     meta: Mutex<ConfigMeta>,
     /// Configured UDP address → its listener, in config order.
     listeners: Mutex<Vec<(SocketAddr, Listener)>>,
+    /// The TCP and TLS listeners, in config order.
+    stream_listeners: Mutex<Vec<StreamListener>>,
+    /// The connections and flows of every stream listener.
+    streams: Streams,
+    /// Tasks of the connection runtime: the health watch and the gauge refresh.
+    stream_tasks: Vec<JoinHandle<()>>,
     /// A socket per address family, for sends across families.
     senders: Senders,
     /// The admin token; refreshed by every reload that takes effect.
@@ -123,26 +186,15 @@ pub(crate) struct Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.supervisor.abort();
+        for t in &self.stream_tasks {
+            t.abort();
+        }
+        self.streams.close_all();
     }
 }
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-fn warn_unserved(cfg: &Config) {
-    for addr in &cfg.listen.tcp {
-        tracing::warn!(%addr, "[listen] tcp is not served by this release yet; ignored");
-    }
-    for tls in &cfg.listen.tls {
-        tracing::warn!(addr = %tls.address, "[listen] tls is not served by this release yet; ignored");
-    }
-    for p in &cfg.pools {
-        for s in p.servers.iter().filter(|s| s.transport != Transport::Udp) {
-            tracing::warn!(server = %s.id, pool = %p.name, transport = s.transport.as_str(),
-                "this release forwards over UDP only; the server is reached over UDP");
-        }
-    }
 }
 
 /// Serves one bound address: a worker task per socket. The one place workers are spawned, at
@@ -152,6 +204,7 @@ fn serve(
     tables: &Arc<ArcSwap<RoutingTable>>,
     control: &Control,
     senders: &Senders,
+    streams: &Streams,
 ) -> anyhow::Result<Listener> {
     let mut tasks = Vec::with_capacity(binding.sockets.len());
     let mut first = None;
@@ -164,6 +217,7 @@ fn serve(
             tables.clone(),
             control.clone(),
             senders.clone(),
+            streams.clone(),
         )));
     }
     let sender = first.context("no socket bound")?;
@@ -171,6 +225,15 @@ fn serve(
         bound: binding.bound,
         sender,
         tasks,
+    })
+}
+
+/// The TLS client settings of `cfg`'s TLS servers; a file that changed since validation is
+/// logged and leaves those servers without TLS settings (their connections fail to open).
+fn server_tls(cfg: &Config) -> ServerTls {
+    ServerTls::build(cfg).unwrap_or_else(|e| {
+        tracing::error!(error = %format!("{e:#}"), "TLS settings for servers not loaded");
+        ServerTls::default()
     })
 }
 
@@ -186,13 +249,9 @@ impl Proxy {
         probe: bool,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Arc<Proxy>> {
-        warn_unserved(&cfg);
-        let bound: Vec<SocketAddr> = listeners.udp.iter().map(|b| b.bound).collect();
-        let Some(&first) = bound.first() else {
-            anyhow::bail!(
-                "{}: [listen] udp is empty; this release serves SIP over UDP",
-                cfg.path.display()
-            );
+        let bound = listeners.local();
+        let Some(first) = bound.first() else {
+            anyhow::bail!("{}: no listener bound", cfg.path.display());
         };
         let advertise = cfg.listen.advertise_or(first);
         let table = RoutingTable::build(&cfg, advertise, bound, 1, &ConfigHealth);
@@ -201,12 +260,31 @@ impl Proxy {
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
         let passthrough = Passthroughs::start(listeners.passthrough, &config, &tables, &control)?;
         let senders = Senders::default();
+        let streams = Streams::new(
+            &config.connections,
+            tables.clone(),
+            control.clone(),
+            Arc::new(senders.clone()),
+        );
+        streams.set_server_tls(server_tls(&config));
         let mut served = Vec::new();
         for binding in listeners.udp {
             let addr = binding.configured;
-            served.push((addr, serve(binding, &tables, &control, &senders)?));
+            served.push((addr, serve(binding, &tables, &control, &senders, &streams)?));
         }
         senders.set(served.iter().map(|(_, l)| l.sender.clone()));
+        let mut stream_listeners = Vec::new();
+        for binding in listeners.streams {
+            let (addr, transport) = (binding.configured, binding.transport);
+            let l = streams
+                .serve_listener(binding)
+                .with_context(|| format!("cannot serve {} {addr}", transport.as_str()))?;
+            stream_listeners.push(l);
+        }
+        let stream_tasks = vec![
+            tokio::spawn(streams.clone().watch_health()),
+            tokio::spawn(streams.clone().refresh_gauges()),
+        ];
         let meta = ConfigMeta {
             path: config.path.clone(),
             version: 1,
@@ -220,6 +298,9 @@ impl Proxy {
             config: ArcSwap::new(config),
             meta: Mutex::new(meta),
             listeners: Mutex::new(served),
+            stream_listeners: Mutex::new(stream_listeners),
+            streams,
+            stream_tasks,
             senders,
             token,
             passthrough,
@@ -245,6 +326,14 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.stream_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for t in &self.stream_tasks {
+            t.abort();
+        }
+        self.streams.close_all();
         self.senders.set([]);
         self.passthrough.stop();
         self.stopped.send_replace(true);
@@ -279,6 +368,34 @@ impl Proxy {
     pub(crate) fn udp(&self) -> Vec<SocketAddr> {
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.iter().map(|(_, l)| l.bound).collect()
+    }
+
+    /// The TCP and TLS addresses actually bound, with their transport, in config order.
+    pub(crate) fn stream_listeners(&self) -> Vec<(Transport, SocketAddr)> {
+        let listeners = self
+            .stream_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        listeners.iter().map(|l| (l.transport, l.bound)).collect()
+    }
+
+    /// Client connections, flows and backend connections, for `/status`.
+    pub(crate) fn connections(&self) -> StreamStatus {
+        self.streams.status()
+    }
+
+    /// Every address bound, by transport, in config order.
+    fn local(&self) -> Local {
+        let streams = self.stream_listeners();
+        let of = |t: Transport| {
+            let s = streams.iter().filter(move |(tr, _)| *tr == t);
+            s.map(|&(_, a)| a).collect()
+        };
+        Local {
+            udp: self.udp(),
+            tcp: of(Transport::Tcp),
+            tls: of(Transport::Tls),
+        }
     }
 
     /// Reads the config file again. A file that does not validate changes nothing (the errors
@@ -333,12 +450,35 @@ impl Proxy {
         if cfg.ops.listen != running.ops.listen {
             tracing::warn!("[ops] listen changes take effect at the next start; the ops endpoint stays where it is");
         }
-        warn_unserved(&cfg);
+        // The certificates of TLS listeners that stay: all renewed, or none (and no reload).
+        {
+            let listeners = self
+                .stream_listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let kept = |addr: SocketAddr| {
+                listeners
+                    .iter()
+                    .find(|l| l.configured == addr && l.transport == Transport::Tls)
+                    .and_then(|l| l.tls.clone())
+            };
+            for addr in tls_server::reload_all(&cfg, kept)? {
+                tracing::info!(%addr, "TLS listener serves a renewed certificate");
+            }
+        }
         let staged = self.passthrough.prepare(&cfg).map_err(|e| {
             let key = "listen.passthrough";
             vec![ConfigError::new(&cfg.path, 0, key, format!("{e:#}"))]
         })?;
-        let bound = self.rebind(&cfg).map_err(|e| {
+        self.rebind_streams(&cfg).map_err(|e| {
+            vec![ConfigError::new(
+                &cfg.path,
+                0,
+                "listen.tcp",
+                format!("{e:#}"),
+            )]
+        })?;
+        self.rebind(&cfg).map_err(|e| {
             vec![ConfigError::new(
                 &cfg.path,
                 0,
@@ -346,12 +486,23 @@ impl Proxy {
                 format!("{e:#}"),
             )]
         })?;
-        let advertise = cfg.listen.advertise_or(bound[0]);
+        self.streams.set_limits(&cfg.connections);
+        self.streams.set_server_tls(server_tls(&cfg));
+        let bound = self.local();
+        let Some(first) = bound.first() else {
+            return Err(vec![ConfigError::new(
+                &cfg.path,
+                0,
+                "listen",
+                "no listener bound",
+            )]);
+        };
+        let advertise = cfg.listen.advertise_or(first);
         let config = Arc::new(cfg);
         let reload = Reload {
             config: config.clone(),
             advertise,
-            local: bound.into(),
+            local: bound,
         };
         let Some(_table_version) = self.control.reload(reload).await else {
             return Err(vec![ConfigError::new(
@@ -371,9 +522,6 @@ impl Proxy {
     /// Makes the UDP listeners match `cfg`: keeps those still configured, binds new ones (all
     /// of them before closing any, so a bind failure changes nothing), closes removed ones.
     fn rebind(&self, cfg: &Config) -> anyhow::Result<Vec<SocketAddr>> {
-        if cfg.listen.udp.is_empty() {
-            anyhow::bail!("[listen] udp is empty; this release serves SIP over UDP");
-        }
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept: HashMap<SocketAddr, Listener> = listeners.drain(..).collect();
         let mut next = Vec::new();
@@ -384,7 +532,13 @@ impl Proxy {
                     Some(l) => next.push((addr, l)),
                     None => {
                         let binding = UdpBinding::bind(addr, cfg.listen.workers)?;
-                        let l = serve(binding, &self.tables, &self.control, &self.senders)?;
+                        let l = serve(
+                            binding,
+                            &self.tables,
+                            &self.control,
+                            &self.senders,
+                            &self.streams,
+                        )?;
                         tracing::info!(%addr, bound = %l.bound, "udp listener opened");
                         fresh.push(addr);
                         next.push((addr, l));
@@ -409,6 +563,48 @@ impl Proxy {
         self.senders.set(next.iter().map(|(_, l)| l.sender.clone()));
         *listeners = next;
         Ok(bound)
+    }
+
+    /// Makes the TCP and TLS listeners match `cfg` the same way: keeps those still configured,
+    /// binds new ones (all before closing any), closes removed ones. Connections accepted on a
+    /// removed listener go on until they close.
+    fn rebind_streams(&self, cfg: &Config) -> anyhow::Result<()> {
+        let mut listeners = self
+            .stream_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let wanted = stream_addresses(cfg);
+        let mut fresh = Vec::new();
+        for &(addr, transport) in &wanted {
+            let kept = listeners
+                .iter()
+                .any(|l| l.configured == addr && l.transport == transport);
+            if !kept {
+                // A bind failure returns here: nothing has changed yet.
+                fresh.push(bind_stream(cfg, addr, transport)?);
+            }
+        }
+        let mut old: Vec<StreamListener> = std::mem::take(&mut *listeners);
+        let mut fresh = fresh.into_iter();
+        for &(addr, transport) in &wanted {
+            let at = old
+                .iter()
+                .position(|l| l.configured == addr && l.transport == transport);
+            match at {
+                Some(i) => listeners.push(old.swap_remove(i)),
+                None => {
+                    let binding = fresh.next().context("listener bound above")?;
+                    let l = self.streams.serve_listener(binding)?;
+                    tracing::info!(%addr, bound = %l.bound, transport = transport.as_str(),
+                        "listener opened");
+                    listeners.push(l);
+                }
+            }
+        }
+        for l in old {
+            tracing::info!(addr = %l.configured, transport = l.transport.as_str(), "listener closed");
+        }
+        Ok(())
     }
 }
 

@@ -199,6 +199,27 @@ pub(crate) fn register() {
         "Passive health signals (a 503 from a server, an ICMP error on a forward) dropped because \
          the health supervisor had a full queue of them; probe results are never dropped"
     );
+    describe_gauge!(
+        "siplb_connections",
+        "Client connections open, by TCP or TLS listener"
+    );
+    describe_gauge!(
+        "siplb_backend_connections",
+        "Connections open from siplb to TCP and TLS servers, by transport"
+    );
+    describe_gauge!(
+        "siplb_flows",
+        "Client flows (TCP and TLS client connections) open"
+    );
+    describe_counter!(
+        "siplb_connection_refusals_total",
+        "Client connections refused or cut, by listener and reason (max, max_per_ip, idle, \
+         header_timeout, handshake_timeout, handshake_failed, too_large, bad_content_length)"
+    );
+    describe_counter!(
+        "siplb_connection_queue_full_total",
+        "Messages dropped because the connection they were for had a full send queue"
+    );
     for result in ["ok", "error"] {
         metrics::counter!("siplb_config_reloads_total", "result" => result).increment(0);
     }

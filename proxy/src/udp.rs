@@ -26,6 +26,7 @@ use healthcheck::Failure;
 
 use crate::core::{Action, DropReason, Outcome, Worker};
 use crate::health::Control;
+use crate::stream::{DatagramOut, Streams};
 use crate::table::RoutingTable;
 
 /// Kernel buffer size asked for each socket; bursts of REGISTERs after a failover are absorbed
@@ -119,6 +120,20 @@ impl Senders {
     }
 }
 
+impl DatagramOut for Senders {
+    /// From the socket of `to`'s family, without waiting (a message that arrived on a
+    /// connection and goes on over UDP).
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        match self.of(to) {
+            Some(socket) => socket.try_send_to(buf, to),
+            None => Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no UDP listener of the destination's address family",
+            )),
+        }
+    }
+}
+
 /// Where the shell sends datagrams: a socket, or a test's stand-in.
 pub(crate) trait Sender {
     async fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
@@ -173,13 +188,15 @@ impl ShellCounters {
 
 /// Carries out one outcome of the core: the passive health signal, the send of `out`, and the
 /// counting — of the outcome's [`crate::stats::Count`] after the kernel took the datagram, of
-/// a send error otherwise, of the reason for a drop.
+/// a send error otherwise, of the reason for a drop. An outcome that names a TCP or TLS server
+/// or a connection is handed to the connection runtime (`streams`), which queues it.
 pub(crate) async fn deliver(
     outcome: Outcome,
     out: &[u8],
     table: &RoutingTable,
     sender: &impl Sender,
     counters: &ShellCounters,
+    streams: Option<&Streams>,
     mut passive: impl FnMut(SocketAddr, Failure),
 ) {
     if let Some((server, failure)) = outcome.passive {
@@ -197,12 +214,20 @@ pub(crate) async fn deliver(
                 tracing::debug!(error = %e, %to, "udp send failed");
             }
         },
-        // No stream runtime yet: a message for a connection has nowhere to go.
-        Action::ToServer { .. } | Action::ToConn(_) => {
-            if let Some(c) = counters.drops.get(DropReason::FlowGone as usize) {
-                c.increment(1);
+        Action::ToServer { .. } | Action::ToConn(_) => match streams {
+            Some(streams) => {
+                if streams.deliver_datagram(outcome.action, out, table) {
+                    if let Some(c) = outcome.count {
+                        table.counters.count(c);
+                    }
+                }
             }
-        }
+            None => {
+                if let Some(c) = counters.drops.get(DropReason::FlowGone as usize) {
+                    c.increment(1);
+                }
+            }
+        },
         Action::Drop(reason) => {
             if let Some(c) = counters.drops.get(reason as usize) {
                 c.increment(1);
@@ -219,6 +244,7 @@ pub async fn serve(
     tables: Arc<ArcSwap<RoutingTable>>,
     control: Control,
     senders: Senders,
+    streams: Streams,
 ) {
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut worker = Worker::new();
@@ -262,6 +288,7 @@ pub async fn serve(
             &table,
             &sender,
             &counters,
+            Some(&streams),
             |server, failure| control.passive(server, failure),
         )
         .await;
@@ -446,7 +473,16 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             fail: true,
             sent: RefCell::default(),
         };
-        deliver(outcome, &worker.out, &table, &failing, &counters, |_, _| {}).await;
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &failing,
+            &counters,
+            None,
+            |_, _| {},
+        )
+        .await;
         assert_eq!(failing.sent.borrow().len(), 1, "the send was tried");
         assert_eq!(
             probe.get(requests),
@@ -460,7 +496,16 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             fail: false,
             sent: RefCell::default(),
         };
-        deliver(outcome, &worker.out, &table, &working, &counters, |_, _| {}).await;
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &working,
+            &counters,
+            None,
+            |_, _| {},
+        )
+        .await;
         assert_eq!(probe.get(requests), 1);
         assert_eq!(errors.load(Ordering::Relaxed), 1);
 
@@ -469,9 +514,27 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             .replace("Content-Length: 0", "Max-Forwards: 0\r\nContent-Length: 0");
         let outcome = worker.handle(&table, hops.as_bytes(), client);
         assert_eq!(outcome.action, Action::Reply(client));
-        deliver(outcome, &worker.out, &table, &failing, &counters, |_, _| {}).await;
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &failing,
+            &counters,
+            None,
+            |_, _| {},
+        )
+        .await;
         assert_eq!(probe.get("siplb_replies_total{code=483}"), 0);
-        deliver(outcome, &worker.out, &table, &working, &counters, |_, _| {}).await;
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &working,
+            &counters,
+            None,
+            |_, _| {},
+        )
+        .await;
         assert_eq!(probe.get("siplb_replies_total{code=483}"), 1);
         assert_eq!(errors.load(Ordering::Relaxed), 2);
     }
@@ -503,9 +566,15 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             sent: RefCell::default(),
         };
         let mut heard = Vec::new();
-        deliver(outcome, &worker.out, &table, &failing, &counters, |s, f| {
-            heard.push((s, f))
-        })
+        deliver(
+            outcome,
+            &worker.out,
+            &table,
+            &failing,
+            &counters,
+            None,
+            |s, f| heard.push((s, f)),
+        )
         .await;
         assert_eq!(heard, vec![(server, Failure::Passive503)]);
     }

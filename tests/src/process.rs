@@ -132,6 +132,8 @@ impl RouteAnswer {
 pub struct Siplb {
     child: Child,
     udp: Vec<SocketAddr>,
+    /// `listening tcp|tls ADDR` lines: (transport, address).
+    streams: Vec<(String, SocketAddr)>,
     ops: Option<SocketAddr>,
     config: ConfigFile,
     stderr_path: PathBuf,
@@ -179,6 +181,7 @@ impl Siplb {
         let mut siplb = Siplb {
             child,
             udp: Vec::new(),
+            streams: Vec::new(),
             ops: None,
             config,
             stderr_path,
@@ -191,6 +194,16 @@ impl Siplb {
                 Ok(line) => {
                     if let Some(addr) = line.trim().strip_prefix("listening ops ") {
                         siplb.ops = addr.trim().parse().ok();
+                    }
+                    for transport in ["tcp", "tls"] {
+                        let prefix = format!("listening {transport} ");
+                        if let Some(addr) = line.trim().strip_prefix(prefix.as_str()) {
+                            let addr = addr
+                                .trim()
+                                .parse()
+                                .unwrap_or_else(|_| panic!("bad listening line {line:?}"));
+                            siplb.streams.push((transport.to_string(), addr));
+                        }
                     }
                     if let Some(addr) = line.trim().strip_prefix("listening udp ") {
                         let addr = addr
@@ -224,8 +237,8 @@ impl Siplb {
             }
         }
         assert!(
-            !siplb.udp.is_empty(),
-            "siplb printed `ready` without a `listening udp` line"
+            !siplb.udp.is_empty() || !siplb.streams.is_empty(),
+            "siplb printed `ready` without a `listening` line"
         );
         siplb
     }
@@ -239,6 +252,24 @@ impl Siplb {
     /// Every UDP address siplb listens on, in config order.
     pub fn udp(&self) -> &[SocketAddr] {
         &self.udp
+    }
+
+    /// The first TCP address siplb listens on (the config must have `[listen] tcp`).
+    pub fn tcp(&self) -> SocketAddr {
+        self.stream("tcp")
+    }
+
+    /// The first TLS address siplb listens on (the config must have `[listen] tls`).
+    pub fn tls(&self) -> SocketAddr {
+        self.stream("tls")
+    }
+
+    fn stream(&self, transport: &str) -> SocketAddr {
+        self.streams
+            .iter()
+            .find(|(t, _)| t == transport)
+            .map(|&(_, a)| a)
+            .unwrap_or_else(|| panic!("siplb printed no `listening {transport}` line"))
     }
 
     /// The UDP address siplb listens on for IPv6 (the config must have an IPv6 listener).

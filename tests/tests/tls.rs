@@ -436,7 +436,6 @@ fn register(tls: &mut Tls, aor: &str) -> Msg {
 }
 
 #[test]
-#[ignore = "needs the stream runtime"]
 fn a_certificate_renewed_on_disk_is_served_to_the_next_connection() {
     let (a, b) = (pair("a"), pair("b"));
     let certs = Certs::new(Layout::Files, &a);

@@ -36,6 +36,8 @@ pub struct Config {
     /// `[routing]`: answers when siplb cannot route.
     pub(crate) routing: Routing,
     pub(crate) log: Log,
+    /// `[connections]`: limits and timeouts of TCP and TLS connections.
+    pub(crate) connections: Connections,
     /// `[[pool]]` in file order.
     pub(crate) pools: Vec<PoolConfig>,
     /// `[[route]]` in file order; the first that matches wins.
@@ -67,6 +69,43 @@ impl Listen {
         self.advertise
             .clone()
             .unwrap_or_else(|| HostPort::from(first_bound))
+    }
+}
+
+/// `[connections]`: what a TCP or TLS client connection may cost siplb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connections {
+    /// Client connections open at once, over every TCP and TLS listener (default 10,000);
+    /// one more is closed as soon as it is accepted.
+    pub(crate) max: usize,
+    /// Client connections open at once from one IP address (default 256).
+    pub(crate) max_per_ip: usize,
+    /// A client connection that reads nothing for this long is closed (default 1800 s, what
+    /// Microsoft requires of load balancers in front of Lync).
+    pub(crate) idle_timeout: Duration,
+    /// A message that has started must complete its header block within this time (default
+    /// 10 s): a client that trickles a header byte by byte (slowloris) is cut off.
+    pub(crate) header_timeout: Duration,
+    /// A client's TLS handshake must complete within this time (default 5 s); so must siplb's
+    /// connect (and handshake) to a TCP or TLS server.
+    pub(crate) handshake_timeout: Duration,
+    /// The largest header block accepted on a connection (default 64 KiB).
+    pub(crate) max_header_bytes: usize,
+    /// The largest body accepted on a connection (default 1 MiB).
+    pub(crate) max_body_bytes: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max: 10_000,
+            max_per_ip: 256,
+            idle_timeout: Duration::from_secs(1800),
+            header_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_header_bytes: 65_536,
+            max_body_bytes: 1_048_576,
+        }
     }
 }
 

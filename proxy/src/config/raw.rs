@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub(crate) health: Option<Spanned<RawHealth>>,
     pub(crate) routing: Option<RawRouting>,
     pub(crate) log: Option<RawLog>,
+    pub(crate) connections: Option<RawConnections>,
     /// `[[pool]]` tables, in file order.
     #[serde(default)]
     pub(crate) pool: Vec<Spanned<RawPool>>,
@@ -67,6 +68,19 @@ pub(crate) struct RawTlsListen {
     pub(crate) address: Str,
     pub(crate) cert: Str,
     pub(crate) key: Str,
+}
+
+/// `[connections]`: limits and timeouts of TCP and TLS connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConnections {
+    pub(crate) max: Option<Int>,
+    pub(crate) max_per_ip: Option<Int>,
+    pub(crate) idle_timeout: Option<Str>,
+    pub(crate) header_timeout: Option<Str>,
+    pub(crate) handshake_timeout: Option<Str>,
+    pub(crate) max_header_bytes: Option<Int>,
+    pub(crate) max_body_bytes: Option<Int>,
 }
 
 /// `[ops]`.

@@ -13,6 +13,7 @@
 //! serde's errors into ours, and [`summary`] prints a validated config for humans.
 
 mod certs;
+mod connections;
 mod pools;
 mod routes;
 mod summary;
@@ -164,8 +165,18 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     };
     let routing = routing(ctx, raw.routing.as_ref());
     let log = log(ctx, raw.log.as_ref());
+    let connections = connections::connections(ctx, raw.connections.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
-    pools::check_families(ctx, &raw.pool, &listen.udp);
+    // With no UDP listener written, a UDP server is unreachable; with UDP listeners written
+    // but none valid, or no listener at all, the error is already the listeners'.
+    let no_udp_written = raw
+        .listen
+        .as_ref()
+        .is_none_or(|l| l.get_ref().udp.is_empty());
+    let streams_only = no_udp_written && !(listen.tcp.is_empty() && listen.tls.is_empty());
+    if !listen.udp.is_empty() || streams_only {
+        pools::check_families(ctx, &raw.pool, &listen.udp);
+    }
     passthrough_pools(ctx, raw.listen.as_ref(), &pools);
     let routes = routes::routes(ctx, &raw.route, &pools);
     Config {
@@ -175,6 +186,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         health,
         routing,
         log,
+        connections,
         pools,
         routes,
     }

@@ -231,6 +231,43 @@ impl Worker {
         self.handle_from(table, buf, &Arrival::udp(src))
     }
 
+    /// siplb's answer `refusal` to a request the stream shell refused before reading it whole
+    /// (its header block `head` was read: 513 for a message over the size limits, 400 for its
+    /// Content-Length). A response, or a head whose top Via cannot be read, is dropped.
+    pub(crate) fn refuse(
+        &mut self,
+        table: &RoutingTable,
+        head: &[u8],
+        at: &Arrival,
+        refusal: Refusal,
+    ) -> Outcome {
+        let Ok(msg) = scan::scan(head) else {
+            return Outcome::drop(DropReason::Malformed);
+        };
+        let (
+            StartLine::Request {
+                method,
+                uri,
+                version_ok,
+            },
+            Some(top),
+        ) = (msg.start, msg.top_via)
+        else {
+            return Outcome::drop(DropReason::Malformed);
+        };
+        let req = Request {
+            buf: head,
+            msg: &msg,
+            method: method.of(head),
+            ruri: uri,
+            version_ok,
+            top,
+            src: at.src,
+            at: *at,
+        };
+        self.answer(table, &req, refusal)
+    }
+
     /// Decides what to do with one message `buf`, however it arrived.
     pub fn handle_from(&mut self, table: &RoutingTable, buf: &[u8], at: &Arrival) -> Outcome {
         let src = at.src;

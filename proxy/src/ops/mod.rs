@@ -110,6 +110,9 @@ pub(crate) struct StatusDoc {
     pub(crate) not_ready_reason: Option<String>,
     pub(crate) config: ConfigMeta,
     pub(crate) listen_udp: Vec<String>,
+    /// TCP and TLS listeners (as bound), client connections open on each, backend
+    /// connections and client flows.
+    pub(crate) connections: crate::stream::StreamStatus,
     pub(crate) advertise: String,
     /// `[listen] passthrough` listeners with their open connections.
     pub(crate) passthrough: Vec<crate::passthrough::ListenerStatus>,
@@ -128,6 +131,7 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         not_ready_reason,
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
+        connections: ops.proxy.connections(),
         advertise: ops.proxy.tables.load().advertise.to_string(),
         passthrough: ops.proxy.passthrough.status(),
         health,

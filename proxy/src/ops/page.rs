@@ -37,6 +37,23 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
         esc(&doc.advertise),
         esc(&doc.listen_udp.join(", "))
     );
+    for l in &doc.connections.listeners {
+        let _ = write!(
+            h,
+            "<p class=\"meta\">{} {} · {} open</p>",
+            l.transport,
+            esc(&l.bound),
+            l.connections
+        );
+    }
+    if !doc.connections.listeners.is_empty() {
+        let b = &doc.connections.backend_connections;
+        let _ = write!(
+            h,
+            "<p class=\"meta\">flows {} · backend connections tcp {} · tls {}</p>",
+            doc.connections.flows, b.tcp, b.tls
+        );
+    }
     for p in &doc.passthrough {
         let _ = write!(
             h,

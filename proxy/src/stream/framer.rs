@@ -13,10 +13,6 @@
 //! unfinished message. Frames are handed out by advancing an offset; the unread tail moves to the
 //! front only when the shell asks for space again, and that tail is never more than the last
 //! read, so a stream of many small messages costs linear time.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the TCP and TLS listeners are the first users")
-)]
 
 use memchr::memmem;
 

@@ -57,14 +57,11 @@ pub(super) fn pools(
     pools
 }
 
-/// Every server must be reachable from a UDP listener of its own address family: siplb sends
-/// to a server from a socket of the server's family (this release reaches every server over
-/// UDP), so an IPv6 server with only IPv4 listeners (or the reverse) could never be reached.
-/// Not checked when `[listen] udp` is empty (siplb refuses to start then, with its own message).
+/// Every UDP server must be reachable from a UDP listener of its own address family: siplb
+/// sends to a server from a socket of the server's family, so an IPv6 server with only IPv4
+/// listeners (or the reverse, or none) could never be reached. TCP and TLS servers are reached
+/// over connections siplb opens, which need no listener.
 pub(super) fn check_families(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPool>], udp: &[SocketAddr]) {
-    if udp.is_empty() {
-        return;
-    }
     let (has_v4, has_v6) = (
         udp.iter().any(SocketAddr::is_ipv4),
         udp.iter().any(SocketAddr::is_ipv6),
@@ -75,6 +72,13 @@ pub(super) fn check_families(ctx: &mut Ctx<'_>, raw: &[Spanned<RawPool>], udp: &
         };
         for (j, server) in servers.get_ref().iter().enumerate() {
             let server = server.get_ref();
+            if server
+                .transport
+                .as_ref()
+                .is_some_and(|t| t.get_ref() != "udp")
+            {
+                continue;
+            }
             let Some(address) = values::server_addr(server.address.get_ref()) else {
                 continue; // reported where the address is checked
             };

@@ -4,6 +4,7 @@
 //! that the message says what is accepted.
 
 mod certs;
+mod connections;
 mod passthrough;
 mod references;
 mod shape;
@@ -201,6 +202,7 @@ fn full_config_becomes_the_expected_config() {
             level: "siplb=debug,info".into(),
             format: LogFormat::Json,
         },
+        connections: Connections::default(),
         pools: vec![
             PoolConfig {
                 name: "fe-dc1".into(),
