@@ -270,7 +270,17 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         let cert = values::file_path(ctx, &tls.cert, &format!("{prefix}.cert"), &base);
         let key_file = values::file_path(ctx, &tls.key, &format!("{prefix}.key"), &base);
         if let (Some(cert), Some(key)) = (&cert, &key_file) {
-            certs::check(ctx, tls, &prefix, (cert, key), SystemTime::now());
+            let cert = certs::PairFile {
+                path: cert,
+                raw: &tls.cert,
+                key: format!("{prefix}.cert"),
+            };
+            let key = certs::PairFile {
+                path: key,
+                raw: &tls.key,
+                key: format!("{prefix}.key"),
+            };
+            certs::check(ctx, cert, key, SystemTime::now());
         }
         if let (Some(address), Some(cert), Some(key)) = (address, cert, key_file) {
             listen.tls.push(super::TlsListen { address, cert, key });

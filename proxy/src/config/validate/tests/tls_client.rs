@@ -239,13 +239,36 @@ fn a_client_certificate_needs_its_key_and_the_key_must_match() {
         &tls_pool(r#"tls = { cert = "lb.crt", key = "garbage.pem" }"#, ""),
         6,
         "pool[0].tls.key",
-        &["no readable PEM private key", "garbage.pem"],
+        &["holds no PEM private key", "garbage.pem"],
     );
     f.only_error(
         &tls_pool(r#"tls = { cert = "lb.key", key = "lb.key" }"#, ""),
         6,
         "pool[0].tls.cert",
         &["no PEM certificate", "lb.key"],
+    );
+}
+
+#[test]
+fn an_expired_client_certificate_is_refused_like_a_listener_certificate() {
+    let f = Files::new();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["lb.contoso.com".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(f.dir.join("old.crt"), cert.pem()).unwrap();
+    std::fs::write(f.dir.join("old.key"), key.serialize_pem()).unwrap();
+    let old = f.dir.join("old.crt");
+    f.only_error(
+        &tls_pool(r#"tls = { cert = "old.crt", key = "old.key" }"#, ""),
+        6,
+        "pool[0].tls.cert",
+        &[
+            "expired on 2021-06-30",
+            "renew it",
+            &old.display().to_string(),
+        ],
     );
 }
 
