@@ -342,14 +342,9 @@ fn passthrough(
         let mut idle_timeout = DEFAULT_PASSTHROUGH_IDLE;
         if let Some(v) = &entry.idle_timeout {
             let key = format!("{prefix}.idle_timeout");
-            match values::duration(ctx, v, &key) {
-                Some(d) if d.is_zero() => ctx.error(
-                    v.span(),
-                    key,
-                    "idle_timeout must be longer than 0; use e.g. 1800s (Microsoft's least for                      Lync), or leave it out for 1800s",
-                ),
-                Some(d) => idle_timeout = d,
-                None => {}
+            let examples = "1800s (Microsoft's least for Lync), or leave it out for 1800s";
+            if let Some(d) = values::positive_duration(ctx, v, &key, "idle_timeout", examples) {
+                idle_timeout = d;
             }
         }
         if let Some(address) = address {
@@ -430,16 +425,7 @@ fn health(
     ] {
         let Some(v) = raw_value else { continue };
         let key = format!("{prefix}.{name}");
-        let Some(d) = values::duration(ctx, v, &key) else {
-            continue;
-        };
-        if d.is_zero() {
-            ctx.error(
-                v.span(),
-                key,
-                format!("{name} must be longer than 0; use e.g. 500ms, 1s"),
-            );
-        } else {
+        if let Some(d) = values::positive_duration(ctx, v, &key, name, "500ms, 1s") {
             *slot = d;
         }
     }
