@@ -13,7 +13,7 @@
 //!   while a connection opened before keeps carrying SIP.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use std::time::Duration;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, ServerName};
 use siplb_e2e::ops::{wait_until, Ops, SHOWS_WITHIN};
+use siplb_e2e::ports::free_tcp_port;
 use siplb_e2e::process::run_cli;
 use siplb_e2e::reload::{replace_by_rename, write_in_place};
 use siplb_e2e::request::unique;
@@ -50,13 +51,6 @@ fn pair(cn: &str) -> Pair {
         key_pem: key.serialize_pem(),
         der: cert.der().clone(),
     }
-}
-
-/// A TCP port that was free on 127.0.0.1 a moment ago (siplb's TLS listener must be named in
-/// the config before it binds).
-fn free_tcp_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback TCP socket");
-    l.local_addr().expect("local address").port()
 }
 
 /// Where a site keeps its certificate and key.
