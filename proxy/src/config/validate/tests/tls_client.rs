@@ -4,27 +4,20 @@
 //! match its certificate), which `siplb check` reads. Certificates are made with rcgen into a
 //! directory of the test's own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 use super::*;
+use crate::test_dir::TestDir;
 
 /// A fresh directory with a CA, a client certificate it issued (`lb.crt`, `lb.key`) and the
 /// key of another certificate (`other.key`), removed when dropped.
 struct Files {
-    dir: PathBuf,
+    dir: TestDir,
 }
 
 impl Files {
     fn new() -> Files {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "siplb-tls-client-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("tls-client-config");
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -42,7 +35,7 @@ impl Files {
             ("other.key", other.serialize_pem()),
             ("garbage.pem", "not a certificate\n".to_string()),
         ] {
-            std::fs::write(dir.join(name), text).unwrap();
+            dir.write(name, text);
         }
         Files { dir }
     }
@@ -75,12 +68,6 @@ impl Files {
         for s in says {
             assert!(e.message.contains(s), "message should contain {s:?}: {e}");
         }
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
