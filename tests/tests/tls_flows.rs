@@ -168,6 +168,23 @@ fn tls_backend(pki: &Pki, id: &str, mtls: bool) -> StreamBackend {
     StreamBackend::start(id, Listen::Tls(pki.server_config(mtls)))
 }
 
+/// `n` TLS servers of the test PKI, `{prefix}1` to `{prefix}n`, demanding no client
+/// certificate.
+fn tls_backends(pki: &Pki, prefix: &str, n: usize) -> Vec<StreamBackend> {
+    (1..=n)
+        .map(|i| tls_backend(pki, &format!("{prefix}{i}"), false))
+        .collect()
+}
+
+/// siplb with [`config`] for one TLS pool `fe` of `servers`, routed from [`DOMAIN`].
+fn start_tls_pool(pki: &Pki, servers: &[&StreamBackend], fall: u32) -> Siplb {
+    Siplb::start(&config(
+        pki,
+        &[PoolSpec::new("fe", DOMAIN, Link::Tls, servers)],
+        fall,
+    ))
+}
+
 /// A TLS connection to siplb's TLS listener, verifying its certificate for `127.0.0.1`.
 fn connect_tls(siplb: &Siplb, pki: &Pki) -> StreamClient {
     StreamClient::connect(siplb.tls(), Dial::tls(pki.client_config(false)))
@@ -278,24 +295,6 @@ fn tally(placement: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
     n
 }
 
-/// The final response to `req` (sent on `client`), or `None` as soon as siplb closes the
-/// connection or after [`ANSWER_WITHIN`].
-fn final_or_closed(client: &StreamClient, req: &Request) -> Option<Msg> {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let (call_id, method) = (req.call_id(), req.method().to_string());
-    while Instant::now() < deadline && !client.is_closed() {
-        let got = client.wait_for(Duration::from_millis(50), |m| {
-            m.status().is_some_and(|s| s >= 200)
-                && m.call_id() == Some(call_id.as_str())
-                && m.cseq_method() == Some(method.as_str())
-        });
-        if got.is_some() {
-            return got;
-        }
-    }
-    None
-}
-
 // --------------------------------------------------------------------------------------------
 // 1. One TLS connection per user
 
@@ -303,15 +302,9 @@ fn final_or_closed(client: &StreamClient, req: &Request) -> Option<Msg> {
 fn tls_clients_with_a_connection_each_are_all_answered_on_their_udp_servers_over_paired_connections(
 ) {
     let pki = Pki::new();
-    let fes: Vec<StreamBackend> = (1..=4)
-        .map(|i| tls_backend(&pki, &format!("fe{i}"), false))
-        .collect();
+    let fes = tls_backends(&pki, "fe", 4);
     let servers: Vec<&StreamBackend> = fes.iter().collect();
-    let siplb = Siplb::start(&config(
-        &pki,
-        &[PoolSpec::new("fe", DOMAIN, Link::Tls, &servers)],
-        20,
-    ));
+    let siplb = start_tls_pool(&pki, &servers, 20);
     let users = users("tlsuser", 40, DOMAIN);
 
     let over_udp = landings(&servers, &register_over_udp(&siplb, &users));
@@ -383,15 +376,9 @@ fn tls_clients_with_a_connection_each_are_all_answered_on_their_udp_servers_over
 #[test]
 fn a_tls_trunk_of_200_users_is_answered_spread_over_every_server_each_on_its_udp_server() {
     let pki = Pki::new();
-    let fes: Vec<StreamBackend> = (1..=4)
-        .map(|i| tls_backend(&pki, &format!("gw-fe{i}"), false))
-        .collect();
+    let fes = tls_backends(&pki, "gw-fe", 4);
     let servers: Vec<&StreamBackend> = fes.iter().collect();
-    let siplb = Siplb::start(&config(
-        &pki,
-        &[PoolSpec::new("fe", DOMAIN, Link::Tls, &servers)],
-        20,
-    ));
+    let siplb = start_tls_pool(&pki, &servers, 20);
     let users = users("trunk", 200, DOMAIN);
 
     let over_udp = landings(&servers, &register_over_udp(&siplb, &users));
@@ -632,7 +619,7 @@ fn without_the_client_certificate_the_mtls_servers_requests_fail_and_its_probe_m
         let client = connect_tls(&siplb, &pki);
         let req = client.register_request(&victim);
         client.send(&req);
-        let answer = final_or_closed(&client, &req);
+        let answer = client.final_or_closed(&req);
         assert!(
             answer.as_ref().and_then(Msg::status) != Some(200),
             "{victim} on {} was answered 200 without siplb's certificate: {answer:?}",
@@ -793,16 +780,9 @@ fn roaming_contacts(fe: &StreamBackend, aor: &str, size: usize) -> Request {
 fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer_reaches_the_front_end(
 ) {
     let pki = Pki::new();
-    let fes = [
-        tls_backend(&pki, "fe1", false),
-        tls_backend(&pki, "fe2", false),
-    ];
+    let fes = tls_backends(&pki, "fe", 2);
     let servers: Vec<&StreamBackend> = fes.iter().collect();
-    let siplb = Siplb::start(&config(
-        &pki,
-        &[PoolSpec::new("fe", DOMAIN, Link::Tls, &servers)],
-        20,
-    ));
+    let siplb = start_tls_pool(&pki, &servers, 20);
 
     // Three signed-in clients; with two Front Ends, at least two share one.
     let endpoints: Vec<Endpoint> = ["alice", "bob", "carol"]
@@ -996,17 +976,10 @@ fn a_lync_client_over_tls_gets_its_front_ends_notify_and_benotify_and_its_answer
 #[test]
 fn a_front_end_that_dies_closes_its_clients_tls_flows_and_they_sign_in_again_on_the_other() {
     let pki = Pki::new();
-    let mut fes = [
-        tls_backend(&pki, "fe1", false),
-        tls_backend(&pki, "fe2", false),
-    ];
+    let mut fes = tls_backends(&pki, "fe", 2);
     let siplb = {
         let servers: Vec<&StreamBackend> = fes.iter().collect();
-        Siplb::start(&config(
-            &pki,
-            &[PoolSpec::new("fe", DOMAIN, Link::Tls, &servers)],
-            2,
-        ))
+        start_tls_pool(&pki, &servers, 2)
     };
     // Users until one lives on each Front End.
     let mut on: BTreeMap<String, (StreamClient, String)> = BTreeMap::new();
@@ -1052,7 +1025,7 @@ fn a_front_end_that_dies_closes_its_clients_tls_flows_and_they_sign_in_again_on_
             let client = connect_tls(&siplb, &pki);
             let req = client.register_request(&victim_aor);
             client.send(&req);
-            match final_or_closed(&client, &req) {
+            match client.final_or_closed(&req) {
                 Some(m) if m.status() == Some(200) => Ok((client, req.call_id())),
                 other => Err(format!("{:?}", other.map(|m| m.start))),
             }
