@@ -21,7 +21,6 @@ use std::time::Duration;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, ServerName};
 use siplb_e2e::ops::{wait_until, Ops, SHOWS_WITHIN};
-use siplb_e2e::ports::free_tcp_port;
 use siplb_e2e::process::run_cli;
 use siplb_e2e::reload::{replace_by_rename, write_in_place};
 use siplb_e2e::request::unique;
