@@ -64,20 +64,30 @@ async fn responder(socket: UdpSocket, id: String) {
     }
 }
 
-/// Sends `request` to the proxy and returns the `Server` header of the answer.
+/// Sends `request` to the proxy and returns the `Server` header of its answer (an answer to an
+/// earlier request that timed out is skipped: the Call-ID must be this request's).
 async fn ask(client: &UdpSocket, proxy: SocketAddr, request: &str) -> Option<String> {
+    let header = |msg: &[u8], wanted: &[u8]| -> Option<String> {
+        let m = scan(msg).ok()?;
+        let (_, value) = header_lines(msg, &m)
+            .into_iter()
+            .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(wanted))?;
+        Some(String::from_utf8_lossy(value.of(msg)).into_owned())
+    };
+    let call_id = header(request.as_bytes(), b"call-id")?;
     client.send_to(request.as_bytes(), proxy).await.ok()?;
     let mut buf = vec![0u8; 65_535];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let msg = &buf[..n];
-    let m = scan(msg).ok()?;
-    let server = header_lines(msg, &m)
-        .into_iter()
-        .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(b"server"))?;
-    Some(String::from_utf8_lossy(server.1.of(msg)).into_owned())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (n, _) = tokio::time::timeout_at(deadline, client.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let msg = &buf[..n];
+        if header(msg, b"call-id").as_deref() == Some(call_id.as_str()) {
+            return header(msg, b"server");
+        }
+    }
 }
 
 /// Signs every user in; returns user → server id.
