@@ -64,20 +64,30 @@ async fn responder(socket: UdpSocket, id: String) {
     }
 }
 
-/// Sends `request` to the proxy and returns the `Server` header of the answer.
+/// Sends `request` to the proxy and returns the `Server` header of its answer (an answer to an
+/// earlier request that timed out is skipped: the Call-ID must be this request's).
 async fn ask(client: &UdpSocket, proxy: SocketAddr, request: &str) -> Option<String> {
+    let header = |msg: &[u8], wanted: &[u8]| -> Option<String> {
+        let m = scan(msg).ok()?;
+        let (_, value) = header_lines(msg, &m)
+            .into_iter()
+            .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(wanted))?;
+        Some(String::from_utf8_lossy(value.of(msg)).into_owned())
+    };
+    let call_id = header(request.as_bytes(), b"call-id")?;
     client.send_to(request.as_bytes(), proxy).await.ok()?;
     let mut buf = vec![0u8; 65_535];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let msg = &buf[..n];
-    let m = scan(msg).ok()?;
-    let server = header_lines(msg, &m)
-        .into_iter()
-        .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(b"server"))?;
-    Some(String::from_utf8_lossy(server.1.of(msg)).into_owned())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (n, _) = tokio::time::timeout_at(deadline, client.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let msg = &buf[..n];
+        if header(msg, b"call-id").as_deref() == Some(call_id.as_str()) {
+            return header(msg, b"server");
+        }
+    }
 }
 
 /// Signs every user in; returns user → server id.
@@ -179,21 +189,61 @@ pub(crate) fn run() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// A TLS client that trusts the demo's certificate.
+fn tls_client(cert: &CertificateDer<'static>) -> Option<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).ok()?;
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .ok()?;
+    Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config.with_root_certificates(roots).with_no_client_auth(),
+    )))
+}
+
+/// Signs one user in over a TLS connection of its own, as a Lync client does; returns the
+/// server that answered.
+async fn sign_in_tls(
+    client: &tokio_rustls::TlsConnector,
+    to: SocketAddr,
+    user: &str,
+    call_id: &str,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(to).await.ok()?;
+    let sent_by = tcp.local_addr().ok()?.to_string();
+    let mut tls = client
+        .connect(rustls_pki_types::ServerName::from(to.ip()), tcp)
+        .await
+        .ok()?;
+    let req = explain::request("REGISTER", user, call_id, 1, &sent_by).replacen(
+        "SIP/2.0/UDP",
+        "SIP/2.0/TLS",
+        1,
+    );
+    tls.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16_384 {
+        let n = tls.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let m = scan(&buf).ok()?;
+    let server = header_lines(&buf, &m)
+        .into_iter()
+        .find(|(name, _)| name.of(&buf).eq_ignore_ascii_case(b"server"))?;
+    Some(String::from_utf8_lossy(server.1.of(&buf)).into_owned())
+}
+
 /// Says where TLS is served: `listening tls ADDR` for each `[listen] tls` address that
 /// completes a handshake with the demo's certificate, and why for one that does not.
 async fn show_tls(out: &mut impl std::io::Write, cfg: &Config, cert: &CertificateDer<'static>) {
-    let mut roots = rustls::RootCertStore::empty();
-    if roots.add(cert.clone()).is_err() {
-        return;
-    }
-    let Ok(config) = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-    else {
+    let Some(client) = tls_client(cert) else {
         return;
     };
-    let client = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        config.with_root_certificates(roots).with_no_client_auth(),
-    ));
     for entry in &cfg.listen.tls {
         let addr = entry.address;
         let handshake = async {
@@ -291,6 +341,29 @@ async fn demo(cfg: Config, cert: CertificateDer<'static>) -> anyhow::Result<()> 
         "\n2. They sign in again: {same} of {} reach the same server (stickiness).",
         users.len()
     )?;
+    if let (Some(client), Some(entry)) = (tls_client(&cert), tls_cfg.listen.tls.first()) {
+        let mut over_tls = 0;
+        for (i, user) in users.iter().enumerate() {
+            let call_id = format!("demo-tls-{i}");
+            let answered = tokio::time::timeout(
+                Duration::from_secs(2),
+                sign_in_tls(&client, entry.address, user, &call_id),
+            )
+            .await
+            .ok()
+            .flatten();
+            if answered.is_some() && answered.as_ref() == home.get(user) {
+                over_tls += 1;
+            }
+        }
+        writeln!(
+            out,
+            "   Over TLS ({}), one connection per user as Lync clients hold: {over_tls} of {} \
+             reach the same server as over UDP.",
+            entry.address,
+            users.len()
+        )?;
+    }
 
     // Take out the server with the most users, so the move is easy to see.
     let mut load: BTreeMap<&String, usize> = BTreeMap::new();

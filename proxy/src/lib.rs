@@ -35,6 +35,8 @@ pub mod sip;
 mod stats;
 pub(crate) mod stream;
 pub mod table;
+#[cfg(test)]
+mod test_dir;
 pub(crate) mod tls;
 mod token;
 mod udp;

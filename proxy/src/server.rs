@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -228,6 +228,12 @@ fn serve(
     })
 }
 
+/// A reload of the config at `path` refused for a reason that has no line: the one error, on
+/// `key`.
+fn refused(path: &Path, key: &str, message: impl Into<String>) -> Vec<ConfigError> {
+    vec![ConfigError::new(path, 0, key, message)]
+}
+
 /// The TLS client settings of `cfg`'s TLS servers; a file that changed since validation is
 /// logged and leaves those servers without TLS settings (their connections fail to open).
 fn server_tls(cfg: &Config) -> ServerTls {
@@ -436,12 +442,7 @@ impl Proxy {
     async fn apply(&self, cfg: Config) -> Result<u64, Vec<ConfigError>> {
         if *self.stopped.borrow() {
             // Binding listeners again would bring a stopped proxy back to life.
-            return Err(vec![ConfigError::new(
-                &cfg.path,
-                0,
-                "",
-                "siplb is stopping",
-            )]);
+            return Err(refused(&cfg.path, "", "siplb is stopping"));
         }
         let running = self.config.load();
         if cfg.listen.workers != running.listen.workers {
@@ -466,36 +467,19 @@ impl Proxy {
                 tracing::info!(%addr, "TLS listener serves a renewed certificate");
             }
         }
-        let staged = self.passthrough.prepare(&cfg).map_err(|e| {
-            let key = "listen.passthrough";
-            vec![ConfigError::new(&cfg.path, 0, key, format!("{e:#}"))]
-        })?;
-        self.rebind_streams(&cfg).map_err(|e| {
-            vec![ConfigError::new(
-                &cfg.path,
-                0,
-                "listen.tcp",
-                format!("{e:#}"),
-            )]
-        })?;
-        self.rebind(&cfg).map_err(|e| {
-            vec![ConfigError::new(
-                &cfg.path,
-                0,
-                "listen.udp",
-                format!("{e:#}"),
-            )]
-        })?;
+        let staged = self
+            .passthrough
+            .prepare(&cfg)
+            .map_err(|e| refused(&cfg.path, "listen.passthrough", format!("{e:#}")))?;
+        self.rebind_streams(&cfg)
+            .map_err(|e| refused(&cfg.path, "listen.tcp", format!("{e:#}")))?;
+        self.rebind(&cfg)
+            .map_err(|e| refused(&cfg.path, "listen.udp", format!("{e:#}")))?;
         self.streams.set_limits(&cfg.connections);
         self.streams.set_server_tls(server_tls(&cfg));
         let bound = self.local();
         let Some(first) = bound.first() else {
-            return Err(vec![ConfigError::new(
-                &cfg.path,
-                0,
-                "listen",
-                "no listener bound",
-            )]);
+            return Err(refused(&cfg.path, "listen", "no listener bound"));
         };
         let advertise = cfg.listen.advertise_or(first);
         let config = Arc::new(cfg);
@@ -505,12 +489,7 @@ impl Proxy {
             local: bound,
         };
         let Some(_table_version) = self.control.reload(reload).await else {
-            return Err(vec![ConfigError::new(
-                &config.path,
-                0,
-                "",
-                "siplb is stopping",
-            )]);
+            return Err(refused(&config.path, "", "siplb is stopping"));
         };
         if let Err(e) = self.passthrough.commit(staged) {
             tracing::error!(error = %e, "passthrough listener not served");

@@ -413,6 +413,15 @@ mod tests {
         sent: RefCell<Vec<SocketAddr>>,
     }
 
+    impl FakeSender {
+        fn new(fail: bool) -> FakeSender {
+            FakeSender {
+                fail,
+                sent: RefCell::default(),
+            }
+        }
+    }
+
     impl Sender for FakeSender {
         async fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
             self.sent.borrow_mut().push(to);
@@ -439,6 +448,29 @@ Via: SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bKd1;rport\r\n\
 From: <sip:alice@contoso.com>;tag=1\r\nTo: <sip:alice@contoso.com>\r\n\
 Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
+    /// The routing table of [`CFG`] with every server up.
+    fn table() -> RoutingTable {
+        let cfg = crate::config::parse(Path::new("t.toml"), CFG).expect("valid config");
+        RoutingTable::build(
+            &cfg,
+            crate::config::HostPort::from("127.0.0.1:5060".parse::<SocketAddr>().unwrap()),
+            vec!["127.0.0.1:5060".parse().unwrap()],
+            1,
+            &ConfigHealth,
+        )
+    }
+
+    /// [`deliver`] with no connections and no passive signal to hear.
+    async fn deliver_plain(
+        outcome: Outcome,
+        out: &[u8],
+        table: &RoutingTable,
+        sender: &FakeSender,
+        counters: &ShellCounters,
+    ) {
+        deliver(outcome, out, table, sender, counters, None, |_, _| {}).await;
+    }
+
     fn shell_counters() -> (ShellCounters, Arc<AtomicU64>) {
         let errors = Arc::new(AtomicU64::new(0));
         let counters = ShellCounters {
@@ -453,14 +485,7 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
     #[tokio::test]
     async fn a_send_the_kernel_refuses_counts_as_a_send_error_only() {
-        let cfg = crate::config::parse(Path::new("t.toml"), CFG).expect("valid config");
-        let mut table = RoutingTable::build(
-            &cfg,
-            crate::config::HostPort::from("127.0.0.1:5060".parse::<SocketAddr>().unwrap()),
-            vec!["127.0.0.1:5060".parse().unwrap()],
-            1,
-            &ConfigHealth,
-        );
+        let mut table = table();
         let (table_counters, probe) = probed(["fe"]);
         table.counters = table_counters;
         let (counters, errors) = shell_counters();
@@ -469,20 +494,8 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
         let requests = "siplb_requests_total{method=REGISTER,pool=fe}";
 
         let outcome = worker.handle(&table, REGISTER, client);
-        let failing = FakeSender {
-            fail: true,
-            sent: RefCell::default(),
-        };
-        deliver(
-            outcome,
-            &worker.out,
-            &table,
-            &failing,
-            &counters,
-            None,
-            |_, _| {},
-        )
-        .await;
+        let failing = FakeSender::new(true);
+        deliver_plain(outcome, &worker.out, &table, &failing, &counters).await;
         assert_eq!(failing.sent.borrow().len(), 1, "the send was tried");
         assert_eq!(
             probe.get(requests),
@@ -492,20 +505,8 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(probe.total(), 0);
         assert_eq!(errors.load(Ordering::Relaxed), 1);
 
-        let working = FakeSender {
-            fail: false,
-            sent: RefCell::default(),
-        };
-        deliver(
-            outcome,
-            &worker.out,
-            &table,
-            &working,
-            &counters,
-            None,
-            |_, _| {},
-        )
-        .await;
+        let working = FakeSender::new(false);
+        deliver_plain(outcome, &worker.out, &table, &working, &counters).await;
         assert_eq!(probe.get(requests), 1);
         assert_eq!(errors.load(Ordering::Relaxed), 1);
 
@@ -514,41 +515,16 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
             .replace("Content-Length: 0", "Max-Forwards: 0\r\nContent-Length: 0");
         let outcome = worker.handle(&table, hops.as_bytes(), client);
         assert_eq!(outcome.action, Action::Reply(client));
-        deliver(
-            outcome,
-            &worker.out,
-            &table,
-            &failing,
-            &counters,
-            None,
-            |_, _| {},
-        )
-        .await;
+        deliver_plain(outcome, &worker.out, &table, &failing, &counters).await;
         assert_eq!(probe.get("siplb_replies_total{code=483}"), 0);
-        deliver(
-            outcome,
-            &worker.out,
-            &table,
-            &working,
-            &counters,
-            None,
-            |_, _| {},
-        )
-        .await;
+        deliver_plain(outcome, &worker.out, &table, &working, &counters).await;
         assert_eq!(probe.get("siplb_replies_total{code=483}"), 1);
         assert_eq!(errors.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn the_passive_signal_is_passed_on_whatever_the_send_does() {
-        let cfg = crate::config::parse(Path::new("t.toml"), CFG).expect("valid config");
-        let table = RoutingTable::build(
-            &cfg,
-            crate::config::HostPort::from("127.0.0.1:5060".parse::<SocketAddr>().unwrap()),
-            vec!["127.0.0.1:5060".parse().unwrap()],
-            1,
-            &ConfigHealth,
-        );
+        let table = table();
         let (counters, _) = shell_counters();
         let mut worker = Worker::new();
         let client: SocketAddr = "192.0.2.7:5099".parse().unwrap();
@@ -561,10 +537,7 @@ Call-ID: d1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
         );
         let outcome = worker.handle(&table, resp.as_bytes(), server);
         assert_eq!(outcome.passive, Some((server, Failure::Passive503)));
-        let failing = FakeSender {
-            fail: true,
-            sent: RefCell::default(),
-        };
+        let failing = FakeSender::new(true);
         let mut heard = Vec::new();
         deliver(
             outcome,

@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Server;
-use crate::ports::free_udp_port;
+use crate::ports::{free_tcp_port, free_udp_port};
 use crate::request::unique;
 
 /// The domain of every user in `users.csv`.
@@ -308,6 +308,35 @@ impl Uac {
         rate: u32,
         timeout: Duration,
     ) -> Uac {
+        let local = ["-p".to_string(), free_udp_port().to_string()];
+        Uac::spawn(sipp, work, name, proxy, (calls, rate, timeout), &local)
+    }
+
+    /// [`Uac::start`] over TCP to `proxy`: `mode` is sipp's `-t` (`tn`, a connection per call;
+    /// `t1`, one for all), with room for a socket per call.
+    pub fn start_tcp(
+        sipp: &Path,
+        work: &Path,
+        name: &str,
+        (mode, proxy): (&str, SocketAddr),
+        calls: usize,
+        rate: u32,
+        timeout: Duration,
+    ) -> Uac {
+        let port = free_tcp_port().to_string();
+        let local = ["-t", mode, "-p", &port, "-max_socket", "4096"].map(str::to_string);
+        Uac::spawn(sipp, work, name, proxy, (calls, rate, timeout), &local)
+    }
+
+    /// Starts sipp with the arguments every run shares and `transport`'s (`-t`, `-p`, ...).
+    fn spawn(
+        sipp: &Path,
+        work: &Path,
+        name: &str,
+        proxy: SocketAddr,
+        (calls, rate, timeout): (usize, u32, Duration),
+        transport: &[String],
+    ) -> Uac {
         let stats = work.join(format!("{name}.csv"));
         let out = work.join(format!("{name}.out"));
         let mut cmd = Command::new(sipp);
@@ -316,7 +345,8 @@ impl Uac {
             .arg(scenarios().join("uac_register.xml"))
             .arg("-inf")
             .arg(scenarios().join("users.csv"))
-            .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+            .args(["-i", "127.0.0.1"])
+            .args(transport)
             .args(["-m", &calls.to_string(), "-r", &rate.to_string()])
             .args(["-nostdin", "-timeout"])
             .arg(format!("{}s", timeout.as_secs()))

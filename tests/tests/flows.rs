@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use siplb_e2e::ops::{wait_until, Ops};
+use siplb_e2e::ops::{wait_until, Metrics, Ops};
 use siplb_e2e::request::{unique, ContentLength};
 use siplb_e2e::stream::{Dial, Listen, StreamBackend, StreamClient, ANSWER_WITHIN, QUIET_FOR};
 use siplb_e2e::{Msg, Request, Siplb};
@@ -74,6 +74,23 @@ fn config(pools: &[Pool<'_>], extra: &str) -> String {
     ));
     t.push_str(extra);
     t
+}
+
+/// [`config`] with one pool `fe` of `servers`, the route's.
+fn one_pool(servers: &[&StreamBackend], extra: &str) -> String {
+    config(
+        &[Pool {
+            name: "fe",
+            pair: None,
+            servers,
+        }],
+        extra,
+    )
+}
+
+/// Connections siplb refused (or cut) for `reason`, by its metrics.
+fn refusals(m: &Metrics, reason: &str) -> f64 {
+    m.sum("siplb_connection_refusals_total", &[("reason", reason)])
 }
 
 fn backend(id: &str) -> StreamBackend {
@@ -138,7 +155,7 @@ fn sign_in_until_ok(
         let since = Instant::now();
         let req = client.register_request(&aor(user));
         client.send(&req);
-        match final_or_closed(&client, &req) {
+        match client.final_or_closed(&req) {
             Some(m) if m.status() == Some(200) => {
                 let held = holders_since(servers, &aor(user), since);
                 let one = held.iter().next().cloned();
@@ -150,24 +167,6 @@ fn sign_in_until_ok(
             other => Err(format!("answer {:?}", other.map(|m| m.status()))),
         }
     })
-}
-
-/// The final response to `req`, or `None` as soon as siplb closes the connection (its server
-/// could not be reached: the client must reconnect) or after [`ANSWER_WITHIN`].
-fn final_or_closed(client: &StreamClient, req: &Request) -> Option<Msg> {
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let (call_id, method) = (req.call_id(), req.method().to_string());
-    while Instant::now() < deadline && !client.is_closed() {
-        let got = client.wait_for(Duration::from_millis(50), |m| {
-            m.status().is_some_and(|s| s >= 200)
-                && m.call_id() == Some(call_id.as_str())
-                && m.cseq_method() == Some(method.as_str())
-        });
-        if got.is_some() {
-            return got;
-        }
-    }
-    None
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `need` (with `prlimit`, from
@@ -217,14 +216,7 @@ fn backend_by_id<'a>(servers: &[&'a StreamBackend], id: &str) -> &'a StreamBacke
 fn a_lync_flow_gets_its_servers_notify_and_benotify_and_the_client_answers_reach_the_server() {
     let (a, b) = (backend("fe1-a"), backend("fe1-b"));
     let servers = [&a, &b];
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &servers,
-        }],
-        "",
-    ));
+    let siplb = Siplb::start(&one_pool(&servers, ""));
     let (alice, alice_on) = sign_in(&siplb, &servers, "alice");
     let (bob, _) = sign_in(&siplb, &servers, "bob");
     let server = backend_by_id(&servers, &alice_on);
@@ -387,14 +379,7 @@ fn a_trunk_flow_keeps_working_after_one_server_dies() {
 #[test]
 fn crlf_keepalives_are_answered_with_a_pong_and_do_not_disturb_the_flow() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], ""));
     let client = connect(&siplb);
     for n in 1..=3 {
         client.send_raw(b"\r\n\r\n").expect("send a ping");
@@ -413,14 +398,7 @@ fn crlf_keepalives_are_answered_with_a_pong_and_do_not_disturb_the_flow() {
 #[test]
 fn a_slowloris_header_is_cut_after_header_timeout_while_a_quiet_connection_stays() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "[connections]\nheader_timeout = \"1s\"\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], "[connections]\nheader_timeout = \"1s\"\n"));
     let ops = Ops::of(&siplb);
     let quiet = connect(&siplb);
     let slow = connect(&siplb);
@@ -454,26 +432,13 @@ fn a_slowloris_header_is_cut_after_header_timeout_while_a_quiet_connection_stays
         .iter()
         .all(|m| !String::from_utf8_lossy(&m.bytes).contains("eve@")));
     let m = ops.metrics();
-    assert_eq!(
-        m.sum(
-            "siplb_connection_refusals_total",
-            &[("reason", "header_timeout")]
-        ),
-        1.0
-    );
+    assert_eq!(refusals(&m, "header_timeout"), 1.0);
 }
 
 #[test]
 fn a_10_mb_header_block_and_a_body_over_the_cap_are_refused() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "[connections]\nmax_body_bytes = 1024\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], "[connections]\nmax_body_bytes = 1024\n"));
     let ops = Ops::of(&siplb);
 
     // A header block that never ends: 10 MB of header lines, 64 KiB at a time, until siplb
@@ -533,33 +498,14 @@ fn a_10_mb_header_block_and_a_body_over_the_cap_are_refused() {
     // siplb still serves.
     assert_eq!(connect(&siplb).register(&aor("ivan")).status(), Some(200));
     let m = ops.metrics();
-    assert_eq!(
-        m.sum(
-            "siplb_connection_refusals_total",
-            &[("reason", "too_large")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        m.sum(
-            "siplb_connection_refusals_total",
-            &[("reason", "bad_content_length")]
-        ),
-        1.0
-    );
+    assert_eq!(refusals(&m, "too_large"), 2.0);
+    assert_eq!(refusals(&m, "bad_content_length"), 1.0);
 }
 
 #[test]
 fn max_per_ip_refuses_the_connection_over_the_limit() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "[connections]\nmax_per_ip = 3\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], "[connections]\nmax_per_ip = 3\n"));
     let ops = Ops::of(&siplb);
     let from = |ip: &str| {
         let ip: IpAddr = ip.parse().expect("an IP");
@@ -585,18 +531,13 @@ fn max_per_ip_refuses_the_connection_over_the_limit() {
         if c.send_raw(&req.bytes()).is_err() {
             return Err("write failed".into());
         }
-        match final_or_closed(&c, &req) {
+        match c.final_or_closed(&req) {
             Some(m) if m.status() == Some(200) => Ok(()),
             other => Err(format!("{:?}", other.map(|m| m.status()))),
         }
     });
     let m = ops.metrics();
-    assert!(
-        m.sum(
-            "siplb_connection_refusals_total",
-            &[("reason", "max_per_ip")]
-        ) >= 1.0
-    );
+    assert!(refusals(&m, "max_per_ip") >= 1.0);
 }
 
 #[test]
@@ -607,14 +548,7 @@ fn two_thousand_concurrent_client_flows_are_served() {
     raise_open_files(3 * FLOWS as u64);
     let (a, b) = (backend("fe1-a"), backend("fe1-b"));
     let servers = [&a, &b];
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &servers,
-        }],
-        "[connections]\nmax_per_ip = 5000\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&servers, "[connections]\nmax_per_ip = 5000\n"));
     let ops = Ops::of(&siplb);
     let clients: Vec<StreamClient> = (0..FLOWS).map(|_| connect(&siplb)).collect();
     let mut sent = Vec::with_capacity(FLOWS);
@@ -655,17 +589,7 @@ fn a_drained_server_keeps_its_flows_and_gets_no_new_ones() {
     let (a, b) = (backend("fe1-a"), backend("fe1-b"));
     let servers = [&a, &b];
     let token = unique("token-");
-    let siplb = Siplb::start_with_env(
-        &config(
-            &[Pool {
-                name: "fe",
-                pair: None,
-                servers: &servers,
-            }],
-            "",
-        ),
-        &[("SIPLB_ADMIN_TOKEN", &token)],
-    );
+    let siplb = Siplb::start_with_env(&one_pool(&servers, ""), &[("SIPLB_ADMIN_TOKEN", &token)]);
     let ops = Ops::of(&siplb);
     let (judy, judy_on) = sign_in(&siplb, &servers, "judy");
     let server = backend_by_id(&servers, &judy_on);
@@ -689,14 +613,7 @@ fn a_drained_server_keeps_its_flows_and_gets_no_new_ones() {
 #[test]
 fn status_and_metrics_count_connections_flows_and_backend_connections() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], ""));
     let ops = Ops::of(&siplb);
     let clients: Vec<StreamClient> = (0..3).map(|_| connect(&siplb)).collect();
     for (i, c) in clients.iter().enumerate() {
@@ -774,14 +691,7 @@ fn a_lync_client_over_tls_reaches_its_tls_front_end_and_gets_its_notify_over_tls
 #[test]
 fn an_idle_flow_is_closed_after_idle_timeout_and_keepalives_keep_one_open() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "[connections]\nidle_timeout = \"1s\"\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], "[connections]\nidle_timeout = \"1s\"\n"));
     let ops = Ops::of(&siplb);
     let idle = connect(&siplb);
     let kept = connect(&siplb);
@@ -805,23 +715,13 @@ fn an_idle_flow_is_closed_after_idle_timeout_and_keepalives_keep_one_open() {
     assert!(!kept.is_closed(), "keep-alives keep a flow open");
     assert_eq!(kept.register(&aor("pete")).status(), Some(200));
     let m = ops.metrics();
-    assert_eq!(
-        m.sum("siplb_connection_refusals_total", &[("reason", "idle")]),
-        1.0
-    );
+    assert_eq!(refusals(&m, "idle"), 1.0);
 }
 
 #[test]
 fn connections_over_max_are_refused() {
     let a = backend("fe1-a");
-    let siplb = Siplb::start(&config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &[&a],
-        }],
-        "[connections]\nmax = 2\nmax_per_ip = 2\n",
-    ));
+    let siplb = Siplb::start(&one_pool(&[&a], "[connections]\nmax = 2\nmax_per_ip = 2\n"));
     let ops = Ops::of(&siplb);
     let one = connect(&siplb);
     let two = StreamClient::try_connect(
@@ -843,10 +743,7 @@ fn connections_over_max_are_refused() {
         "a third connection is closed at once, whatever its address"
     );
     let m = ops.metrics();
-    assert_eq!(
-        m.sum("siplb_connection_refusals_total", &[("reason", "max")]),
-        1.0
-    );
+    assert_eq!(refusals(&m, "max"), 1.0);
     assert!(!one.is_closed() && !two.is_closed());
 }
 
@@ -855,15 +752,7 @@ fn a_server_its_probes_mark_down_has_its_connections_and_its_clients_flows_close
     let (a, b) = (backend("fe1-a"), backend("fe1-b"));
     let servers = [&a, &b];
     // OPTIONS probes over TCP: a hung server fails them while its connections stay open.
-    let text = config(
-        &[Pool {
-            name: "fe",
-            pair: None,
-            servers: &servers,
-        }],
-        "",
-    )
-    .replace("probe = \"tcp-connect\"", "probe = \"options\"");
+    let text = one_pool(&servers, "").replace("probe = \"tcp-connect\"", "probe = \"options\"");
     let siplb = Siplb::start(&text);
     let ops = Ops::of(&siplb);
     let (client, on) = sign_in(&siplb, &servers, "sam");
@@ -925,11 +814,5 @@ fn a_tls_connection_that_never_completes_its_handshake_is_cut_after_handshake_ti
     let client = StreamClient::connect(siplb.tls(), Dial::tls(pki.client_config(false)));
     assert_eq!(client.register(&aor("tina")).status(), Some(200));
     let m = ops.metrics();
-    assert_eq!(
-        m.sum(
-            "siplb_connection_refusals_total",
-            &[("reason", "handshake_timeout")]
-        ),
-        1.0
-    );
+    assert_eq!(refusals(&m, "handshake_timeout"), 1.0);
 }

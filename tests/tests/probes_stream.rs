@@ -35,12 +35,25 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn health_section() -> String {
+/// The start of every config here: a UDP listener, the ops endpoint and OPTIONS probes every
+/// [`INTERVAL`] that take a server down after [`FALL`] failures.
+fn config_head() -> String {
     format!(
-        "[health]\nprobe = \"options\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {FALL}\n\
+        "[listen]\nudp = [\"127.0.0.1:0\"]\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+         [health]\nprobe = \"options\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {FALL}\n\
          rise = 2\n",
         INTERVAL.as_millis(),
         TIMEOUT.as_millis()
+    )
+}
+
+/// A pool's `tls` table: the test CA, `server_name`, and the PKI's client certificate.
+fn pool_tls(pki: &Pki, server_name: &str) -> String {
+    format!(
+        "tls = {{ ca = \"{}\", server_name = \"{server_name}\", cert = \"{}\", key = \"{}\" }}",
+        pki.ca_path.display(),
+        pki.client.cert_path.display(),
+        pki.client.key_path.display()
     )
 }
 
@@ -151,14 +164,10 @@ fn a_stopped_tcp_or_tls_server_is_down_within_the_bound_its_users_move_and_come_
     let tls2 = StreamBackend::start("tls2", Listen::Tls(pki.server_config_for(&pool, true)));
 
     let config = format!(
-        r#"[listen]
-udp = ["127.0.0.1:0"]
-[ops]
-listen = "127.0.0.1:0"
-{health}
+        r#"{head}
 [[pool]]
 name = "fe-dc1"
-tls = {{ ca = "{ca}", server_name = "fe-dc1.contoso.com", cert = "{cert}", key = "{key}" }}
+{fe_tls}
 servers = [
   {{ id = "tcp1", address = "{}", transport = "tcp" }},
   {{ id = "tcp2", address = "{}", transport = "tcp" }},
@@ -172,10 +181,8 @@ pool = "fe-dc1"
         tcp2.addr(),
         tls1.addr(),
         tls2.addr(),
-        health = health_section(),
-        ca = pki.ca_path.display(),
-        cert = pki.client.cert_path.display(),
-        key = pki.client.key_path.display(),
+        head = config_head(),
+        fe_tls = pool_tls(&pki, "fe-dc1.contoso.com"),
     );
     let siplb = Siplb::start(&config);
     let ops = Ops::of(&siplb);
@@ -232,16 +239,12 @@ fn tls_servers_siplb_cannot_verify_or_that_refuse_its_certificate_are_down_for_a
     );
 
     let config = format!(
-        r#"[listen]
-udp = ["127.0.0.1:0"]
-[ops]
-listen = "127.0.0.1:0"
-{health}
+        r#"{head}
 [[pool]]
 name = "edge"
 role = "edge"
 health = {{ probe = "tls-connect" }}
-tls = {{ ca = "{ca}", server_name = "edge.contoso.com", cert = "{cert}", key = "{key}" }}
+{edge_tls}
 servers = [
   {{ id = "good", address = "{}", transport = "tls" }},
   {{ id = "foreign", address = "{}", transport = "tls" }},
@@ -259,10 +262,9 @@ pool = "edge"
         foreign.addr(),
         misnamed.addr(),
         demanding.addr(),
-        health = health_section(),
+        head = config_head(),
+        edge_tls = pool_tls(&pki, "edge.contoso.com"),
         ca = pki.ca_path.display(),
-        cert = pki.client.cert_path.display(),
-        key = pki.client.key_path.display(),
     );
     let siplb = Siplb::start(&config);
     let ops = Ops::of(&siplb);

@@ -37,6 +37,12 @@ fn deployment() -> (Farm, Config) {
     (farm, config)
 }
 
+/// siplb in front of the [`deployment`].
+fn testbed() -> Testbed {
+    let (farm, config) = deployment();
+    Testbed::new(farm, &config)
+}
+
 /// Sends each request from `client` (which must get a 200) and returns the ids of the servers
 /// that received them.
 fn reached(farm: &Farm, siplb: &Siplb, client: &mut Client, reqs: &[Request]) -> Vec<String> {
@@ -68,12 +74,11 @@ fn in_call(method: &str, call_id: &str, cseq: u32, from: &str) -> Request {
 
 #[test]
 fn a_mediation_route_without_key_keeps_one_call_on_one_server() {
-    let (farm, config) = deployment();
     let Testbed {
         farm,
         siplb,
         mut client,
-    } = Testbed::new(farm, &config);
+    } = testbed();
 
     // One call: 40 requests, each from another user (the gateway, the callee, transfers…).
     let methods = ["INVITE", "INFO", "UPDATE", "BYE"];
@@ -120,12 +125,11 @@ fn to_partner(to: &str, from: &str) -> Request {
 
 #[test]
 fn an_edge_route_without_key_keeps_one_source_on_one_server() {
-    let (farm, config) = deployment();
     let Testbed {
         farm,
         siplb,
         mut client,
-    } = Testbed::new(farm, &config);
+    } = testbed();
 
     // One source address: 40 requests, every user and Call-ID different.
     let varied: Vec<Request> = (0..40)

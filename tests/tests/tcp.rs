@@ -20,15 +20,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use siplb_e2e::ops::wait_until;
+use siplb_e2e::ports::free_tcp_port;
 use siplb_e2e::process::route_cli;
 use siplb_e2e::sip::param;
-use siplb_e2e::sipp::{find_sipp, read_users, scenarios, tail, totals, Proc, Uac, WorkDir};
+use siplb_e2e::sipp::{find_sipp, read_users, scenarios, tail, Proc, Uac, WorkDir};
 use siplb_e2e::stream::{Dial, Listen, StreamBackend, StreamClient, ANSWER_WITHIN};
 use siplb_e2e::{Backend, Behaviour, Client, Msg, Request, Siplb};
 
@@ -143,6 +144,9 @@ const USERS: usize = 1000;
 /// REGISTERs per second: a correctness suite, not a benchmark.
 const RATE: u32 = 200;
 
+/// How long a sipp client may wait for an answer before it gives up.
+const SIPP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A sipp server (`uas.xml`) listening on TCP (`-t t1`), logging `REGISTER user` lines.
 struct TcpUas {
     id: String,
@@ -200,13 +204,6 @@ impl TcpUas {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
-}
-
 /// user → server id, from the servers' logs after `from`; a user on two servers fails.
 fn placement(servers: &[TcpUas], from: &[u64]) -> BTreeMap<String, String> {
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -220,50 +217,6 @@ fn placement(servers: &[TcpUas], from: &[u64]) -> BTreeMap<String, String> {
     seen.into_iter()
         .filter_map(|(u, s)| s.into_iter().next().map(|id| (u, id)))
         .collect()
-}
-
-/// Runs a sipp client over TCP (`mode` `tn` or `t1`) registering the first [`USERS`] users
-/// through `proxy`; asserts no call failed.
-fn run_tcp_uac(sipp: &Path, work: &Path, name: &str, mode: &str, proxy: SocketAddr) {
-    let stats = work.join(format!("{name}.csv"));
-    let out = work.join(format!("{name}.out"));
-    let mut cmd = Command::new(sipp);
-    cmd.arg(proxy.to_string())
-        .arg("-sf")
-        .arg(scenarios().join("uac_register.xml"))
-        .arg("-inf")
-        .arg(scenarios().join("users.csv"))
-        .args([
-            "-t",
-            mode,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_tcp_port().to_string(),
-        ])
-        .args(["-m", &USERS.to_string(), "-r", &RATE.to_string()])
-        .args([
-            "-nostdin",
-            "-timeout",
-            "60s",
-            "-timeout_error",
-            "-max_socket",
-            "4096",
-        ])
-        .args(["-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stats);
-    let mut proc = Proc::spawn(name, cmd, &out);
-    let status = wait_until(
-        &format!("sipp {name} ends"),
-        Duration::from_secs(90),
-        || proc.exited().ok_or_else(|| "running".to_string()),
-    );
-    let (ok, failed) = totals(&stats);
-    assert!(
-        status.success() && ok == USERS as u64 && failed == 0,
-        "sipp {name} ({status}): {ok} successful, {failed} failed of {USERS}\n{}",
-        tail(&out, 30)
-    );
 }
 
 #[test]
@@ -291,22 +244,34 @@ fn sipp_registrations_over_tcp_reach_the_same_servers_as_over_udp() {
         ("tcp-t1", Some("t1")),
     ] {
         let from: Vec<u64> = servers.iter().map(TcpUas::log_len).collect();
-        match mode {
-            None => {
-                let mut uac = Uac::start(
+        let (mut uac, context) = match mode {
+            None => (
+                Uac::start(
                     &sipp,
                     &work.path,
                     name,
                     siplb.addr(),
                     USERS,
                     RATE,
-                    Duration::from_secs(60),
-                );
-                let r = uac.wait(Duration::from_secs(90));
-                uac.assert_no_loss_in("UDP client to TCP servers: ", &r);
-            }
-            Some(mode) => run_tcp_uac(&sipp, &work.path, name, mode, siplb.tcp()),
-        }
+                    SIPP_TIMEOUT,
+                ),
+                "UDP client to TCP servers: ".to_string(),
+            ),
+            Some(mode) => (
+                Uac::start_tcp(
+                    &sipp,
+                    &work.path,
+                    name,
+                    (mode, siplb.tcp()),
+                    USERS,
+                    RATE,
+                    SIPP_TIMEOUT,
+                ),
+                format!("sipp {name}: "),
+            ),
+        };
+        let r = uac.wait(Duration::from_secs(90));
+        uac.assert_no_loss_in(&context, &r);
         let map = placement(&servers, &from);
         let missing: Vec<&String> = users
             .iter()

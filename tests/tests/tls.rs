@@ -13,7 +13,7 @@
 //!   while a connection opened before keeps carrying SIP.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,13 +50,6 @@ fn pair(cn: &str) -> Pair {
         key_pem: key.serialize_pem(),
         der: cert.der().clone(),
     }
-}
-
-/// A TCP port that was free on 127.0.0.1 a moment ago (siplb's TLS listener must be named in
-/// the config before it binds).
-fn free_tcp_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback TCP socket");
-    l.local_addr().expect("local address").port()
 }
 
 /// Where a site keeps its certificate and key.
@@ -163,19 +156,19 @@ struct Site {
 impl Site {
     fn start(certs: &Certs) -> Site {
         let farm = Farm::start("a", 1, Behaviour::Accept);
-        let port = free_tcp_port();
         let base = Config::new()
             .ops()
             .pool("a", farm.servers())
             .route(Route::to("a"))
             .render();
-        let text = with_tls(&base, port, &certs.cert, &certs.key);
+        // Port 0: siplb binds a free port and says which in its `listening tls` line.
+        let text = with_tls(&base, 0, &certs.cert, &certs.key);
         let siplb = Siplb::start(&text);
         let ops = Ops::of(&siplb);
         Site {
+            tls: siplb.tls(),
             siplb,
             ops,
-            tls: SocketAddr::from(([127, 0, 0, 1], port)),
             farm,
             text,
         }

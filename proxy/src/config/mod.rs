@@ -49,9 +49,9 @@ pub struct Config {
 pub struct Listen {
     /// UDP listener addresses (port 0: any free port).
     pub(crate) udp: Vec<SocketAddr>,
-    /// TCP listener addresses (parsed now; served by a later release).
+    /// TCP listener addresses.
     pub(crate) tcp: Vec<SocketAddr>,
-    /// TLS listeners (parsed now; served by a later release).
+    /// TLS listeners: address, certificate chain and key.
     pub(crate) tls: Vec<TlsListen>,
     /// `host[:port]` written into our Via (and later Record-Route). `None`: the address the
     /// first UDP listener is actually bound to (so `127.0.0.1:0` works in tests).

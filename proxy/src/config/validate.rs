@@ -270,7 +270,17 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         let cert = values::file_path(ctx, &tls.cert, &format!("{prefix}.cert"), &base);
         let key_file = values::file_path(ctx, &tls.key, &format!("{prefix}.key"), &base);
         if let (Some(cert), Some(key)) = (&cert, &key_file) {
-            certs::check(ctx, tls, &prefix, (cert, key), SystemTime::now());
+            let cert = certs::PairFile {
+                path: cert,
+                raw: &tls.cert,
+                key: format!("{prefix}.cert"),
+            };
+            let key = certs::PairFile {
+                path: key,
+                raw: &tls.key,
+                key: format!("{prefix}.key"),
+            };
+            certs::check(ctx, cert, key, SystemTime::now());
         }
         if let (Some(address), Some(cert), Some(key)) = (address, cert, key_file) {
             listen.tls.push(super::TlsListen { address, cert, key });
@@ -332,14 +342,9 @@ fn passthrough(
         let mut idle_timeout = DEFAULT_PASSTHROUGH_IDLE;
         if let Some(v) = &entry.idle_timeout {
             let key = format!("{prefix}.idle_timeout");
-            match values::duration(ctx, v, &key) {
-                Some(d) if d.is_zero() => ctx.error(
-                    v.span(),
-                    key,
-                    "idle_timeout must be longer than 0; use e.g. 1800s (Microsoft's least for                      Lync), or leave it out for 1800s",
-                ),
-                Some(d) => idle_timeout = d,
-                None => {}
+            let examples = "1800s (Microsoft's least for Lync), or leave it out for 1800s";
+            if let Some(d) = values::positive_duration(ctx, v, &key, "idle_timeout", examples) {
+                idle_timeout = d;
             }
         }
         if let Some(address) = address {
@@ -420,16 +425,7 @@ fn health(
     ] {
         let Some(v) = raw_value else { continue };
         let key = format!("{prefix}.{name}");
-        let Some(d) = values::duration(ctx, v, &key) else {
-            continue;
-        };
-        if d.is_zero() {
-            ctx.error(
-                v.span(),
-                key,
-                format!("{name} must be longer than 0; use e.g. 500ms, 1s"),
-            );
-        } else {
+        if let Some(d) = values::positive_duration(ctx, v, &key, name, "500ms, 1s") {
             *slot = d;
         }
     }

@@ -128,7 +128,8 @@ impl Streams {
             max_header: limits.max_header_bytes,
             max_body: limits.max_body_bytes,
         });
-        let mut worker = Worker::new();
+        // Buffers grow with the first message: an idle connection holds none of its own.
+        let mut worker = Worker::default();
         let arrival = Arrival {
             src: addr,
             transport,

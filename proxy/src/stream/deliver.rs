@@ -38,17 +38,14 @@ impl Streams {
                 transport,
                 pool,
                 server,
-            } => {
-                let id = &table.server(pool, server).id;
-                let result = match flow {
-                    Some((backends, me)) => {
-                        backends.send(self, (addr, transport), id, me, out.to_vec())
-                    }
-                    None => self.send_shared((addr, transport), id, out.to_vec()),
-                };
-                self.queued(result)
-            }
-            Action::ToConn(c) => self.queued(self.send(c, out.to_vec())),
+            } => match flow {
+                Some((backends, me)) => {
+                    let id = &table.server(pool, server).id;
+                    self.queued(backends.send(self, (addr, transport), id, me, out.to_vec()))
+                }
+                None => self.deliver_datagram(outcome.action, out, table),
+            },
+            Action::ToConn(_) => self.deliver_datagram(outcome.action, out, table),
             Action::Drop(reason) => {
                 self.inner.stats.dropped(reason);
                 tracing::debug!(reason = reason.as_str(), peer = %arrival.src, "dropped");
@@ -62,9 +59,10 @@ impl Streams {
         }
     }
 
-    /// For the UDP shell: queues a datagram's outcome that names a TCP or TLS server (over the
-    /// backend connection UDP clients share) or a connection. Whether it was queued; a message
-    /// not queued is counted here.
+    /// Queues an outcome that names a TCP or TLS server (over the shared backend connection,
+    /// the one UDP clients and messages of no flow use) or a connection: for the UDP shell's
+    /// datagrams, and for [`Self::deliver`] when there is no flow. Whether it was queued; a
+    /// message not queued is counted here.
     pub(crate) fn deliver_datagram(
         &self,
         action: Action,

@@ -17,9 +17,12 @@
 use memchr::memmem;
 
 /// The least space [`Framer::spare`] offers (while the limits allow it).
-const READ_MIN: usize = 4096;
+const READ_MIN: usize = 1024;
 /// The buffer's size when idle; it grows for a large message and comes back to this after.
-const BASE: usize = 16 * 1024;
+/// Small, because an idle flow holds it for as long as the client stays signed in (hours, for
+/// a Lync client) and a flow has two (its own and its backend connection's): a REGISTER or a
+/// SUBSCRIBE fits, a larger message grows it for a moment.
+const BASE: usize = 2 * READ_MIN;
 /// Room beyond the largest message, so a read is never squeezed to a few bytes.
 const SLACK: usize = READ_MIN;
 
@@ -107,7 +110,7 @@ impl Framer {
             .saturating_add(SLACK)
     }
 
-    /// Space to read into (at least 4 KiB; the buffer never exceeds max_header + max_body +
+    /// Space to read into (at least 1 KiB; the buffer never exceeds max_header + max_body +
     /// a small slack, and shrinks back after a large message).
     pub(crate) fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {

@@ -188,7 +188,7 @@ fn fingerprint(chain: &[rustls_pki_types::CertificateDer<'_>], key: &PrivateKeyD
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::time::Duration;
 
     use rustls_pki_types::{CertificateDer, ServerName};
@@ -198,34 +198,7 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-
-    /// A directory of its own under the system's temporary directory, removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "siplb-tls-server-{name}-{}-{:x}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-
-        fn join(&self, file: &str) -> PathBuf {
-            self.0.join(file)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TestDir as Dir;
 
     /// A self-signed certificate for `localhost` and its key.
     struct Pair {

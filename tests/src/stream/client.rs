@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
@@ -19,6 +19,16 @@ use super::{
 };
 use crate::request::Request;
 use crate::sip::{show, Msg};
+
+/// Whether a message is a final response to `req`.
+fn final_to(req: &Request) -> impl Fn(&Msg) -> bool {
+    let (call_id, method) = (req.call_id(), req.method().to_string());
+    move |m| {
+        m.status().is_some_and(|s| s >= 200)
+            && m.call_id() == Some(call_id.as_str())
+            && m.cseq_method() == Some(method.as_str())
+    }
+}
 
 #[derive(Default)]
 struct ClientLog {
@@ -170,12 +180,22 @@ impl StreamClient {
 
     /// The final response to `req` (already sent), skipping provisional ones.
     pub fn final_response(&self, req: &Request) -> Option<Msg> {
-        let (call_id, method) = (req.call_id(), req.method().to_string());
-        self.wait_for(ANSWER_WITHIN, |m| {
-            m.status().is_some_and(|s| s >= 200)
-                && m.call_id() == Some(call_id.as_str())
-                && m.cseq_method() == Some(method.as_str())
-        })
+        self.wait_for(ANSWER_WITHIN, final_to(req))
+    }
+
+    /// The final response to `req` (already sent), or `None` as soon as siplb closes the
+    /// connection (its server could not be reached: the client must reconnect) or after
+    /// [`ANSWER_WITHIN`].
+    pub fn final_or_closed(&self, req: &Request) -> Option<Msg> {
+        let deadline = Instant::now() + ANSWER_WITHIN;
+        let is_final = final_to(req);
+        while Instant::now() < deadline && !self.is_closed() {
+            let got = self.wait_for(Duration::from_millis(50), &is_final);
+            if got.is_some() {
+                return got;
+            }
+        }
+        None
     }
 
     /// Takes the first response matching `pred`, waiting up to `within`.

@@ -1,12 +1,13 @@
-//! The files of a `[listen] tls` entry: what `siplb check`, start and every reload refuse, and
-//! what the summary shows.
+//! Certificate and key files, read and checked the same way wherever the config names them: a
+//! `[listen] tls` entry's `cert`/`key`, a pool's client `tls = { cert, key }` and its `ca`. What
+//! `siplb check`, start and every reload refuse, and what the summary shows.
 //!
 //! A certificate file must be readable PEM holding the chain (leaf first) with a readable,
 //! unexpired leaf; a key file must be readable PEM holding a private key rustls can sign with,
 //! and that key must be the leaf's (their public keys compare equal). Each problem is a
-//! [`ConfigError`](super::ConfigError) on the `cert` or `key` key of the entry naming the file,
-//! like every other mistake in the config, so a renewal gone wrong is refused with a line to
-//! look at instead of failing handshakes later.
+//! [`ConfigError`](super::ConfigError) on the `cert` or `key` key naming the file, like every
+//! other mistake in the config, so a renewal gone wrong is refused with a line to look at
+//! instead of failing handshakes later.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -15,30 +16,32 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::super::raw::RawTlsListen;
+use super::super::raw::Str;
 use super::x509::{self, Facts};
 use super::Ctx;
 
-/// Checks the certificate and key files of the entry `raw` (`prefix` = `listen.tls[i]`),
-/// resolved to `cert` and `key`, at time `now`.
-pub(super) fn check(
-    ctx: &mut Ctx<'_>,
-    raw: &RawTlsListen,
-    prefix: &str,
-    (cert, key): (&Path, &Path),
-    now: SystemTime,
-) {
-    let chain = match chain(cert, now) {
+/// One file of a certificate/key pair as the config names it: the resolved `path`, the `raw`
+/// value (for its line) and the dotted `key` an error goes on.
+pub(super) struct PairFile<'a> {
+    pub(super) path: &'a Path,
+    pub(super) raw: &'a Str,
+    pub(super) key: String,
+}
+
+/// Checks a certificate chain file and its private key file at time `now`: each must be
+/// readable, the leaf unexpired, and the key the leaf's.
+pub(super) fn check(ctx: &mut Ctx<'_>, cert: PairFile<'_>, key: PairFile<'_>, now: SystemTime) {
+    let chain = match chain(cert.path, now) {
         Ok((chain, _)) => Some(chain),
         Err(why) => {
-            ctx.error(raw.cert.span(), format!("{prefix}.cert"), why);
+            ctx.error(cert.raw.span(), cert.key, why);
             None
         }
     };
-    let signing = match private_key(key) {
+    let signing = match private_key(key.path) {
         Ok(k) => k,
         Err(why) => {
-            ctx.error(raw.key.span(), format!("{prefix}.key"), why);
+            ctx.error(key.raw.span(), key.key, why);
             return;
         }
     };
@@ -49,32 +52,31 @@ pub(super) fn check(
         Ok(s) => s,
         Err(e) => {
             ctx.error(
-                raw.key.span(),
-                format!("{prefix}.key"),
+                key.raw.span(),
+                key.key,
                 format!(
                     "{}: the private key cannot be used for TLS ({e}); use an RSA, ECDSA \
                      (P-256, P-384) or Ed25519 key",
-                    key.display()
+                    key.path.display()
                 ),
             );
             return;
         }
     };
     let Some(chain) = chain else { return };
-    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
-        CertifiedKey::new(chain, signing).keys_match()
-    {
-        ctx.error(
-            raw.key.span(),
-            format!("{prefix}.key"),
-            format!(
-                "the private key in {} does not belong to the certificate in {} (their public \
-                 keys differ); give the key the certificate was issued for",
-                key.display(),
-                cert.display()
-            ),
-        );
-    }
+    let mismatch = match CertifiedKey::new(chain, signing).keys_match() {
+        // Unknown: the signing key cannot tell its public key; rustls checks at handshake.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => return,
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => format!(
+            "the private key in {} does not belong to the certificate in {} (their public \
+             keys differ: the key does not match it); give the key the certificate was issued \
+             for",
+            key.path.display(),
+            cert.path.display()
+        ),
+        Err(e) => format!("{}: {e}", cert.path.display()),
+    };
+    ctx.error(key.raw.span(), key.key, mismatch);
 }
 
 /// The facts of the leaf certificate in `cert`, or why the file cannot be served, at `now`.
@@ -103,30 +105,40 @@ fn is_key(kind: SectionKind) -> bool {
     )
 }
 
-/// The chain in `path` and the facts of its leaf, checked readable and unexpired at `now`.
-fn chain(path: &Path, now: SystemTime) -> Result<(Vec<CertificateDer<'static>>, Facts), String> {
-    let blocks = pem_blocks(path, "certificate chain")?;
-    let chain: Vec<CertificateDer<'static>> = blocks
+/// Every PEM certificate in `path`, in order, at least one; `what` names what the file should
+/// hold (`certificate chain`, `CA certificate`).
+pub(super) fn certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let blocks = pem_blocks(path, what)?;
+    let certs: Vec<CertificateDer<'static>> = blocks
         .iter()
         .filter(|(kind, _)| *kind == SectionKind::Certificate)
         .map(|(_, der)| CertificateDer::from(der.clone()))
         .collect();
-    let Some(leaf) = chain.first() else {
-        return Err(if blocks.iter().any(|(kind, _)| is_key(*kind)) {
-            format!(
-                "{} holds a private key, not a certificate: cert names the certificate chain \
-                 (-----BEGIN CERTIFICATE-----), key the private key",
-                path.display()
-            )
-        } else {
-            format!(
-                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the chain in \
-                 PEM, leaf first (a DER file converts with `openssl x509 -inform der -in FILE`)",
-                path.display()
-            )
-        });
-    };
-    let facts = x509::read(leaf).map_err(|why| {
+    if !certs.is_empty() {
+        return Ok(certs);
+    }
+    Err(if blocks.iter().any(|(kind, _)| is_key(*kind)) {
+        format!(
+            "{} holds a private key, not a certificate: it has no PEM certificate \
+             (-----BEGIN CERTIFICATE-----); give the {what} here (a key goes under key)",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the {what} in PEM \
+             (a DER file converts with `openssl x509 -inform der -in FILE`)",
+            path.display()
+        )
+    })
+}
+
+/// The chain in `path` and the facts of its leaf, checked readable and unexpired at `now`.
+fn chain(path: &Path, now: SystemTime) -> Result<(Vec<CertificateDer<'static>>, Facts), String> {
+    let chain = certificates(path, "certificate chain, leaf first,")?;
+    let facts = x509::read(&chain[0]).map_err(|why| {
         format!(
             "{}: the first certificate is not a readable X.509 certificate ({why})",
             path.display()

@@ -74,16 +74,7 @@ pub(super) fn connections(ctx: &mut Ctx<'_>, raw: Option<&RawConnections>) -> Co
     for (value, name, slot) in timeouts {
         let Some(v) = value else { continue };
         let key = format!("connections.{name}");
-        let Some(d) = values::duration(ctx, v, &key) else {
-            continue;
-        };
-        if d.is_zero() {
-            ctx.error(
-                v.span(),
-                key,
-                format!("{name} must be longer than 0; use e.g. 10s, 1800s"),
-            );
-        } else {
+        if let Some(d) = values::positive_duration(ctx, v, &key, name, "10s, 1800s") {
             *slot = d;
         }
     }

@@ -257,6 +257,27 @@ pub(super) fn duration(ctx: &mut Ctx<'_>, v: &Str, key: &str) -> Option<Duration
     }
 }
 
+/// Reads a duration that must be longer than 0, e.g. a timeout; `name` is its key's last part,
+/// `examples` the values the error suggests.
+pub(super) fn positive_duration(
+    ctx: &mut Ctx<'_>,
+    v: &Str,
+    key: &str,
+    name: &str,
+    examples: &str,
+) -> Option<Duration> {
+    let d = duration(ctx, v, key)?;
+    if d.is_zero() {
+        ctx.error(
+            v.span(),
+            key,
+            format!("{name} must be longer than 0; use e.g. {examples}"),
+        );
+        return None;
+    }
+    Some(d)
+}
+
 /// Reads one name from a fixed list, e.g. a role or a probe kind; `what` names it in messages.
 pub(super) fn choice<T: Copy>(
     ctx: &mut Ctx<'_>,

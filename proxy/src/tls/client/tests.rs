@@ -2,8 +2,6 @@
 //! connector and under which name, real handshakes against an in-process rustls server that
 //! demands a client certificate, and fingerprints that follow the files' contents.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
@@ -13,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::test_dir::TestDir as Dir;
 
 /// A CA that signs certificates.
 struct Ca {
@@ -41,46 +40,23 @@ impl Ca {
     }
 }
 
-/// A directory of the test's own, removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "siplb-server-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.0.join(name), text).unwrap();
-    }
-
-    fn config(&self, text: &str) -> Config {
-        crate::config::parse(&self.0.join("siplb.toml"), text).unwrap_or_else(|errors| {
-            panic!(
-                "{}",
-                errors.iter().map(|e| format!("{e}\n")).collect::<String>()
-            )
-        })
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The config `text`, as read from `siplb.toml` in `dir`; it must be valid.
+fn parse_in(dir: &Dir, text: &str) -> Config {
+    crate::config::parse(&dir.join("siplb.toml"), text).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors.iter().map(|e| format!("{e}\n")).collect::<String>()
+        )
+    })
 }
 
 /// A Lync-like deployment: pool `fe` of TLS servers verified against `ca.pem`, presenting
 /// `lb.crt`; pool `udp` of a plain UDP server. `fe1` has its own name; `fe2` the pool's.
 fn deployment(dir: &Dir, fe1: &str, fe2: &str) -> Config {
-    dir.config(&format!(
-        r#"[listen]
+    parse_in(
+        dir,
+        &format!(
+            r#"[listen]
 udp = ["127.0.0.1:5060"]
 
 [[pool]]
@@ -103,15 +79,16 @@ servers = [{{ address = "127.0.0.1:5095", transport = "tls", id = "ip1" }}]
 [[route]]
 pool = "fe"
 "#
-    ))
+        ),
+    )
 }
 
 /// Writes the CA and siplb's client certificate (both from `ca`) into `dir`.
 fn write_files(dir: &Dir, ca: &Ca) {
     let (lb, lb_key) = ca.issue(&["lb.contoso.com"]);
-    dir.write("ca.pem", &ca.cert.pem());
-    dir.write("lb.crt", &lb.pem());
-    dir.write("lb.key", &lb_key.serialize_pem());
+    dir.write("ca.pem", ca.cert.pem());
+    dir.write("lb.crt", lb.pem());
+    dir.write("lb.key", lb_key.serialize_pem());
 }
 
 /// A TLS server for `names` (issued by `ca`) that demands a client certificate from `ca`, and
@@ -168,7 +145,7 @@ async fn exchange(
 
 #[test]
 fn each_tls_server_gets_a_connector_and_the_name_to_verify() {
-    let dir = Dir::new();
+    let dir = Dir::new("tls-client");
     write_files(&dir, &Ca::new());
     let cfg = deployment(&dir, "127.0.0.1:5061", "127.0.0.1:5062");
     let tls = ServerTls::build(&cfg).unwrap();
@@ -186,7 +163,7 @@ fn each_tls_server_gets_a_connector_and_the_name_to_verify() {
 
 #[tokio::test]
 async fn connectors_verify_the_server_and_present_the_client_certificate() {
-    let dir = Dir::new();
+    let dir = Dir::new("tls-client");
     let ca = Ca::new();
     write_files(&dir, &ca);
     let fe1 = mtls_server(&ca, &["fe1.contoso.com"]).await;
@@ -222,7 +199,7 @@ async fn connectors_verify_the_server_and_present_the_client_certificate() {
 
 #[test]
 fn fingerprints_follow_the_files_and_names() {
-    let dir = Dir::new();
+    let dir = Dir::new("tls-client");
     let ca = Ca::new();
     write_files(&dir, &ca);
     let cfg = deployment(&dir, "127.0.0.1:5061", "127.0.0.1:5062");
@@ -237,8 +214,8 @@ fn fingerprints_follow_the_files_and_names() {
 
     // A renewed client certificate changes the fe pool's servers, not by-ip's.
     let (lb, lb_key) = ca.issue(&["lb.contoso.com"]);
-    dir.write("lb.crt", &lb.pem());
-    dir.write("lb.key", &lb_key.serialize_pem());
+    dir.write("lb.crt", lb.pem());
+    dir.write("lb.key", lb_key.serialize_pem());
     let renewed = ServerTls::build(&cfg).unwrap();
     assert_ne!(first.fingerprint("fe1"), renewed.fingerprint("fe1"));
     assert_eq!(first.fingerprint("ip1"), renewed.fingerprint("ip1"));
@@ -246,7 +223,7 @@ fn fingerprints_follow_the_files_and_names() {
 
 #[test]
 fn a_file_gone_since_validation_is_an_error_naming_pool_and_file() {
-    let dir = Dir::new();
+    let dir = Dir::new("tls-client");
     write_files(&dir, &Ca::new());
     let cfg = deployment(&dir, "127.0.0.1:5061", "127.0.0.1:5062");
     std::fs::remove_file(dir.0.join("lb.key")).unwrap();

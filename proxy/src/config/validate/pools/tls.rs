@@ -7,16 +7,14 @@
 //! CA bundle, the default, is read only when a pool has TLS servers that depend on it.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::ServerName;
 use toml::Spanned;
 
 use super::super::super::raw::{RawPoolTls, Str};
 use super::super::super::{ClientCert, PoolTls, ServerConfig, Transport, SYSTEM_CA_BUNDLE};
-use super::super::values;
-use super::super::Ctx;
+use super::super::{certs, values, Ctx};
 
 /// The pool's TLS settings; `servers` are its validated servers, `name_line` the line of its
 /// `name` (where an error about a missing `tls` goes).
@@ -103,8 +101,8 @@ fn server_name(ctx: &mut Ctx<'_>, v: &Str, key: &str) -> Option<String> {
     }
 }
 
-/// `cert` and `key`, which go together; both files read and the key checked against the
-/// certificate.
+/// `cert` and `key`, which go together; both files checked as a listener's are (readable,
+/// unexpired, the key the certificate's).
 fn client_cert(
     ctx: &mut Ctx<'_>,
     prefix: &str,
@@ -136,30 +134,17 @@ fn client_cert(
     let key_key = format!("{prefix}.tls.key");
     let cert_path = values::file_path(ctx, cert, &cert_key, base)?;
     let key_path = values::file_path(ctx, key, &key_key, base)?;
-    let chain = match read_chain(&cert_path) {
-        Ok(chain) => Some(chain),
-        Err(message) => {
-            ctx.error(cert.span(), cert_key, message);
-            None
-        }
+    let cert_file = certs::PairFile {
+        path: &cert_path,
+        raw: cert,
+        key: cert_key,
     };
-    let private = match PrivateKeyDer::from_pem_file(&key_path) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            let message = format!(
-                "{}: no readable PEM private key ({e}); give the key of the client certificate \
-                 in PEM (PKCS#8, PKCS#1 or SEC1)",
-                key_path.display()
-            );
-            ctx.error(key.span(), key_key.clone(), message);
-            None
-        }
+    let key_file = certs::PairFile {
+        path: &key_path,
+        raw: key,
+        key: key_key,
     };
-    if let (Some(chain), Some(private)) = (chain, private) {
-        if let Err(message) = check_pair(chain, &private, &cert_path, &key_path) {
-            ctx.error(key.span(), key_key, message);
-        }
-    }
+    certs::check(ctx, cert_file, key_file, SystemTime::now());
     Some(ClientCert {
         cert: cert_path,
         key: key_path,
@@ -168,7 +153,7 @@ fn client_cert(
 
 /// A CA file: at least one PEM certificate rustls accepts as a trust anchor.
 pub(crate) fn read_ca(path: &Path) -> Result<(), String> {
-    let certs = read_chain(path)?;
+    let certs = certs::certificates(path, "CA certificate")?;
     let mut roots = rustls::RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -179,49 +164,6 @@ pub(crate) fn read_ca(path: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Every PEM certificate of a file, at least one.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate in the file (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// The key must be one rustls can sign with and belong to the chain's first certificate.
-fn check_pair(
-    chain: Vec<CertificateDer<'static>>,
-    key: &PrivateKeyDer<'static>,
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(), String> {
-    let signer = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
-        format!(
-            "{}: a key siplb cannot sign with ({e}); use an RSA, ECDSA (P-256, P-384) or Ed25519 \
-             key",
-            key_path.display()
-        )
-    })?;
-    match CertifiedKey::new(chain, signer).keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(format!(
-                "the key in {} does not match the certificate in {}; give the key the \
-                 certificate was issued for",
-                key_path.display(),
-                cert_path.display()
-            ))
-        }
-        Err(e) => Err(format!("{}: {e}", cert_path.display())),
-    }
 }
 
 /// The system bundle must be readable when a pool's TLS servers rely on it.

@@ -4,39 +4,7 @@
 
 use super::*;
 
-/// A directory of its own under the system's temporary directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let path = std::env::temp_dir().join(format!(
-            "siplb-config-certs-{name}-{}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Dir(path)
-    }
-
-    /// Writes `bytes` to `file` in the directory; its path.
-    fn write(&self, file: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(file);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).unwrap();
-        }
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_dir::TestDir as Dir;
 
 /// A certificate made with rcgen and its key.
 struct Made {

@@ -4,27 +4,20 @@
 //! match its certificate), which `siplb check` reads. Certificates are made with rcgen into a
 //! directory of the test's own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 use super::*;
+use crate::test_dir::TestDir;
 
 /// A fresh directory with a CA, a client certificate it issued (`lb.crt`, `lb.key`) and the
 /// key of another certificate (`other.key`), removed when dropped.
 struct Files {
-    dir: PathBuf,
+    dir: TestDir,
 }
 
 impl Files {
     fn new() -> Files {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "siplb-tls-client-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new("tls-client-config");
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -42,7 +35,7 @@ impl Files {
             ("other.key", other.serialize_pem()),
             ("garbage.pem", "not a certificate\n".to_string()),
         ] {
-            std::fs::write(dir.join(name), text).unwrap();
+            dir.write(name, text);
         }
         Files { dir }
     }
@@ -75,12 +68,6 @@ impl Files {
         for s in says {
             assert!(e.message.contains(s), "message should contain {s:?}: {e}");
         }
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -239,13 +226,36 @@ fn a_client_certificate_needs_its_key_and_the_key_must_match() {
         &tls_pool(r#"tls = { cert = "lb.crt", key = "garbage.pem" }"#, ""),
         6,
         "pool[0].tls.key",
-        &["no readable PEM private key", "garbage.pem"],
+        &["holds no PEM private key", "garbage.pem"],
     );
     f.only_error(
         &tls_pool(r#"tls = { cert = "lb.key", key = "lb.key" }"#, ""),
         6,
         "pool[0].tls.cert",
         &["no PEM certificate", "lb.key"],
+    );
+}
+
+#[test]
+fn an_expired_client_certificate_is_refused_like_a_listener_certificate() {
+    let f = Files::new();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["lb.contoso.com".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 6, 30);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(f.dir.join("old.crt"), cert.pem()).unwrap();
+    std::fs::write(f.dir.join("old.key"), key.serialize_pem()).unwrap();
+    let old = f.dir.join("old.crt");
+    f.only_error(
+        &tls_pool(r#"tls = { cert = "old.crt", key = "old.key" }"#, ""),
+        6,
+        "pool[0].tls.cert",
+        &[
+            "expired on 2021-06-30",
+            "renew it",
+            &old.display().to_string(),
+        ],
     );
 }
 
