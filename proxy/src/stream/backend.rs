@@ -136,6 +136,7 @@ impl Streams {
             conn: Some(id),
             client: flow,
         };
+        let mut rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
         loop {
             tokio::select! {
                 read = reader.read(framer.spare()) => {
@@ -144,6 +145,7 @@ impl Streams {
                         Ok(n) => n,
                     };
                     framer.filled(n);
+                    rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
                     loop {
                         match framer.next() {
                             Ok(None) => break,
@@ -166,6 +168,15 @@ impl Streams {
                 }
                 _ = conn::closed(&mut close) => break,
                 _ = &mut writing => break,
+                _ = tokio::time::sleep_until(rest_by.unwrap_or_else(tokio::time::Instant::now)),
+                    if rest_by.is_some() =>
+                {
+                    // Quiet for a while: give the buffers back until the next bytes.
+                    rest_by = None;
+                    if framer.rest() {
+                        worker = Worker::default();
+                    }
+                }
             }
         }
         writing.abort();

@@ -141,10 +141,15 @@ impl Streams {
         let mut backends = FlowBackends::default();
         let mut last_read = Instant::now();
         let mut head_by: Option<Instant> = None;
+        let mut rested = false;
 
         let end = loop {
             let idle_by = last_read + limits.idle_timeout;
-            let wake = head_by.map_or(idle_by, |h| h.min(idle_by));
+            let rest_by = (!rested).then_some(last_read + super::REST_AFTER);
+            let wake = [head_by, rest_by]
+                .into_iter()
+                .flatten()
+                .fold(idle_by, Instant::min);
             tokio::select! {
                 read = reader.read(framer.spare()) => {
                     let n = match read {
@@ -153,6 +158,7 @@ impl Streams {
                     };
                     framer.filled(n);
                     last_read = Instant::now();
+                    rested = false;
                     let mut refused = None;
                     loop {
                         match framer.next() {
@@ -196,6 +202,13 @@ impl Streams {
                 _ = &mut writing => break End::Peer,
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
+                    if rest_by.is_some_and(|r| r <= now) {
+                        // Quiet for a while: give the buffers back until the next bytes.
+                        rested = true;
+                        if framer.rest() {
+                            worker = Worker::default();
+                        }
+                    }
                     if head_by.is_some_and(|h| h <= now) {
                         listener.refused(Refusal::HeaderTimeout);
                         tracing::info!(conn = id, %peer, listener = %listener.label,

@@ -23,6 +23,9 @@ const READ_MIN: usize = 1024;
 /// a Lync client) and a flow has two (its own and its backend connection's): a REGISTER or a
 /// SUBSCRIBE fits, a larger message grows it for a moment.
 const BASE: usize = 2 * READ_MIN;
+/// What a resting connection's buffer is: the first read after a rest takes at most this much,
+/// and the buffer grows again from there.
+const LEAN: usize = 256;
 /// Room beyond the largest message, so a read is never squeezed to a few bytes.
 const SLACK: usize = READ_MIN;
 
@@ -83,6 +86,8 @@ pub(crate) struct Framer {
     /// One past the last byte read.
     end: usize,
     pending: Pending,
+    /// Resting ([`Framer::rest`]): the buffer is [`LEAN`] until the next bytes arrive.
+    lean: bool,
     /// Bytes moved to the front so far (tests check that framing stays linear).
     #[cfg(test)]
     moved: usize,
@@ -97,9 +102,25 @@ impl Framer {
             start: 0,
             end: 0,
             pending: Pending::Head { scanned: 0 },
+            lean: false,
             #[cfg(test)]
             moved: 0,
         }
+    }
+
+    /// Gives the buffer back while the connection rests (nothing unfinished is buffered): the
+    /// next [`Framer::spare`] offers only a few hundred bytes, and the buffer grows again when
+    /// data comes. An idle client flow — a signed-in Lync client between keep-alives — so holds
+    /// almost nothing. Returns whether memory was given back.
+    pub(crate) fn rest(&mut self) -> bool {
+        if self.start != self.end || self.buf.len() <= LEAN {
+            return false;
+        }
+        self.buf = Vec::new();
+        self.start = 0;
+        self.end = 0;
+        self.lean = true;
+        true
     }
 
     /// The most bytes the buffer ever holds: one largest message and a read's room.
@@ -113,6 +134,10 @@ impl Framer {
     /// Space to read into (at least 1 KiB; the buffer never exceeds max_header + max_body +
     /// a small slack, and shrinks back after a large message).
     pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.lean && self.end == 0 {
+            self.buf.resize(LEAN, 0);
+            return &mut self.buf[..];
+        }
         if self.start > 0 {
             // Only the unfinished tail moves, never more than the last read brought.
             self.buf.copy_within(self.start..self.end, 0);
@@ -140,6 +165,7 @@ impl Framer {
 
     /// Records that `n` bytes were read into the front of [`Framer::spare`].
     pub(crate) fn filled(&mut self, n: usize) {
+        self.lean &= n == 0;
         self.end = (self.end + n).min(self.buf.len());
     }
 

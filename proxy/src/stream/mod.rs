@@ -46,6 +46,10 @@ use crate::core::ConnId;
 use crate::health::Control;
 use crate::table::RoutingTable;
 
+/// How long a connection reads nothing before its framer and worker give their buffers back
+/// (a signed-in client is idle most of the time: a Lync client sends a keep-alive every 300 s).
+const REST_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) use listen::{StreamBinding, StreamListener};
 pub(crate) use stats::StreamStatus;
 

@@ -386,3 +386,26 @@ fn random_streams_split_at_random_offsets_give_the_messages_back() {
         assert!(!f.partial(), "round {round}");
     }
 }
+
+#[test]
+fn a_resting_framer_holds_a_few_hundred_bytes_and_frames_as_before_after() {
+    let mut f = Framer::new(LIMITS);
+    let one = request("u", "");
+    assert_eq!(feed(&mut f, &one, usize::MAX), Ok(vec![msg(&one)]));
+    assert!(f.buf.len() >= READ_MIN);
+    assert!(f.rest(), "nothing unfinished: memory given back");
+    assert!(
+        f.spare().len() <= LEAN,
+        "a resting framer offers a small read"
+    );
+    assert!(f.buf.capacity() <= LEAN);
+    // Messages after the rest, split anywhere, frame as before and the buffer grows back.
+    let big = request("big", &"z".repeat(8 * 1024));
+    let both: Vec<u8> = [one.clone(), big.clone()].concat();
+    assert_eq!(feed(&mut f, &both, 100), Ok(vec![msg(&one), msg(&big)]));
+    assert!(f.buf.len() > LEAN);
+    // An unfinished message is never given back.
+    assert_eq!(feed(&mut f, &one[..10], usize::MAX), Ok(vec![]));
+    assert!(!f.rest());
+    assert_eq!(feed(&mut f, &one[10..], usize::MAX), Ok(vec![msg(&one)]));
+}
