@@ -16,9 +16,9 @@
 //!   or until the routing table says its server is down or gone (`relay`); a drained
 //!   server keeps its connections and gets no new ones.
 //!
-//! The health supervisor stores a new routing table on every change; one task per proxy
-//! ([`watch_tables`]) notices each new table and hands it to the connections, so a connection
-//! to a server that goes down closes within a tenth of a second of the swap.
+//! The health supervisor announces every routing table it swaps in (`Control::swaps`); each
+//! connection waits on that announcement, so a connection to a server that goes down closes as
+//! the table saying so is swapped in.
 
 mod relay;
 
@@ -42,9 +42,6 @@ use crate::config::{Config, Passthrough};
 use crate::health::Control;
 use crate::hrw;
 use crate::table::RoutingTable;
-
-/// How often [`watch_tables`] looks for a new routing table.
-const TABLE_WATCH: Duration = Duration::from_millis(100);
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 1024;
@@ -122,7 +119,7 @@ struct Settings {
 /// What every listener shares: the tables, each pool's probe timeout, the supervisor.
 struct Shared {
     tables: Arc<ArcSwap<RoutingTable>>,
-    /// Each new table, as [`watch_tables`] notices it.
+    /// Each table the supervisor swaps in.
     changes: watch::Receiver<Arc<RoutingTable>>,
     /// Pool name → its probe timeout, the connect timeout towards its servers.
     connect_timeouts: ArcSwap<HashMap<String, Duration>>,
@@ -217,13 +214,6 @@ pub(crate) struct Staged {
 pub(crate) struct Passthroughs {
     shared: Arc<Shared>,
     running: Mutex<Vec<Running>>,
-    watcher: JoinHandle<()>,
-}
-
-impl Drop for Passthroughs {
-    fn drop(&mut self) {
-        self.watcher.abort();
-    }
 }
 
 impl Passthroughs {
@@ -235,11 +225,9 @@ impl Passthroughs {
         tables: &Arc<ArcSwap<RoutingTable>>,
         control: &Control,
     ) -> anyhow::Result<Passthroughs> {
-        let (tx, changes) = watch::channel(tables.load_full());
-        let watcher = tokio::spawn(watch_tables(tables.clone(), tx));
         let shared = Arc::new(Shared {
             tables: tables.clone(),
-            changes,
+            changes: control.swaps(),
             connect_timeouts: ArcSwap::from_pointee(connect_timeouts(cfg)),
             control: control.clone(),
         });
@@ -250,7 +238,6 @@ impl Passthroughs {
         Ok(Passthroughs {
             shared,
             running: Mutex::new(running),
-            watcher,
         })
     }
 
@@ -342,19 +329,6 @@ impl Passthroughs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-    }
-}
-
-/// Notices each table the supervisor stores and hands it to the connections.
-async fn watch_tables(tables: Arc<ArcSwap<RoutingTable>>, tx: watch::Sender<Arc<RoutingTable>>) {
-    let mut tick = tokio::time::interval(TABLE_WATCH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let current = tables.load();
-        if !Arc::ptr_eq(&current, &tx.borrow()) {
-            tx.send_replace(Arc::clone(&current));
-        }
     }
 }
 

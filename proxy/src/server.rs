@@ -288,7 +288,7 @@ impl Proxy {
             stream_listeners.push(l);
         }
         let stream_tasks = vec![
-            tokio::spawn(streams.clone().watch_health()),
+            tokio::spawn(streams.clone().watch_health(control.swaps())),
             tokio::spawn(streams.clone().refresh_gauges()),
         ];
         let meta = ConfigMeta {

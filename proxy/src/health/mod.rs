@@ -100,6 +100,8 @@ struct Inbox {
 pub(crate) struct Control {
     commands: mpsc::Sender<Command>,
     passive: mpsc::Sender<Passive>,
+    /// Each routing table the supervisor swaps in, as it swaps it in.
+    swapped: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
 }
 
 impl fmt::Debug for Control {
@@ -109,6 +111,13 @@ impl fmt::Debug for Control {
 }
 
 impl Control {
+    /// Wakes on every routing table the supervisor swaps in (the current one is in the
+    /// receiver from the start): what must act on a health change — closing the connections of
+    /// a server gone down — waits on this rather than looking at the table again and again.
+    pub(crate) fn swaps(&self) -> tokio::sync::watch::Receiver<Arc<RoutingTable>> {
+        self.swapped.clone()
+    }
+
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(command(tx)).await.ok()?;
@@ -176,12 +185,20 @@ fn launch(
     let (commands, commands_rx) = mpsc::channel(64);
     let (passive, passive_rx) = mpsc::channel(PASSIVE_QUEUE);
     let (probes, probes_rx) = mpsc::unbounded_channel();
-    let sup = supervisor::Supervisor::new(cfg, tables, prober, probes);
+    let (swaps, swapped) = tokio::sync::watch::channel(tables.load_full());
+    let sup = supervisor::Supervisor::new(cfg, tables, prober, probes).announcing(swaps);
     let inbox = Inbox {
         commands: commands_rx,
         probes: probes_rx,
         passive: passive_rx,
     };
     let task = tokio::spawn(sup.run(inbox));
-    (Control { commands, passive }, task)
+    (
+        Control {
+            commands,
+            passive,
+            swapped,
+        },
+        task,
+    )
 }

@@ -112,6 +112,9 @@ pub(super) struct Supervisor {
     prober: Option<Prober>,
     /// Where probe tasks send their results.
     probes: mpsc::UnboundedSender<ProbeResult>,
+    /// Where each table swapped in is announced (`Control::swaps`); `None` in tests that do
+    /// not listen.
+    swaps: Option<tokio::sync::watch::Sender<Arc<RoutingTable>>>,
 }
 
 impl HealthView for Supervisor {
@@ -143,9 +146,20 @@ impl Supervisor {
             pools: Vec::new(),
             prober,
             probes,
+            swaps: None,
         };
         sup.reconcile(cfg, now());
         sup
+    }
+
+    /// Announces every table it swaps in on `swaps`.
+    pub(crate) fn announcing(
+        mut self,
+        swaps: tokio::sync::watch::Sender<Arc<RoutingTable>>,
+    ) -> Self {
+        swaps.send_replace(self.tables.load_full());
+        self.swaps = Some(swaps);
+        self
     }
 
     pub(crate) async fn run(mut self, mut inbox: Inbox) {
@@ -426,7 +440,11 @@ impl Supervisor {
             self.version,
             self,
         );
-        self.tables.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.tables.store(table.clone());
+        if let Some(swaps) = &self.swaps {
+            swaps.send_replace(table);
+        }
         metrics::counter!("siplb_table_swaps_total").increment(1);
         tracing::debug!(version = self.version, "routing table swapped");
         self.publish_gauges();

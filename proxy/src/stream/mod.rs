@@ -138,20 +138,15 @@ impl Streams {
 
     /// Watches the routing table until the task is dropped: when a new table marks a server
     /// down (or a reload removes it), its backend connections are closed, and with them the
-    /// client flows that used only that server. The supervisor stores a new table on every
-    /// change; the table is looked at a few times a second, which costs one pointer compare.
-    pub(crate) async fn watch_health(self) {
-        let mut seen = self.inner.tables.load_full();
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = self.inner.tables.load_full();
-            if Arc::ptr_eq(&now, &seen) {
-                continue;
-            }
-            seen = now;
-            self.close_backends_of_down_servers(&seen);
+    /// client flows that used only that server. `swaps` is the supervisor's announcement of
+    /// each table it swaps in (`Control::swaps`).
+    pub(crate) async fn watch_health(
+        self,
+        mut swaps: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
+    ) {
+        while swaps.changed().await.is_ok() {
+            let table = swaps.borrow_and_update().clone();
+            self.close_backends_of_down_servers(&table);
         }
     }
 
