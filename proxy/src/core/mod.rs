@@ -543,7 +543,7 @@ impl Worker {
             return;
         }
         let header: &[u8] = if req.method == b"REGISTER" {
-            if !msg.supports_path {
+            if !scan::supports(buf, msg, b"path") {
                 return;
             }
             b"Path: <sip:"

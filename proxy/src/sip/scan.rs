@@ -133,8 +133,6 @@ pub(crate) struct Message {
     /// A Proxy-Require header names an option tag siplb does not support (RFC 3261 §16.3
     /// step 5).
     pub(crate) unsupported_proxy_require: bool,
-    /// A Supported header names the `path` option tag (RFC 3327).
-    pub(crate) supports_path: bool,
     /// The first Contact header line.
     pub(crate) contact: Option<Hdr>,
     /// Content-Length is not a number, two disagree, or it is larger than the datagram's body
@@ -307,7 +305,6 @@ pub(crate) fn scan(buf: &[u8]) -> Result<Message, ScanError> {
         route: None,
         route2: None,
         unsupported_proxy_require: false,
-        supports_path: false,
         contact: None,
         bad_content_length: false,
         headers_start: next,
@@ -394,6 +391,37 @@ pub(crate) fn header_lines(buf: &[u8], m: &Message) -> Vec<(Span, Span)> {
     out
 }
 
+/// Whether a Supported header (full or compact; any of them, folded or not) names `tag`. Not
+/// kept by the scan: only a REGISTER arriving on a stream asks (for `path`, RFC 3327), so the
+/// header lines are read again then, without allocating.
+pub(crate) fn supports(buf: &[u8], m: &Message, tag: &[u8]) -> bool {
+    let mut at = m.headers_start;
+    let mut inside = false;
+    while at < m.headers_end {
+        let Some((line, next)) = next_line(buf, at) else {
+            break;
+        };
+        let bytes = line.of(buf);
+        let value = if matches!(bytes.first(), Some(b' ' | b'\t')) {
+            inside.then_some(bytes)
+        } else {
+            let colon = memchr(b':', bytes);
+            inside =
+                colon.is_some_and(|c| classify(bytes[..c].trim_ascii_end()) == Name::Supported);
+            colon.filter(|_| inside).map(|c| &bytes[c + 1..])
+        };
+        let names = |v: &[u8]| {
+            v.split(|&c| c == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(tag))
+        };
+        if value.is_some_and(names) {
+            return true;
+        }
+        at = next;
+    }
+    false
+}
+
 /// Whether `name` (as written) is the Via header, in full or compact form.
 pub(crate) fn is_via(name: &[u8]) -> bool {
     classify(name) == Name::Via
@@ -447,13 +475,8 @@ fn store(
         Name::ProxyRequire => {
             m.unsupported_proxy_require |= unsupported_tags(hdr.value.of(buf)).next().is_some();
         }
-        Name::Supported => {
-            m.supports_path |= hdr
-                .value
-                .of(buf)
-                .split(|&c| c == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"path"));
-        }
+        // Read on demand ([`supports`]): only a REGISTER on a stream asks.
+        Name::Supported => {}
         Name::Contact => first(&mut m.contact),
         Name::ContentLength => {
             *content_length = match (*content_length, parse_uint(hdr.value.of(buf))) {
@@ -675,5 +698,22 @@ Content-Length: 0\r\n\
         assert_eq!(parse_uint(b"7a"), None);
         assert_eq!(parse_uint(b""), None);
         assert_eq!(parse_uint(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn supported_tags_are_read_from_every_supported_header_in_any_form() {
+        let m = |h: &str| {
+            format!("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\n{h}Content-Length: 0\r\n\r\n")
+        };
+        let asks = |h: &str| {
+            let r = m(h);
+            let msg = scan(r.as_bytes()).unwrap();
+            supports(r.as_bytes(), &msg, b"path")
+        };
+        assert!(!asks(""));
+        assert!(asks("Supported: gruu, PATH\r\n"));
+        assert!(asks("Supported: gruu\r\nk: outbound,path\r\n"));
+        assert!(asks("Supported: gruu,\r\n path\r\n"), "a folded line");
+        assert!(!asks("Supported: pathology\r\nRequire: path\r\n"));
     }
 }
