@@ -67,13 +67,6 @@ async fn responder(socket: UdpSocket, id: String) {
 /// Sends `request` to the proxy and returns the `Server` header of its answer (an answer to an
 /// earlier request that timed out is skipped: the Call-ID must be this request's).
 async fn ask(client: &UdpSocket, proxy: SocketAddr, request: &str) -> Option<String> {
-    let header = |msg: &[u8], wanted: &[u8]| -> Option<String> {
-        let m = scan(msg).ok()?;
-        let (_, value) = header_lines(msg, &m)
-            .into_iter()
-            .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(wanted))?;
-        Some(String::from_utf8_lossy(value.of(msg)).into_owned())
-    };
     let call_id = header(request.as_bytes(), b"call-id")?;
     client.send_to(request.as_bytes(), proxy).await.ok()?;
     let mut buf = vec![0u8; 65_535];
@@ -88,6 +81,15 @@ async fn ask(client: &UdpSocket, proxy: SocketAddr, request: &str) -> Option<Str
             return header(msg, b"server");
         }
     }
+}
+
+/// The value of a message's header `wanted` (as written, any case).
+fn header(msg: &[u8], wanted: &[u8]) -> Option<String> {
+    let m = scan(msg).ok()?;
+    let (_, value) = header_lines(msg, &m)
+        .into_iter()
+        .find(|(name, _)| name.of(msg).eq_ignore_ascii_case(wanted))?;
+    Some(String::from_utf8_lossy(value.of(msg)).into_owned())
 }
 
 /// Signs every user in; returns user → server id.
@@ -231,11 +233,7 @@ async fn sign_in_tls(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let m = scan(&buf).ok()?;
-    let server = header_lines(&buf, &m)
-        .into_iter()
-        .find(|(name, _)| name.of(&buf).eq_ignore_ascii_case(b"server"))?;
-    Some(String::from_utf8_lossy(server.1.of(&buf)).into_owned())
+    header(&buf, b"server")
 }
 
 /// Says where TLS is served: `listening tls ADDR` for each `[listen] tls` address that
