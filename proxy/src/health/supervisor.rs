@@ -205,15 +205,21 @@ impl Supervisor {
         }
     }
 
-    /// Applies one command; true when routing may have changed.
+    /// Applies one command (swapping in a new table itself when one changed routing); true when
+    /// routing may still have to be re-evaluated.
     fn on_command(&mut self, command: Command) -> bool {
         let now = now();
         match command {
             Command::Op(op, reply) => {
                 let result = self.operate(op, now);
-                let changed = result.is_ok();
+                // The table is swapped before the answer goes out: an operator (or a script)
+                // that sends a request once the command is answered finds it routed the new way.
+                if result.is_ok() {
+                    self.evaluate_pools(now);
+                    self.swap();
+                }
                 let _ = reply.send(result);
-                changed
+                false
             }
             Command::Reload(reload, reply) => {
                 let Reload {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use healthcheck::{Failure, Outcome, ProbeSettings};
+use healthcheck::{Failure, Outcome, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
@@ -466,4 +466,33 @@ async fn tls_servers_are_probed_over_tls_and_reprobed_when_their_tls_settings_ch
     );
     assert_eq!(h.probes_of("127.0.0.1:5071"), (1, 1));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// On two threads, so that the supervisor and the caller really race: the answer must not go out
+// before the table is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_command_is_answered_only_once_its_table_is_in_use() {
+    let h = Harness::start(&config_text(A, "30s", ""));
+    let a1_state = |h: &Harness| h.tables.load().pools[0].servers[0].state;
+
+    // Nothing between the answer and the look at the table: a request sent the moment the
+    // command is answered must be routed the new way.
+    for _ in 0..200 {
+        h.control.op(Op::Drain("a1".into())).await.unwrap();
+        assert_eq!(
+            a1_state(&h),
+            ServerState::Drained,
+            "drain answered before its table"
+        );
+        h.control.op(Op::Undrain("a1".into())).await.unwrap();
+        assert_eq!(
+            a1_state(&h),
+            ServerState::Up,
+            "undrain answered before its table"
+        );
+        h.control.op(Op::Failover("a".into())).await.unwrap();
+        assert!(h.a_failed_over(), "failover answered before its table");
+        h.control.op(Op::Failback("a".into())).await.unwrap();
+        assert!(!h.a_failed_over(), "failback answered before its table");
+    }
 }
