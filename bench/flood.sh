@@ -29,6 +29,8 @@
 #                    `cargo build --release -p siplb -p siplb-e2e --bin siplb --bin flood`
 #   SECS             seconds per phase [30];  PHASES ["udp udp-junk streams streams-junk conn-flood"]
 #   UDP_RATE         valid REGISTERs/s over UDP [1000];  JUNK_X: junk datagrams per valid one [10]
+#   JUNK_KINDS       the kinds of junk datagram, comma-separated (random, mutated, oversized,
+#                    no_route, forged_response, scanner) [all]
 #   TCP_RATE         valid REGISTERs/s over TCP (sipp -t t1) [500]
 #   TLS_CLIENTS      TLS clients of `flood register` [8] (20 REGISTERs/s each)
 #   STREAM_JUNK      attackers per attack and listener in streams-junk [junk 8, overlong 4,
@@ -54,6 +56,7 @@ SECS=${SECS:-30}
 PHASES=${PHASES:-udp udp-junk streams streams-junk conn-flood}
 UDP_RATE=${UDP_RATE:-1000}
 JUNK_X=${JUNK_X:-10}
+JUNK_KINDS=${JUNK_KINDS:-random,mutated,oversized,no_route,forged_response,scanner}
 TCP_RATE=${TCP_RATE:-500}
 TLS_CLIENTS=${TLS_CLIENTS:-8}
 STREAM_JUNK=${STREAM_JUNK:-8 4 50 50}
@@ -209,9 +212,9 @@ run_phase() {
     case $phase in
         udp-junk)
             "$FLOOD_BIN" udp --to "$udp" --rate $((UDP_RATE * JUNK_X)) --secs "$SECS" \
-                >"$out/$phase.flood" 2>&1 &
+                --kinds "$JUNK_KINDS" >"$out/$phase.flood" 2>&1 &
             flood_pids+=($!)
-            junk_what="$((UDP_RATE * JUNK_X)) datagrams/s"
+            junk_what="$((UDP_RATE * JUNK_X)) datagrams/s ($JUNK_KINDS)"
             ;;
         streams-junk)
             local j o s h

@@ -2,9 +2,10 @@
 //! clients and the watcher it runs beside. Not part of the product: a bin of the test crate.
 //!
 //! ```text
-//! flood udp --to ADDR --rate R --secs S [--sockets N] [--seed X]
-//!     junk datagrams (siplb_e2e::flood::udp: random, mutated, 65,000-byte, no route, forged
-//!     responses, scanner) at R per second from N sockets [4]; prints `udp sent ...`.
+//! flood udp --to ADDR --rate R --secs S [--sockets N] [--seed X] [--kinds K,K...]
+//!     junk datagrams (siplb_e2e::flood::udp: random, mutated, oversized, no_route,
+//!     forged_response, scanner; every kind unless --kinds) at R per second from N sockets [4];
+//!     prints `udp sent ...`.
 //! flood streams --secs S [--tcp ADDR] [--tls ADDR --ca PEM --name NAME] [--junk N]
 //!       [--overlong N] [--slowloris N] [--hellos N] [--churn N] [--hold MS] [--gap MS]
 //!       [--sources K] [--max-connects M]
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use siplb_e2e::flood::require_loopback;
 use siplb_e2e::flood::stream::{client_config, Attack, Plan, StreamFlood, Target};
-use siplb_e2e::flood::udp::UdpFlood;
+use siplb_e2e::flood::udp::{Kind, UdpFlood};
 use siplb_e2e::flood::watch::{rss_kib, Watch};
 use siplb_e2e::stream::{Dial, StreamClient};
 
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: flood udp --to ADDR --rate R --secs S [--sockets N] | \
+    "usage: flood udp --to ADDR --rate R --secs S [--sockets N] [--kinds K,K...] | \
      flood streams --secs S [--tcp ADDR] [--tls ADDR --ca PEM --name NAME] [--junk N] [--overlong N] \
      [--slowloris N] [--hellos N] [--churn N] [--hold MS] [--gap MS] [--sources K] | \
      flood register --secs S --clients N [--tcp ADDR] [--tls ADDR --ca PEM --name NAME] [--gap MS] | \
@@ -139,8 +140,15 @@ fn udp(o: &Opts) -> Result<(), String> {
     let secs = o.secs()?;
     let sockets: usize = o.or("sockets", 4)?;
     let seed: u64 = o.or("seed", 0xf100d)?;
+    let kinds = match o.get("kinds") {
+        None => Kind::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|k| Kind::parse(k.trim()).ok_or_else(|| format!("unknown kind {k:?}")))
+            .collect::<Result<Vec<Kind>, String>>()?,
+    };
     let max = u64::from(rate) * secs.as_secs();
-    let flood = UdpFlood::start(to, rate, sockets, (secs, max), seed)?;
+    let flood = UdpFlood::start_of(&kinds, to, rate, sockets, (secs, max), seed)?;
     while flood.is_running() {
         // Waiting for the flood's own deadline, checked at a pace.
         std::thread::sleep(Duration::from_millis(100));

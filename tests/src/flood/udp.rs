@@ -47,6 +47,10 @@ impl Kind {
         Kind::Scanner,
     ];
 
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Random => "random",
@@ -66,8 +70,9 @@ impl Kind {
 /// The size of an oversized datagram (IPv4 allows 65,507 bytes of UDP payload).
 pub const OVERSIZED: usize = 65_000;
 
-/// Makes junk datagrams, one of each [`Kind`] in turn.
+/// Makes junk datagrams, one of each of its kinds in turn.
 pub struct Junk {
+    kinds: Vec<Kind>,
     rng: Rng,
     mutator: Mutator,
     siplb: SocketAddr,
@@ -77,9 +82,19 @@ pub struct Junk {
 }
 
 impl Junk {
-    /// Junk for siplb at `siplb`, sent from `source`, drawn from `seed`.
+    /// Junk of every [`Kind`] for siplb at `siplb`, sent from `source`, drawn from `seed`.
     pub fn new(seed: u64, siplb: SocketAddr, source: SocketAddr) -> Junk {
+        Junk::of(&Kind::ALL, seed, siplb, source)
+    }
+
+    /// Junk of `kinds` only (every kind when empty).
+    pub fn of(kinds: &[Kind], seed: u64, siplb: SocketAddr, source: SocketAddr) -> Junk {
         Junk {
+            kinds: if kinds.is_empty() {
+                Kind::ALL.to_vec()
+            } else {
+                kinds.to_vec()
+            },
             rng: Rng::new(seed),
             mutator: Mutator::new(seed ^ 0x5a5a, siplb),
             siplb,
@@ -90,7 +105,7 @@ impl Junk {
 
     /// The next datagram and its kind.
     pub fn next_datagram(&mut self) -> (Kind, Vec<u8>) {
-        let kind = Kind::ALL[(self.n % Kind::ALL.len() as u64) as usize];
+        let kind = self.kinds[(self.n % self.kinds.len() as u64) as usize];
         self.n += 1;
         let bytes = match kind {
             Kind::Random => {
@@ -273,6 +288,19 @@ impl UdpFlood {
         (limit, max): (Duration, u64),
         seed: u64,
     ) -> Result<UdpFlood, String> {
+        UdpFlood::start_of(&Kind::ALL, to, rate, sockets, (limit, max), seed)
+    }
+
+    /// [`UdpFlood::start`] with junk of `kinds` only.
+    pub fn start_of(
+        kinds: &[Kind],
+        to: SocketAddr,
+        rate: u32,
+        sockets: usize,
+        (limit, max): (Duration, u64),
+        seed: u64,
+    ) -> Result<UdpFlood, String> {
+        let kinds = kinds.to_vec();
         super::require_loopback(to)?;
         let bind = if to.is_ipv4() {
             "127.0.0.1:0"
@@ -306,7 +334,7 @@ impl UdpFlood {
         let counts2 = Arc::clone(&counts);
         let sender = std::thread::Builder::new()
             .name("flood-udp".into())
-            .spawn(move || send(&socks, to, rate, (deadline, max), seed, &counts2))
+            .spawn(move || send(&socks, &kinds, to, rate, (deadline, max), seed, &counts2))
             .map_err(|e| format!("spawn: {e}"))?;
         threads.insert(0, sender);
         Ok(UdpFlood {
@@ -364,6 +392,7 @@ impl Drop for UdpFlood {
 
 fn send(
     socks: &[UdpSocket],
+    kinds: &[Kind],
     to: SocketAddr,
     rate: u32,
     (deadline, max): (Instant, u64),
@@ -375,7 +404,7 @@ fn send(
         .enumerate()
         .map(|(i, s)| {
             let source = s.local_addr().unwrap_or(to);
-            Junk::new(seed.wrapping_add(i as u64), to, source)
+            Junk::of(kinds, seed.wrapping_add(i as u64), to, source)
         })
         .collect();
     let start = Instant::now();
