@@ -21,7 +21,8 @@
 //!     cpu_s C`.
 //! ```
 //!
-//! Every loop is bounded by S seconds (and a count); every address must be a loopback one.
+//! Every loop is bounded by S seconds (and a count); every address must be a loopback one. The
+//! soft limit of open files is raised to the hard limit at start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +38,23 @@ use siplb_e2e::stream::{Dial, StreamClient};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    match raise_nofile().and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flood: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the soft limit of open files to the hard limit: a churn of a thousand attackers
+/// needs more descriptors than the usual 1,024.
+fn raise_nofile() -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))
 }
 
 fn usage() -> String {
