@@ -314,8 +314,10 @@ fn run_udp(plan: &Plan) -> Result<Tally> {
                 r.write(msg, i, local);
                 to.push(dest(&r, i));
             }
-            tx.send(&socket, &msgs[..n], &to);
+            // The send time is read before the call: the backend may read the first message
+            // before sendmmsg returns.
             let at = now_ns();
+            tx.send(&socket, &msgs[..n], &to);
             for i in first..first + n as u64 {
                 r.sent(i, at);
                 timers.push(Reverse((at + plan.t1_ns, i)));
