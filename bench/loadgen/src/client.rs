@@ -302,6 +302,18 @@ fn run_udp(plan: &Plan) -> Result<Tally> {
     r.start = now_ns();
     let dest = |r: &Run<'_>, i: u64| plan.to[(r.user(i) % plan.to.len() as u64) as usize];
     loop {
+        // Answers first: when this process was not scheduled for a while, the answers waiting
+        // in the socket must not be taken for losses by the retransmission timers below.
+        while rx.recv(&socket, false)? > 0 {
+            let at = now_ns();
+            for k in 0..rx.got.len() {
+                if let Some(a) = read_answer(rx.datagram(k)) {
+                    r.answer(a, at);
+                } else {
+                    r.tally.stray += 1;
+                }
+            }
+        }
         let now = now_ns();
         // What is due, in batches.
         let due = r.due(now);
@@ -348,17 +360,6 @@ fn run_udp(plan: &Plan) -> Result<Tally> {
         if n > 0 {
             tx.send(&socket, &msgs[..n], &to);
             r.tally.retransmissions += n as u64;
-        }
-        // Answers.
-        while rx.recv(&socket, false)? > 0 {
-            let at = now_ns();
-            for k in 0..rx.got.len() {
-                if let Some(a) = read_answer(rx.datagram(k)) {
-                    r.answer(a, at);
-                } else {
-                    r.tally.stray += 1;
-                }
-            }
         }
         let now = now_ns();
         if r.over(now) {
