@@ -24,7 +24,7 @@
 #      REPEAT times, and the ratio siplb / Kamailio.
 #   2. The highest rate each proxy sustains over UDP: STEP_RATES in turn, STEP_SECS each,
 #      until a step has ≥ 0.1% of its transactions lost or retransmitted, or the generator
-#      sent at < 95% of the rate; with the generator's own CPU (client + backends) and the
+#      sent at < 95% of the rate, STEP_TRIES times in a row; with the generator's own CPU (client + backends) and the
 #      proxy's beside it, so that the table tells who ran out first. `direct` runs the same
 #      steps with no proxy: the generator's and the loopback's own ceiling.
 #   3. Latency inside the proxy: at each of LATENCY_RATES over UDP, for siplb, Kamailio and
@@ -47,6 +47,7 @@
 #   UDP_RATES, STREAM_RATE     part 1's rates ["2000 5000 10000"], [2000]
 #   CPU_SECS, REPEAT           part 1: seconds per run [10], runs per proxy and rate [2]
 #   STEP_RATES, STEP_SECS      part 2 ["10000 20000 30000 40000 50000 60000 70000 80000"], [5]
+#   STEP_TRIES                 tries of a step before a target leaves the race [2]
 #   LATENCY_RATES, LATENCY_SECS  part 3 ["1000 5000"], [10]
 #   USERS                      AORs the clients register [100000]
 #   TCP_CONNECTIONS            client connections over TCP and TLS [1: one carrying every user]
@@ -74,6 +75,7 @@ CPU_SECS=${CPU_SECS:-10}
 REPEAT=${REPEAT:-2}
 STEP_RATES=${STEP_RATES:-10000 20000 30000 40000 50000 60000 70000 80000}
 STEP_SECS=${STEP_SECS:-5}
+STEP_TRIES=${STEP_TRIES:-2}
 LATENCY_RATES=${LATENCY_RATES:-1000 5000}
 LATENCY_SECS=${LATENCY_SECS:-10}
 USERS=${USERS:-100000}
@@ -468,19 +470,25 @@ if has_part steps; then
             target=$t
             [[ $t != direct ]] && target=$t-udp
             count=$((rate * STEP_SECS))
-            log "step: $t at $rate/s, $count REGISTERs"
-            read -r ok lost retr _ achieved lag pcpu ccpu bcpu wall _ <<<"$(lg_run "step-$t-$rate" "$target" udp "$rate" "$count")"
-            verdict=$(awk -v ok="$ok" -v l="$lost" -v r="$retr" -v n="$count" -v a="$achieved" -v rate="$rate" \
-                -v m="$MAX_LOST_PCT" -v mina="$MIN_ACHIEVED_PCT" 'BEGIN {
-                    if ((l + r) * 100 >= m * n) print "lost"
-                    else if (a * 100 < mina * rate) print "generator behind"
-                    else if (ok < n) print "failed"
-                    else print "sustained" }')
-            read -r pshare gshare <<<"$(awk -v p="$pcpu" -v c="$ccpu" -v b="$bcpu" -v w="$wall" 'BEGIN {
-                if (w > 0) printf "%.0f%% %.0f%%\n", p * 100 / w, (c + b) * 100 / w; else print "- -" }')"
-            [[ $t == direct ]] && pshare=-
-            log "  $ok ok, $lost lost, $retr retransmitted, sent at $achieved/s (at most $lag µs late); proxy CPU $pshare, generator CPU $gshare of a core: $verdict"
-            step_rows+=("| $rate | $t | $achieved | $ok | $lost | $retr | $pshare | $gshare | $verdict |")
+            # A step that fails is tried again (STEP_TRIES in all): a stall of the shared
+            # machine fails a step as surely as the proxy does, and only the proxy's own limit
+            # fails it every time.
+            for ((try = 1; try <= STEP_TRIES; try++)); do
+                log "step: $t at $rate/s, $count REGISTERs, try $try"
+                read -r ok lost retr _ achieved lag pcpu ccpu bcpu wall _ <<<"$(lg_run "step-$t-$rate-$try" "$target" udp "$rate" "$count")"
+                verdict=$(awk -v ok="$ok" -v l="$lost" -v r="$retr" -v n="$count" -v a="$achieved" -v rate="$rate" \
+                    -v m="$MAX_LOST_PCT" -v mina="$MIN_ACHIEVED_PCT" 'BEGIN {
+                        if ((l + r) * 100 >= m * n) print "lost"
+                        else if (a * 100 < mina * rate) print "generator behind"
+                        else if (ok < n) print "failed"
+                        else print "sustained" }')
+                read -r pshare gshare <<<"$(awk -v p="$pcpu" -v c="$ccpu" -v b="$bcpu" -v w="$wall" 'BEGIN {
+                    if (w > 0) printf "%.0f%% %.0f%%\n", p * 100 / w, (c + b) * 100 / w; else print "- -" }')"
+                [[ $t == direct ]] && pshare=-
+                log "  $ok ok, $lost lost, $retr retransmitted, sent at $achieved/s (at most $lag µs late); proxy CPU $pshare, generator CPU $gshare of a core: $verdict"
+                step_rows+=("| $rate | $t | $try | $achieved | $ok | $lost | $retr | $((lag / 1000)) | $pshare | $gshare | $verdict |")
+                [[ $verdict == sustained ]] && break
+            done
             if [[ $verdict == sustained ]]; then best[$t]=$rate; else out_of_race[$t]=1; fi
         done
     done
@@ -570,11 +578,18 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo "≥ $MIN_ACHIEVED_PCT% of the rate. CPU as a share of one core over the step: the proxy's, and the generator's"
         echo "(client + backends; 2 cores in all)."
         echo
-        echo "| asked /s | target | sent /s | 200s | lost | retransmitted | proxy CPU | generator CPU | verdict |"
-        echo "| --: | --- | --: | --: | --: | --: | --: | --: | --- |"
+        echo "A step that fails is tried again, $STEP_TRIES tries in all; a target leaves the race when every try failed."
+        echo
+        echo "| asked /s | target | try | sent /s | 200s | lost | retransmitted | generator late at most, ms | proxy CPU | generator CPU | verdict |"
+        echo "| --: | --- | --: | --: | --: | --: | --: | --: | --: | --: | --- |"
         printf '%s\n' "${step_rows[@]}"
         echo
         for t in "${step_targets[@]}"; do echo "- $t: highest sustained step **${best[$t]}/s**"; done
+        for t in siplb kamailio; do
+            if [[ ${best[$t]} != none && ${best[$t]} == "${best[direct]}" ]]; then
+                echo "- $t sustained every step the generator did with no proxy: its ceiling here is the generator's and the machine's, not its own"
+            fi
+        done
         echo
     fi
     if has_part latency; then
@@ -582,7 +597,8 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo
         echo "request = client send → backend receive (through the proxy), response = backend send → client"
         echo "receive, transaction = client send → 200 received; only transactions answered without a"
-        echo "retransmission. The proxy's share = its figure less direct's."
+        echo "retransmission. The proxy's share = its figure less direct's: a difference of percentiles, not a"
+        echo "percentile of differences; where the machine's own stalls (direct's tail) dominate, it can come out negative."
         echo
         echo "| rate /s | target | 200s | lost + retransmitted | request | response | transaction |"
         echo "| --: | --- | --: | --: | --- | --- | --- |"
