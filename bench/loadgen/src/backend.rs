@@ -17,9 +17,21 @@ use crate::udp::{Receiver, Sender};
 pub struct Counts {
     pub registers: AtomicU64,
     pub others: AtomicU64,
+    /// Messages that were not a request this backend could answer (see `write_ok`).
+    pub unanswered: AtomicU64,
 }
 
 impl Counts {
+    /// Counts a message left unanswered; the first few are shown on stderr.
+    fn unanswered(&self, tag: &str, msg: &[u8]) {
+        if self.unanswered.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!(
+                "backend {tag}: left unanswered (not a request with Via, Call-ID and CSeq): {:?}",
+                String::from_utf8_lossy(&msg[..msg.len().min(300)])
+            );
+        }
+    }
+
     fn count(&self, r: Request) {
         match r {
             Request::Register => self.registers.fetch_add(1, Ordering::Relaxed),
@@ -50,10 +62,13 @@ pub fn serve_udp(socket: UdpSocket, tag: String, counts: Arc<Counts>) {
         for i in 0..n {
             let Some(from) = rx.got[i].1 else { continue };
             out[k].clear();
-            if let Some(r) = write_ok(&mut out[k], rx.datagram(i), &tag, received, now_ns()) {
-                counts.count(r);
-                to.push(from);
-                k += 1;
+            match write_ok(&mut out[k], rx.datagram(i), &tag, received, now_ns()) {
+                Some(r) => {
+                    counts.count(r);
+                    to.push(from);
+                    k += 1;
+                }
+                None => counts.unanswered(&tag, rx.datagram(i)),
             }
         }
         tx.send(&socket, &out[..k], &to);
@@ -128,10 +143,10 @@ fn serve_stream(
             match f {
                 Err(skip) => at += skip,
                 Ok(len) => {
-                    if let Some(r) =
-                        write_ok(&mut out, &inbuf[at..at + len], tag, received, now_ns())
-                    {
-                        counts.count(r);
+                    let msg = &inbuf[at..at + len];
+                    match write_ok(&mut out, msg, tag, received, now_ns()) {
+                        Some(r) => counts.count(r),
+                        None => counts.unanswered(tag, msg),
                     }
                     at += len;
                 }

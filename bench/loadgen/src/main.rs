@@ -201,9 +201,10 @@ fn backends(
     println!("ready");
     std::thread::sleep(Duration::from_secs(secs));
     println!(
-        "answered {} REGISTERs, {} other requests",
+        "answered {} REGISTERs, {} other requests; left {} messages unanswered",
         counts.registers.load(Ordering::Relaxed),
-        counts.others.load(Ordering::Relaxed)
+        counts.others.load(Ordering::Relaxed),
+        counts.unanswered.load(Ordering::Relaxed)
     );
     Ok(())
 }
