@@ -53,7 +53,7 @@
 #   TCP_CONNECTIONS            client connections over TCP and TLS [1: one carrying every user]
 #   PARTS                      ["cpu steps latency"]; memory is read during cpu's runs
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh)
-# Needs: kamailio, kamailio-tls-modules, openssl, jq. Talks to 127.0.0.1 only; every generator
+# Needs: kamailio, kamailio-tls-modules, openssl, jq, curl. Talks to 127.0.0.1 only; every generator
 # run is bounded by its count and by `timeout`; every process it starts is stopped on exit, by
 # the PID it started.
 set -euo pipefail
@@ -213,7 +213,7 @@ start_backends() {
 # ---------------------------------------------------------------------------------------------
 # The proxies: one instance per proxy and transport.
 
-declare -A proxy_pid=() proxy_addr=() kamailio_info=()
+declare -A proxy_pid=() proxy_addr=() ops_addr=() kamailio_info=()
 
 # start_siplb TRANSPORT: siplb listening on TRANSPORT only, in front of the backends of that
 # transport (TLS ones verified against the bench's CA and name, as Kamailio verifies them),
@@ -232,6 +232,10 @@ start_siplb() {
         esac
         echo "workers = $WORKERS"
         cat <<EOF
+
+# Read once, after the runs (its counters go to the raw output): an idle listener.
+[ops]
+listen = "127.0.0.1:0"
 
 [health]
 probe = "options"
@@ -260,6 +264,7 @@ EOF
     [[ -n $addr ]] || die "$name printed no $t listener (see $out/$name.stdout)"
     proxy_pid[$name]=$pid
     proxy_addr[$name]=$addr
+    ops_addr[$name]=$(awk '$1 == "listening" && $2 == "ops" { print $3; exit }' "$out/$name.stdout")
 }
 
 # kamailio_children TRANSPORT → Kamailio's tcp_children for TRANSPORT.
@@ -389,8 +394,8 @@ warm_up() {
 # ---------------------------------------------------------------------------------------------
 # Run
 
-for tool in kamailio kamcmd openssl jq; do
-    command -v "$tool" >/dev/null || die "$tool not found: apt-get install -y kamailio kamailio-tls-modules openssl jq"
+for tool in kamailio kamcmd openssl jq curl; do
+    command -v "$tool" >/dev/null || die "$tool not found: apt-get install -y kamailio kamailio-tls-modules openssl jq curl"
 done
 [[ -x $LOADGEN_BIN ]] || die "no generator at $LOADGEN_BIN: cargo build --release -p siplb-loadgen"
 ulimit -c 0
@@ -510,6 +515,13 @@ if has_part latency; then
     done
 fi
 
+# siplb's counters after the runs (what it dropped, and why), next to the raw output.
+for t in "${transports[@]}"; do
+    if [[ -n ${ops_addr[siplb-$t]:-} ]]; then
+        curl -s --max-time 5 "http://${ops_addr[siplb-$t]}/metrics" >"$out/siplb-$t.metrics" || true
+    fi
+done
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -561,6 +573,7 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
             if [[ -n ${lossy[$leg]:-} ]]; then
                 echo
                 echo "- NOT COMPARABLE at ${leg#*/}/s over ${leg%/*}: ${lossy[$leg]%, } lost or retransmitted ≥ $MAX_LOST_PCT% of the REGISTERs"
+                echo "  (siplb's counters after the runs: bench/out/load-$stamp/siplb-${leg%/*}.metrics)"
             fi
         done
         echo
