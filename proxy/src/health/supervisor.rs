@@ -439,6 +439,8 @@ impl Supervisor {
 
     fn swap(&mut self) {
         self.version += 1;
+        // Real time, not the supervisor's clock: how long this task was busy building.
+        let started = std::time::Instant::now();
         let table = RoutingTable::build(
             &self.cfg,
             self.advertise.clone(),
@@ -447,6 +449,7 @@ impl Supervisor {
             self,
         );
         let table = Arc::new(table);
+        metrics::histogram!("siplb_table_build_seconds").record(started.elapsed().as_secs_f64());
         self.tables.store(table.clone());
         if let Some(swaps) = &self.swaps {
             swaps.send_replace(table);
