@@ -694,7 +694,11 @@ pools = ["a", "b"]
         assert_eq!(t.match_route(b"X-FOO", None), Some(0));
         assert_eq!(t.match_route(b"BYE", None), Some(0));
         assert_eq!(t.match_route(b"X-BAR", None), None);
-        assert_eq!(t.match_route(b"x-foo", None), None, "methods are case-sensitive");
+        assert_eq!(
+            t.match_route(b"x-foo", None),
+            None,
+            "methods are case-sensitive"
+        );
         assert_eq!(t.match_route(b"CANCEL", None), Some(1));
         assert_eq!(t.match_route(b"ACK", None), None);
         assert_eq!(t.match_route(b"INVITE", None), None);
