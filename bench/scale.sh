@@ -262,6 +262,7 @@ if has_part process; then
 fi
 
 # 4 and 5. /metrics with 1,000 servers, then a reload to 10,000.
+mpid='' maddr='' mops=''
 if has_part metrics || has_part reload; then
     start_responder fe 4 3600
     start_responder big 10000 3600
