@@ -29,7 +29,7 @@ impl Streams {
         flow: Option<Peer>,
     ) -> ConnId {
         let (addr, transport) = server;
-        let (id, queue, close) = self.register(Role::Backend {
+        let (id, link, close) = self.register(Role::Backend {
             server: addr,
             transport,
         });
@@ -42,12 +42,10 @@ impl Streams {
                 tokio::time::timeout(timeout, streams.connect(addr, transport, &server_id)).await;
             match connected {
                 Ok(Ok(Connected::Tcp(s))) => {
-                    streams.run_backend(s, id, server, flow, queue, close).await
+                    streams.run_backend(s, id, server, flow, link, close).await
                 }
                 Ok(Ok(Connected::Tls(s))) => {
-                    streams
-                        .run_backend(*s, id, server, flow, queue, close)
-                        .await
+                    streams.run_backend(*s, id, server, flow, link, close).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(conn = id, server = %addr, error = %e, "cannot connect to server")
@@ -75,7 +73,7 @@ impl Streams {
         &self,
         server: (SocketAddr, Transport),
         server_id: &str,
-        msg: Vec<u8>,
+        msg: &[u8],
     ) -> Result<(), conn::SendError> {
         let id = *self
             .inner
@@ -107,14 +105,15 @@ impl Streams {
         }
     }
 
-    /// Reads what the server sends until the connection closes; writes run in a task beside.
+    /// Reads what the server sends until the connection closes; the writer task beside writes
+    /// what the senders could not write at once.
     async fn run_backend<S>(
         &self,
         stream: S,
         id: ConnId,
         server: (SocketAddr, Transport),
         flow: Option<Peer>,
-        queue: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        link: std::sync::Arc<conn::Link>,
         mut close: tokio::sync::watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -122,7 +121,12 @@ impl Streams {
         let (addr, transport) = server;
         tracing::debug!(conn = id, server = %addr, flow = ?flow.map(|f| f.conn), "backend connection open");
         let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(writer, queue, close.clone(), id));
+        let mut writing = tokio::spawn(conn::write_loop(
+            link.clone(),
+            Box::pin(writer),
+            close.clone(),
+            id,
+        ));
         let limits = self.inner.limits.load_full();
         let mut framer = Framer::new(Limits {
             max_header: limits.max_header_bytes,
@@ -150,7 +154,7 @@ impl Streams {
                         match framer.next() {
                             Ok(None) => break,
                             Ok(Some(Frame::Ping)) => {
-                                let _ = self.send(id, b"\r\n".to_vec());
+                                let _ = link.send(b"\r\n");
                             }
                             Ok(Some(Frame::Message(m))) => {
                                 let table = self.inner.tables.load();

@@ -55,7 +55,7 @@ impl FlowBackends {
         server: (SocketAddr, Transport),
         server_id: &str,
         me: Peer,
-        msg: Vec<u8>,
+        msg: &[u8],
     ) -> Result<(), SendError> {
         let conn = match self.by_server.get(&server) {
             Some(&c) if streams.is_open(c) => c,
@@ -111,15 +111,17 @@ impl Streams {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
-        let (id, queue_rx, mut close) = self.register(Role::Client { events: events_tx });
-        let Some(queue) = self.queue_of(id) else {
-            return;
-        };
+        let (id, link, mut close) = self.register(Role::Client { events: events_tx });
         listener.opened(1);
         self.inner.stats.flow(1);
         tracing::debug!(conn = id, %peer, listener = %listener.label, "client flow opened");
         let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(writer, queue_rx, close.clone(), id));
+        let mut writing = tokio::spawn(conn::write_loop(
+            link.clone(),
+            Box::pin(writer),
+            close.clone(),
+            id,
+        ));
 
         let me = Peer {
             conn: id,
@@ -165,7 +167,7 @@ impl Streams {
                             Ok(None) => break,
                             Ok(Some(Frame::Ping)) => {
                                 // RFC 5626 §3.5.1: a CRLFCRLF ping gets a CRLF pong.
-                                let _ = queue.try_send(b"\r\n".to_vec());
+                                let _ = link.send(b"\r\n");
                             }
                             Ok(Some(Frame::Message(m))) => {
                                 let table = self.inner.tables.load();
@@ -180,7 +182,7 @@ impl Streams {
                         }
                     }
                     if let Some(e) = refused {
-                        self.refuse_message(&framer, e, &arrival, &mut worker, &queue, &listener);
+                        self.refuse_message(&framer, e, &arrival, &mut worker, &link, &listener);
                         break End::Refused;
                     }
                     head_by = if framer.awaiting_head() {
@@ -227,11 +229,11 @@ impl Streams {
         };
 
         backends.close_all(self);
-        // Leaving the registry drops its queue sender; with ours dropped too, the writer sends
-        // what is queued (a last answer) and shuts the connection down. A flow closed from
-        // elsewhere stops writing at once.
+        // Leaving the registry finishes the link: the writer sends what is queued (a last
+        // answer) and shuts the connection down. A flow closed from elsewhere stops writing at
+        // once.
         self.unregister(id);
-        drop(queue);
+        drop(link);
         if matches!(end, End::Closed) {
             writing.abort();
         }
@@ -249,7 +251,7 @@ impl Streams {
         e: FrameError,
         arrival: &Arrival,
         worker: &mut Worker,
-        queue: &tokio::sync::mpsc::Sender<Vec<u8>>,
+        link: &conn::Link,
         listener: &ListenerStats,
     ) {
         let (why, answer) = match e {
@@ -271,7 +273,7 @@ impl Streams {
         let outcome = worker.refuse(&table, head, arrival, answer);
         match outcome.action {
             crate::core::Action::Reply(_) => {
-                if queue.try_send(worker.out.clone()).is_ok() {
+                if link.send(&worker.out).is_ok() {
                     if let Some(c) = outcome.count {
                         table.counters.count(c);
                     }
