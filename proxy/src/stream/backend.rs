@@ -140,7 +140,12 @@ impl Streams {
             conn: Some(id),
             client: flow,
         };
+        // When to rest, unless it has rested since its last read. Reads move it later without
+        // touching the timer (a timer-wheel update per message): the timer fires at the old
+        // time, finds it moved, and is set again.
         let mut rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now() + super::REST_AFTER);
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 read = reader.read(framer.spare()) => {
@@ -149,6 +154,9 @@ impl Streams {
                         Ok(n) => n,
                     };
                     framer.filled(n);
+                    if rest_by.is_none() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + super::REST_AFTER);
+                    }
                     rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
                     loop {
                         match framer.next() {
@@ -172,13 +180,16 @@ impl Streams {
                 }
                 _ = conn::closed(&mut close) => break,
                 _ = &mut writing => break,
-                _ = tokio::time::sleep_until(rest_by.unwrap_or_else(tokio::time::Instant::now)),
-                    if rest_by.is_some() =>
-                {
-                    // Quiet for a while: give the buffers back until the next bytes.
-                    rest_by = None;
-                    if framer.rest() {
-                        worker = Worker::default();
+                _ = &mut timer, if rest_by.is_some() => {
+                    match rest_by {
+                        Some(r) if r > tokio::time::Instant::now() => timer.as_mut().reset(r),
+                        _ => {
+                            // Quiet for a while: give the buffers back until the next bytes.
+                            rest_by = None;
+                            if framer.rest() {
+                                worker = Worker::default();
+                            }
+                        }
                     }
                 }
             }

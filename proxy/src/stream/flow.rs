@@ -145,13 +145,21 @@ impl Streams {
         let mut head_by: Option<Instant> = None;
         let mut rested = false;
 
-        let end = loop {
-            let idle_by = last_read + limits.idle_timeout;
+        // One timer for the rest, header and idle deadlines. A read moves them later without
+        // touching the timer (that would cost a timer-wheel update per message): the timer
+        // fires at the earlier deadline, finds it moved, and is set again. Only a deadline
+        // earlier than the timer's (a header block just started, a rest to come) sets it.
+        let wake_at = |last_read: Instant, rested: bool, head_by: Option<Instant>| {
             let rest_by = (!rested).then_some(last_read + super::REST_AFTER);
-            let wake = [head_by, rest_by]
+            [head_by, rest_by]
                 .into_iter()
                 .flatten()
-                .fold(idle_by, Instant::min);
+                .fold(last_read + limits.idle_timeout, Instant::min)
+        };
+        let timer = tokio::time::sleep_until(wake_at(last_read, rested, head_by));
+        tokio::pin!(timer);
+
+        let end = loop {
             tokio::select! {
                 read = reader.read(framer.spare()) => {
                     let n = match read {
@@ -190,6 +198,10 @@ impl Streams {
                     } else {
                         None
                     };
+                    let wake = wake_at(last_read, rested, head_by);
+                    if wake < timer.deadline() {
+                        timer.as_mut().reset(wake);
+                    }
                 }
                 Some(ev) = events.recv() => match ev {
                     FlowEvent::BackendGone { conn, server } => {
@@ -202,9 +214,10 @@ impl Streams {
                 },
                 _ = conn::closed(&mut close) => break End::Closed,
                 _ = &mut writing => break End::Peer,
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut timer => {
                     let now = Instant::now();
-                    if rest_by.is_some_and(|r| r <= now) {
+                    let idle_by = last_read + limits.idle_timeout;
+                    if !rested && last_read + super::REST_AFTER <= now {
                         // Quiet for a while: give the buffers back until the next bytes.
                         rested = true;
                         if framer.rest() {
@@ -224,6 +237,7 @@ impl Streams {
                             timeout = ?limits.idle_timeout, "idle connection closed");
                         break End::Refused;
                     }
+                    timer.as_mut().reset(wake_at(last_read, rested, head_by));
                 }
             }
         };
