@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::Transport;
@@ -116,17 +116,12 @@ impl Streams {
         link: std::sync::Arc<conn::Link>,
         mut close: tokio::sync::watch::Receiver<bool>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: conn::Halves,
     {
         let (addr, transport) = server;
         tracing::debug!(conn = id, server = %addr, flow = ?flow.map(|f| f.conn), "backend connection open");
-        let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(
-            link.clone(),
-            Box::pin(writer),
-            close.clone(),
-            id,
-        ));
+        let (mut reader, writer) = stream.halves();
+        let mut writing = tokio::spawn(conn::write_loop(link.clone(), writer, close.clone(), id));
         let limits = self.inner.limits.load_full();
         let mut framer = Framer::new(Limits {
             max_header: limits.max_header_bytes,

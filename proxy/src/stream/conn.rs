@@ -13,11 +13,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::Transport;
@@ -37,6 +38,48 @@ const BACKLOG_KEEP: usize = 4096;
 
 /// The write side of a connection (TCP, or TLS over TCP).
 pub(super) type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A connected stream cut into the side its reader reads and the side its link writes.
+pub(super) trait Halves: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    fn halves(self) -> (Self::Read, Writer);
+}
+
+/// TCP: two halves that share the socket without a lock, so a sender on another thread never
+/// waits for the reader.
+impl Halves for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    fn halves(self) -> (Self::Read, Writer) {
+        let (r, w) = self.into_split();
+        (r, Box::pin(w))
+    }
+}
+
+/// TLS: one session, read and written by turns under the halves' lock.
+impl Halves for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    fn halves(self) -> (Self::Read, Writer) {
+        let (r, w) = tokio::io::split(self);
+        (r, Box::pin(w))
+    }
+}
+
+impl Halves for tokio_rustls::client::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    fn halves(self) -> (Self::Read, Writer) {
+        let (r, w) = tokio::io::split(self);
+        (r, Box::pin(w))
+    }
+}
+
+/// A buffer handed back for reuse: emptied, and given back to the allocator when large.
+fn reuse(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    if buf.capacity() > BACKLOG_KEEP {
+        buf = Vec::new();
+    }
+    buf
+}
 
 /// What a connection is.
 #[derive(Debug, Clone)]
@@ -116,15 +159,18 @@ pub(super) struct Link {
 /// The state behind a link's lock.
 #[derive(Default)]
 struct Out {
-    /// The write side, once connected (a backend connection takes messages before).
+    /// The write side, once connected (a backend connection takes messages before); taken out
+    /// while a sender writes.
     w: Option<Writer>,
     /// Bytes waiting for the writer task, from `sent` on.
     backlog: Vec<u8>,
+    /// A buffer the sender holding the write side copies the backlog into, kept for reuse.
+    spare: Vec<u8>,
     sent: usize,
     /// Messages (or their unwritten rests) in the backlog.
     queued: usize,
-    /// The writer task owns the socket: a backlog waits, or bytes the socket did not take yet
-    /// (TLS records) need flushing. Senders append to the backlog meanwhile.
+    /// The writer task owns the socket: a backlog waits for it, or bytes the socket did not take
+    /// yet (TLS records) need flushing. Senders append to the backlog meanwhile.
     busy: bool,
     /// The close switch was thrown: nothing more is written.
     closed: bool,
@@ -153,62 +199,87 @@ impl Link {
 
     /// Sends `msg` without waiting: written now when the socket takes it and nothing waits
     /// before it, else appended to the backlog for the writer task.
+    ///
+    /// The write itself happens outside the lock: the sender takes the write side out of the
+    /// link, writes, and puts it back. A sender on another thread meanwhile only appends its
+    /// message to the backlog (a copy, never a sleep on the lock), and the sender holding the
+    /// write side writes that backlog too, in one write, before it puts the write side back.
     pub(super) fn send(&self, msg: &[u8]) -> Result<(), SendError> {
-        let mut guard = self.lock();
-        let o = &mut *guard;
+        let mut o = self.lock();
         if o.dead {
             return Err(SendError::Gone);
         }
         if o.closed {
             return Ok(()); // closed at once: what was still sent is not written
         }
-        let w = match o.w.as_mut() {
+        let mut w = match o.w.take() {
             Some(w) if !o.busy => w,
-            _ => {
+            taken => {
+                // Not connected yet, the writer task owns the socket, or another sender is
+                // writing: the message waits in the backlog, which they write next.
+                o.w = taken;
                 if o.queued >= QUEUE {
                     return Err(SendError::Full);
                 }
                 o.backlog.extend_from_slice(msg);
                 o.queued += 1;
-                if !o.busy && o.w.is_none() {
-                    // Not connected yet: the writer task starts with this backlog.
-                    o.busy = true;
-                }
                 return Ok(());
             }
         };
-        // The writer task is idle and owns no waker on the socket: a no-op waker is enough,
-        // since whatever the socket does not take now goes to the writer task, which polls
-        // again with its own.
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut at = 0;
-        let written = loop {
-            if at == msg.len() {
-                break w.as_mut().poll_flush(&mut cx);
-            }
-            match w.as_mut().poll_write(&mut cx, &msg[at..]) {
-                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => at += n,
-                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Pending => break Poll::Pending,
-            }
-        };
-        match written {
-            Poll::Ready(Ok(())) => Ok(()),
-            Poll::Ready(Err(e)) => {
-                tracing::debug!(error = %e, "write failed; the connection closes");
-                o.dead = true;
-                drop(guard);
-                self.closer.send_replace(true);
-                Err(SendError::Gone)
-            }
-            Poll::Pending => {
-                o.backlog.extend_from_slice(&msg[at..]);
-                o.queued += usize::from(at < msg.len());
-                o.busy = true;
-                drop(guard);
-                self.wake.notify_one();
-                Ok(())
+        let mut batch = std::mem::take(&mut o.spare);
+        drop(o);
+        let mut first = true;
+        let mut wrote = write_now(&mut w, msg);
+        loop {
+            let mut o = self.lock();
+            let len = if first { msg.len() } else { batch.len() };
+            match wrote {
+                Ok((n, true)) if n == len => {
+                    if o.closed || o.sent == o.backlog.len() {
+                        o.spare = reuse(batch);
+                        o.w = Some(w);
+                        let finishing = o.finishing;
+                        drop(o);
+                        if finishing {
+                            self.wake.notify_one();
+                        }
+                        return Ok(());
+                    }
+                    // Others appended while this sender wrote: their messages go next, at once.
+                    batch.clear();
+                    let start = o.sent;
+                    batch.extend_from_slice(&o.backlog[start..]);
+                    o.backlog.clear();
+                    o.sent = 0;
+                    o.queued = 0;
+                    drop(o);
+                    first = false;
+                    wrote = write_now(&mut w, &batch);
+                }
+                Ok((n, _)) => {
+                    // The socket is full (or holds TLS records to flush): what it did not take
+                    // goes before what others appended, and the writer task takes over.
+                    let rest = if first { &msg[n..] } else { &batch[n..] };
+                    if !rest.is_empty() {
+                        let start = o.sent;
+                        o.backlog.splice(start..start, rest.iter().copied());
+                        o.queued += 1;
+                    }
+                    o.busy = true;
+                    o.spare = reuse(batch);
+                    o.w = Some(w);
+                    drop(o);
+                    self.wake.notify_one();
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed; the connection closes");
+                    o.dead = true;
+                    o.w = Some(w);
+                    drop(o);
+                    self.closer.send_replace(true);
+                    return Err(SendError::Gone);
+                }
             }
         }
     }
@@ -286,6 +357,38 @@ impl Link {
             Some(w) => w.as_mut().poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than siplb's minimum Rust).
+static NOOP: LazyLock<Waker> = LazyLock::new(|| Waker::from(Arc::new(Noop)));
+
+struct Noop;
+
+impl Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Writes `buf` without waiting: how much the socket took, and whether it was all flushed
+/// (TLS may hold records the socket did not take).
+fn write_now(w: &mut Writer, buf: &[u8]) -> io::Result<(usize, bool)> {
+    // The writer task is idle and owns no waker on the socket: a no-op waker is enough, since
+    // whatever the socket does not take now goes to the writer task, which polls again with
+    // its own.
+    let mut cx = Context::from_waker(&NOOP);
+    let mut at = 0;
+    while at < buf.len() {
+        match w.as_mut().poll_write(&mut cx, &buf[at..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => at += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok((at, false)),
+        }
+    }
+    match w.as_mut().poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Ok((at, true)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok((at, false)),
     }
 }
 

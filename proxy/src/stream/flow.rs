@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::config::{Connections, Transport};
@@ -108,20 +108,15 @@ impl Streams {
         listener: Arc<ListenerStats>,
         limits: Arc<Connections>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: conn::Halves,
     {
         let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
         let (id, link, mut close) = self.register(Role::Client { events: events_tx });
         listener.opened(1);
         self.inner.stats.flow(1);
         tracing::debug!(conn = id, %peer, listener = %listener.label, "client flow opened");
-        let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(
-            link.clone(),
-            Box::pin(writer),
-            close.clone(),
-            id,
-        ));
+        let (mut reader, writer) = stream.halves();
+        let mut writing = tokio::spawn(conn::write_loop(link.clone(), writer, close.clone(), id));
 
         let me = Peer {
             conn: id,
