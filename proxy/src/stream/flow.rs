@@ -220,14 +220,15 @@ impl Streams {
                         }
                     }
                     if head_by.is_some_and(|h| h <= now) {
-                        listener.refused(Refusal::HeaderTimeout);
-                        tracing::info!(conn = id, %peer, listener = %listener.label,
-                            timeout = ?limits.header_timeout,
-                            "header block not complete within header_timeout; connection closed");
+                        if let Some(unlogged) = listener.refused(Refusal::HeaderTimeout) {
+                            tracing::info!(conn = id, %peer, listener = %listener.label,
+                                timeout = ?limits.header_timeout, unlogged,
+                                "header block not complete within header_timeout; connection closed");
+                        }
                         break End::Refused;
                     }
                     if idle_by <= now {
-                        listener.refused(Refusal::Idle);
+                        let _ = listener.refused(Refusal::Idle);
                         tracing::debug!(conn = id, %peer, listener = %listener.label,
                             timeout = ?limits.idle_timeout, "idle connection closed");
                         break End::Refused;
@@ -272,9 +273,10 @@ impl Streams {
                 Answer::BadHeader("Content-Length"),
             ),
         };
-        listener.refused(why);
-        tracing::info!(conn = ?arrival.conn, peer = %arrival.src, listener = %listener.label,
-            reason = why.as_str(), error = %e, "message refused; connection closed");
+        if let Some(unlogged) = listener.refused(why) {
+            tracing::info!(conn = ?arrival.conn, peer = %arrival.src, listener = %listener.label,
+                reason = why.as_str(), error = %e, unlogged, "message refused; connection closed");
+        }
         let Some(head) = framer.refused_head() else {
             return;
         };

@@ -4,14 +4,64 @@
 //! [`crate::stats::GAUGE_REFRESH`] (the exporter forgets a gauge nobody refreshed). Label values
 //! come from the config (a listener's configured address) or fixed lists, never from a client.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
 use serde::Serialize;
 
 use crate::config::Transport;
 use crate::core::DropReason;
+
+/// How often a listener logs a refusal at most.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Lets one refusal log line through per [`LOG_EVERY`] (for one listener and reason, [`ListenerStats::refused`]), and says
+/// how many refusals went unlogged since the last line. A connection flood is still counted in full
+/// (`siplb_connection_refusals_total`); without the gate, 8,000 refusals a second wrote
+/// 1.4 MB/s of log lines and doubled the CPU a refusal costs (bench/flood.sh,
+/// docs/BENCHMARKS.md "Floods").
+struct LogGate {
+    started: Instant,
+    /// Milliseconds after `started` before which no line is written.
+    next_ms: AtomicU64,
+    /// Refusals not logged since the last line.
+    held: AtomicU64,
+}
+
+impl LogGate {
+    fn new() -> LogGate {
+        LogGate {
+            started: Instant::now(),
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(unlogged refusals before this one)` when this refusal is to be logged, else
+    /// `None` (and it is held for the next line).
+    fn pass(&self) -> Option<u64> {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        let every = u64::try_from(LOG_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 /// Why a client connection was refused or cut: the `reason` label of
 /// `siplb_connection_refusals_total`.
@@ -72,6 +122,9 @@ pub(super) struct ListenerStats {
     open: AtomicI64,
     gauge: Gauge,
     refusals: Vec<Counter>,
+    /// One log gate per refusal reason (the order of `Refusal::ALL`): a flood of one kind
+    /// never hides the first line of another.
+    gates: Vec<LogGate>,
 }
 
 impl ListenerStats {
@@ -99,6 +152,7 @@ impl ListenerStats {
             open: AtomicI64::new(0),
             gauge,
             refusals,
+            gates: Refusal::ALL.iter().map(|_| LogGate::new()).collect(),
         }
     }
 
@@ -108,15 +162,14 @@ impl ListenerStats {
         self.gauge.set(n as f64);
     }
 
-    /// Counts a refusal (the caller logs it).
-    pub(super) fn refused(&self, why: Refusal) {
-        if let Some(c) = Refusal::ALL
-            .iter()
-            .position(|r| *r == why)
-            .and_then(|i| self.refusals.get(i))
-        {
+    /// Counts a refusal; `Some(refusals not logged since the last line)` when the caller is to
+    /// log this one (at most one line per [`LOG_EVERY`] for this listener and reason).
+    pub(super) fn refused(&self, why: Refusal) -> Option<u64> {
+        let i = Refusal::ALL.iter().position(|r| *r == why)?;
+        if let Some(c) = self.refusals.get(i) {
             c.increment(1);
         }
+        self.gates.get(i)?.pass()
     }
 
     fn open(&self) -> i64 {
@@ -250,4 +303,26 @@ pub(crate) struct ListenerStatus {
 pub(crate) struct BackendStatus {
     pub(crate) tcp: u64,
     pub(crate) tls: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_gate_lets_one_refusal_a_second_through_and_counts_the_rest() {
+        let gate = LogGate::new();
+        assert_eq!(gate.pass(), Some(0), "the first refusal is logged");
+        for _ in 0..999 {
+            assert_eq!(gate.pass(), None);
+        }
+        // A second later (moved back in time rather than waited for).
+        gate.next_ms.store(0, Ordering::Relaxed);
+        assert_eq!(
+            gate.pass(),
+            Some(999),
+            "the next line says how many went unlogged"
+        );
+        assert_eq!(gate.pass(), None);
+    }
 }
