@@ -193,6 +193,12 @@ pub(crate) fn register() {
         "siplb_table_swaps_total",
         "Routing tables built and swapped in"
     );
+    describe_histogram!(
+        "siplb_table_build_seconds",
+        Unit::Seconds,
+        "Time the health supervisor spent building each routing table it swapped in (config and \
+         health frozen into one table; probe results and commands wait meanwhile)"
+    );
     describe_counter!("siplb_config_reloads_total", "Config reloads, by result");
     describe_counter!(
         "siplb_passive_signals_shed_total",
@@ -243,6 +249,12 @@ pub(crate) fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::P
             Matcher::Full("siplb_probe_rtt_seconds".into()),
             &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("siplb_table_build_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ],
         )?
         .install_recorder()?;

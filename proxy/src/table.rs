@@ -15,7 +15,25 @@ use crate::config::{Config, HostPort, KeyKind, Role, Transport};
 use crate::hrw;
 use crate::sip::branch::{self, BranchKey};
 use crate::sip::response::Refusal;
-use crate::stats::Counters;
+use crate::stats::{self, Counters};
+
+/// The bit of a method in [`Route`]'s `method_bits`: by its [`stats::method_index`]; the
+/// last, `other`, stands for every method siplb does not count by name.
+fn method_bit(index: usize) -> u32 {
+    1 << index.min(stats::METHODS.len())
+}
+
+/// The bits a route must have one of to take a request of this method (by its
+/// [`stats::method_index`]): the method's own and, for CANCEL and ACK, INVITE's — they follow
+/// their INVITE (RFC 3261 §16.11).
+fn wanted_bits(index: usize) -> u32 {
+    let name = stats::METHODS.get(index).copied();
+    if name == Some("CANCEL") || name == Some("ACK") {
+        method_bit(index) | method_bit(stats::method_index(b"INVITE"))
+    } else {
+        method_bit(index)
+    }
+}
 
 /// The addresses siplb's listeners are bound to, by transport: what siplb recognises as itself
 /// in a Via or a Route, and what its own Via names.
@@ -96,6 +114,9 @@ impl Pool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub(crate) methods: Option<Vec<String>>,
+    /// `methods` as bits by [`stats::method_index`], for the methods siplb counts by name;
+    /// the others (extension methods) are found by name in `methods`.
+    method_bits: u32,
     pub(crate) domain: Option<String>,
     pub(crate) uri_user_param: Option<String>,
     pub pools: Vec<usize>,
@@ -151,15 +172,16 @@ impl Route {
         }
     }
 
-    /// Whether a request with this method and request-URI matches (`ruri`: its host and `user=`
-    /// parameter, when it could be read). CANCEL and ACK match the routes INVITE matches, so they
-    /// follow their INVITE (RFC 3261 §16.11). Hosts and `user=` compare case-insensitively.
-    pub(crate) fn matches(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> bool {
+    /// Whether a request with this method (`wanted`: its [`wanted_bits`], found once for all
+    /// routes) and request-URI matches (`ruri`: its host and `user=` parameter, when it
+    /// could be read). A method counted by name is one bit test, another is looked up by name.
+    /// CANCEL and ACK match the routes INVITE matches, so they follow their INVITE (RFC 3261
+    /// §16.11). Hosts and `user=` compare case-insensitively.
+    fn matches(&self, wanted: u32, method: &[u8], ruri: Option<RuriFacts<'_>>) -> bool {
         if let Some(methods) = &self.methods {
-            let follows_invite = method == b"CANCEL" || method == b"ACK";
-            let hit = methods
-                .iter()
-                .any(|m| m.as_bytes() == method || (follows_invite && m == "INVITE"));
+            let other = wanted == method_bit(stats::METHODS.len());
+            let hit = self.method_bits & wanted != 0
+                && (!other || methods.iter().any(|m| m.as_bytes() == method));
             if !hit {
                 return false;
             }
@@ -353,8 +375,12 @@ impl RoutingTable {
                     .iter()
                     .filter_map(|n| index.get(n.as_str()).copied())
                     .collect();
+                let method_bits = r.methods.iter().flatten().fold(0, |bits, m| {
+                    bits | method_bit(stats::method_index(m.as_bytes()))
+                });
                 Route {
                     methods: r.methods.clone(),
+                    method_bits,
                     domain: r.domain.clone(),
                     uri_user_param: r.uri_user_param.clone(),
                     // Validation gives every route at least one pool, all of one role.
@@ -468,7 +494,10 @@ impl RoutingTable {
     }
 
     pub(crate) fn match_route(&self, method: &[u8], ruri: Option<RuriFacts<'_>>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(method, ruri))
+        let wanted = wanted_bits(stats::method_index(method));
+        self.routes
+            .iter()
+            .position(|r| r.matches(wanted, method, ruri))
     }
 
     /// The pool that serves `home`'s users now.
@@ -484,9 +513,9 @@ impl RoutingTable {
     /// route's pools, then [`RoutingTable::decide_pool`].
     pub(crate) fn decide(&self, route: usize, key: u64) -> Decision {
         let r = &self.routes[route];
-        let home_at =
-            hrw::pick(key, r.pools.iter().map(|&p| (self.pools[p].id_hash, 1))).unwrap_or_default();
-        let placed = self.decide_pool(r.pools[home_at], key);
+        let home = hrw::best(key, r.pools.iter().map(|&p| (p, self.pools[p].id_hash, 1)))
+            .unwrap_or_default();
+        let placed = self.decide_pool(home, key);
         Decision {
             route,
             home: placed.home,
@@ -517,9 +546,14 @@ impl RoutingTable {
             .servers
             .iter()
             .enumerate()
-            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i));
-        hrw::pick(key, up.clone().map(|(_, s)| (s.id_hash, s.weight)))
-            .and_then(|n| up.clone().nth(n).map(|(i, _)| i))
+            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i))
+            .map(|(i, s)| (i, s.id_hash, s.weight));
+        hrw::best(key, up)
+    }
+
+    /// How many servers the table holds, in all its pools.
+    pub fn server_count(&self) -> usize {
+        self.pools.iter().map(|p| p.servers.len()).sum()
     }
 
     /// The index of the pool named `name`.
@@ -644,6 +678,30 @@ pools = ["a", "b"]
             None
         );
         assert!(t.needs_ruri);
+    }
+
+    #[test]
+    fn extension_methods_match_by_name_and_cancel_follows_only_invite() {
+        let cfg = parse(
+            Path::new("t.toml"),
+            "[listen]\nudp = [\"127.0.0.1:5060\"]\n[[pool]]\nname = \"a\"\n\
+             servers = [{ address = \"127.0.0.1:5071\" }]\n\
+             [[route]]\nmethods = [\"X-FOO\", \"BYE\"]\npool = \"a\"\n\
+             [[route]]\nmethods = [\"CANCEL\"]\npool = \"a\"\n",
+        )
+        .expect("valid config");
+        let t = RoutingTable::unbound(&cfg, &ConfigHealth);
+        assert_eq!(t.match_route(b"X-FOO", None), Some(0));
+        assert_eq!(t.match_route(b"BYE", None), Some(0));
+        assert_eq!(t.match_route(b"X-BAR", None), None);
+        assert_eq!(
+            t.match_route(b"x-foo", None),
+            None,
+            "methods are case-sensitive"
+        );
+        assert_eq!(t.match_route(b"CANCEL", None), Some(1));
+        assert_eq!(t.match_route(b"ACK", None), None);
+        assert_eq!(t.match_route(b"INVITE", None), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod client;
 pub mod config;
 pub mod edits;
 pub mod farm;
+pub mod flood;
 pub mod fuzz;
 pub mod health;
 pub mod http;

@@ -293,6 +293,8 @@ pub struct UacResult {
     pub status: ExitStatus,
     pub successful: u64,
     pub failed: u64,
+    /// Requests sipp sent again for want of an answer (`Retransmissions(C)`).
+    pub retransmissions: u64,
     pub took: Duration,
 }
 
@@ -388,6 +390,7 @@ impl Uac {
             status,
             successful,
             failed,
+            retransmissions: column(&self.stats, "Retransmissions(C)"),
             took: self.started.elapsed(),
         }
     }
@@ -411,6 +414,21 @@ impl Uac {
             tail(&self.out, 30)
         );
     }
+}
+
+/// One cumulative column (e.g. `Retransmissions(C)`) of the last line of a sipp `-stf` file.
+pub fn column(stats: &Path, name: &str) -> u64 {
+    let text = fs::read_to_string(stats).unwrap_or_default();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let (Some(header), Some(last)) = (lines.next(), lines.next_back()) else {
+        return 0;
+    };
+    header
+        .split(';')
+        .position(|h| h == name)
+        .and_then(|i| last.split(';').nth(i))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Successful and failed calls (cumulative) from the last line of a sipp `-stf` file.

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::Transport;
@@ -29,7 +29,7 @@ impl Streams {
         flow: Option<Peer>,
     ) -> ConnId {
         let (addr, transport) = server;
-        let (id, queue, close) = self.register(Role::Backend {
+        let (id, link, close) = self.register(Role::Backend {
             server: addr,
             transport,
         });
@@ -42,12 +42,10 @@ impl Streams {
                 tokio::time::timeout(timeout, streams.connect(addr, transport, &server_id)).await;
             match connected {
                 Ok(Ok(Connected::Tcp(s))) => {
-                    streams.run_backend(s, id, server, flow, queue, close).await
+                    streams.run_backend(s, id, server, flow, link, close).await
                 }
                 Ok(Ok(Connected::Tls(s))) => {
-                    streams
-                        .run_backend(*s, id, server, flow, queue, close)
-                        .await
+                    streams.run_backend(*s, id, server, flow, link, close).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(conn = id, server = %addr, error = %e, "cannot connect to server")
@@ -75,7 +73,7 @@ impl Streams {
         &self,
         server: (SocketAddr, Transport),
         server_id: &str,
-        msg: Vec<u8>,
+        msg: &[u8],
     ) -> Result<(), conn::SendError> {
         let id = *self
             .inner
@@ -107,22 +105,23 @@ impl Streams {
         }
     }
 
-    /// Reads what the server sends until the connection closes; writes run in a task beside.
+    /// Reads what the server sends until the connection closes; the writer task beside writes
+    /// what the senders could not write at once.
     async fn run_backend<S>(
         &self,
         stream: S,
         id: ConnId,
         server: (SocketAddr, Transport),
         flow: Option<Peer>,
-        queue: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        link: std::sync::Arc<conn::Link>,
         mut close: tokio::sync::watch::Receiver<bool>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: conn::Halves,
     {
         let (addr, transport) = server;
         tracing::debug!(conn = id, server = %addr, flow = ?flow.map(|f| f.conn), "backend connection open");
-        let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(writer, queue, close.clone(), id));
+        let (mut reader, writer) = stream.halves();
+        let mut writing = tokio::spawn(conn::write_loop(link.clone(), writer, close.clone(), id));
         let limits = self.inner.limits.load_full();
         let mut framer = Framer::new(Limits {
             max_header: limits.max_header_bytes,
@@ -136,7 +135,12 @@ impl Streams {
             conn: Some(id),
             client: flow,
         };
+        // When to rest, unless it has rested since its last read. Reads move it later without
+        // touching the timer (a timer-wheel update per message): the timer fires at the old
+        // time, finds it moved, and is set again.
         let mut rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now() + super::REST_AFTER);
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 read = reader.read(framer.spare()) => {
@@ -145,12 +149,15 @@ impl Streams {
                         Ok(n) => n,
                     };
                     framer.filled(n);
+                    if rest_by.is_none() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + super::REST_AFTER);
+                    }
                     rest_by = Some(tokio::time::Instant::now() + super::REST_AFTER);
                     loop {
                         match framer.next() {
                             Ok(None) => break,
                             Ok(Some(Frame::Ping)) => {
-                                let _ = self.send(id, b"\r\n".to_vec());
+                                let _ = link.send(b"\r\n");
                             }
                             Ok(Some(Frame::Message(m))) => {
                                 let table = self.inner.tables.load();
@@ -168,13 +175,16 @@ impl Streams {
                 }
                 _ = conn::closed(&mut close) => break,
                 _ = &mut writing => break,
-                _ = tokio::time::sleep_until(rest_by.unwrap_or_else(tokio::time::Instant::now)),
-                    if rest_by.is_some() =>
-                {
-                    // Quiet for a while: give the buffers back until the next bytes.
-                    rest_by = None;
-                    if framer.rest() {
-                        worker = Worker::default();
+                _ = &mut timer, if rest_by.is_some() => {
+                    match rest_by {
+                        Some(r) if r > tokio::time::Instant::now() => timer.as_mut().reset(r),
+                        _ => {
+                            // Quiet for a while: give the buffers back until the next bytes.
+                            rest_by = None;
+                            if framer.rest() {
+                                worker = Worker::default();
+                            }
+                        }
                     }
                 }
             }

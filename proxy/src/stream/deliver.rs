@@ -1,14 +1,14 @@
 //! Carrying out the core's outcome for a message that arrived on a connection (or, from the
 //! UDP shell, for a datagram whose outcome names a connection).
 //!
-//! Sends onto a connection only queue the message (see [`super::conn`]); what the outcome
-//! counts is counted once it is queued. A connection that is gone drops the message as
+//! A send onto a connection writes the message at once or queues it (see [`super::conn`]); what
+//! the outcome counts is counted once it is sent or queued. A connection that is gone drops the message as
 //! `flow_gone`, a full queue drops it in `siplb_connection_queue_full_total`.
 
 use crate::core::{Action, Arrival, ConnId, DropReason, Outcome, Peer};
 use crate::table::RoutingTable;
 
-use super::conn::{Role, SendError};
+use super::conn::{Link, Role, SendError};
 use super::flow::FlowBackends;
 use super::Streams;
 
@@ -30,7 +30,7 @@ impl Streams {
         let sent = match outcome.action {
             Action::Forward(to) => self.send_datagram(out, to),
             Action::Reply(to) => match arrival.conn {
-                Some(c) => self.queued(self.send(c, out.to_vec())),
+                Some(c) => self.queued(self.send(c, out)),
                 None => self.send_datagram(out, to),
             },
             Action::ToServer {
@@ -41,7 +41,7 @@ impl Streams {
             } => match flow {
                 Some((backends, me)) => {
                     let id = &table.server(pool, server).id;
-                    self.queued(backends.send(self, (addr, transport), id, me, out.to_vec()))
+                    self.queued(backends.send(self, (addr, transport), id, me, out))
                 }
                 None => self.deliver_datagram(outcome.action, out, table),
             },
@@ -77,9 +77,9 @@ impl Streams {
                 server,
             } => {
                 let id = &table.server(pool, server).id;
-                self.queued(self.send_shared((addr, transport), id, out.to_vec()))
+                self.queued(self.send_shared((addr, transport), id, out))
             }
-            Action::ToConn(c) => self.queued(self.send(c, out.to_vec())),
+            Action::ToConn(c) => self.queued(self.send(c, out)),
             _ => false,
         }
     }
@@ -113,8 +113,8 @@ impl Streams {
         }
     }
 
-    /// Queues `msg` on connection `id`.
-    pub(super) fn send(&self, id: ConnId, msg: Vec<u8>) -> Result<(), SendError> {
+    /// Sends `msg` down connection `id`, without waiting.
+    pub(super) fn send(&self, id: ConnId, msg: &[u8]) -> Result<(), SendError> {
         match self.inner.conns.get(&id) {
             Some(e) => e.send(msg),
             None => Err(SendError::Gone),
@@ -133,24 +133,20 @@ impl Streams {
         }
     }
 
-    /// Registers a connection: its id, the receiving end of its queue and its close switch.
+    /// Registers a connection: its id, its link (for its own tasks and its writer) and its
+    /// close switch.
     pub(super) fn register(
         &self,
         role: Role,
     ) -> (
         ConnId,
-        tokio::sync::mpsc::Receiver<Vec<u8>>,
+        std::sync::Arc<Link>,
         tokio::sync::watch::Receiver<bool>,
     ) {
         let id = self.next_id();
-        let (entry, queue, close) = super::conn::Entry::new(role);
+        let (entry, link, close) = super::conn::Entry::new(role);
         self.inner.conns.insert(id, entry);
-        (id, queue, close)
-    }
-
-    /// A sender onto connection `id`'s queue.
-    pub(super) fn queue_of(&self, id: ConnId) -> Option<tokio::sync::mpsc::Sender<Vec<u8>>> {
-        self.inner.conns.get(&id).map(|e| e.queue())
+        (id, link, close)
     }
 
     /// Takes connection `id` out of the registry.

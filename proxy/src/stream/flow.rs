@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::config::{Connections, Transport};
@@ -55,7 +55,7 @@ impl FlowBackends {
         server: (SocketAddr, Transport),
         server_id: &str,
         me: Peer,
-        msg: Vec<u8>,
+        msg: &[u8],
     ) -> Result<(), SendError> {
         let conn = match self.by_server.get(&server) {
             Some(&c) if streams.is_open(c) => c,
@@ -108,18 +108,15 @@ impl Streams {
         listener: Arc<ListenerStats>,
         limits: Arc<Connections>,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: conn::Halves,
     {
         let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
-        let (id, queue_rx, mut close) = self.register(Role::Client { events: events_tx });
-        let Some(queue) = self.queue_of(id) else {
-            return;
-        };
+        let (id, link, mut close) = self.register(Role::Client { events: events_tx });
         listener.opened(1);
         self.inner.stats.flow(1);
         tracing::debug!(conn = id, %peer, listener = %listener.label, "client flow opened");
-        let (mut reader, writer) = tokio::io::split(stream);
-        let mut writing = tokio::spawn(conn::write_loop(writer, queue_rx, close.clone(), id));
+        let (mut reader, writer) = stream.halves();
+        let mut writing = tokio::spawn(conn::write_loop(link.clone(), writer, close.clone(), id));
 
         let me = Peer {
             conn: id,
@@ -143,13 +140,21 @@ impl Streams {
         let mut head_by: Option<Instant> = None;
         let mut rested = false;
 
-        let end = loop {
-            let idle_by = last_read + limits.idle_timeout;
+        // One timer for the rest, header and idle deadlines. A read moves them later without
+        // touching the timer (that would cost a timer-wheel update per message): the timer
+        // fires at the earlier deadline, finds it moved, and is set again. Only a deadline
+        // earlier than the timer's (a header block just started, a rest to come) sets it.
+        let wake_at = |last_read: Instant, rested: bool, head_by: Option<Instant>| {
             let rest_by = (!rested).then_some(last_read + super::REST_AFTER);
-            let wake = [head_by, rest_by]
+            [head_by, rest_by]
                 .into_iter()
                 .flatten()
-                .fold(idle_by, Instant::min);
+                .fold(last_read + limits.idle_timeout, Instant::min)
+        };
+        let timer = tokio::time::sleep_until(wake_at(last_read, rested, head_by));
+        tokio::pin!(timer);
+
+        let end = loop {
             tokio::select! {
                 read = reader.read(framer.spare()) => {
                     let n = match read {
@@ -165,7 +170,7 @@ impl Streams {
                             Ok(None) => break,
                             Ok(Some(Frame::Ping)) => {
                                 // RFC 5626 §3.5.1: a CRLFCRLF ping gets a CRLF pong.
-                                let _ = queue.try_send(b"\r\n".to_vec());
+                                let _ = link.send(b"\r\n");
                             }
                             Ok(Some(Frame::Message(m))) => {
                                 let table = self.inner.tables.load();
@@ -180,7 +185,7 @@ impl Streams {
                         }
                     }
                     if let Some(e) = refused {
-                        self.refuse_message(&framer, e, &arrival, &mut worker, &queue, &listener);
+                        self.refuse_message(&framer, e, &arrival, &mut worker, &link, &listener);
                         break End::Refused;
                     }
                     head_by = if framer.awaiting_head() {
@@ -188,6 +193,10 @@ impl Streams {
                     } else {
                         None
                     };
+                    let wake = wake_at(last_read, rested, head_by);
+                    if wake < timer.deadline() {
+                        timer.as_mut().reset(wake);
+                    }
                 }
                 Some(ev) = events.recv() => match ev {
                     FlowEvent::BackendGone { conn, server } => {
@@ -200,9 +209,10 @@ impl Streams {
                 },
                 _ = conn::closed(&mut close) => break End::Closed,
                 _ = &mut writing => break End::Peer,
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut timer => {
                     let now = Instant::now();
-                    if rest_by.is_some_and(|r| r <= now) {
+                    let idle_by = last_read + limits.idle_timeout;
+                    if !rested && last_read + super::REST_AFTER <= now {
                         // Quiet for a while: give the buffers back until the next bytes.
                         rested = true;
                         if framer.rest() {
@@ -222,16 +232,17 @@ impl Streams {
                             timeout = ?limits.idle_timeout, "idle connection closed");
                         break End::Refused;
                     }
+                    timer.as_mut().reset(wake_at(last_read, rested, head_by));
                 }
             }
         };
 
         backends.close_all(self);
-        // Leaving the registry drops its queue sender; with ours dropped too, the writer sends
-        // what is queued (a last answer) and shuts the connection down. A flow closed from
-        // elsewhere stops writing at once.
+        // Leaving the registry finishes the link: the writer sends what is queued (a last
+        // answer) and shuts the connection down. A flow closed from elsewhere stops writing at
+        // once.
         self.unregister(id);
-        drop(queue);
+        drop(link);
         if matches!(end, End::Closed) {
             writing.abort();
         }
@@ -249,7 +260,7 @@ impl Streams {
         e: FrameError,
         arrival: &Arrival,
         worker: &mut Worker,
-        queue: &tokio::sync::mpsc::Sender<Vec<u8>>,
+        link: &conn::Link,
         listener: &ListenerStats,
     ) {
         let (why, answer) = match e {
@@ -271,7 +282,7 @@ impl Streams {
         let outcome = worker.refuse(&table, head, arrival, answer);
         match outcome.action {
             crate::core::Action::Reply(_) => {
-                if queue.try_send(worker.out.clone()).is_ok() {
+                if link.send(&worker.out).is_ok() {
                     if let Some(c) = outcome.count {
                         table.counters.count(c);
                     }

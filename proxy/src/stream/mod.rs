@@ -9,8 +9,8 @@
 //! connection per server.
 //!
 //! The pieces:
-//! - [`conn`]: the registry every task sends through (`ConnId` → a bounded queue and a close
-//!   switch), and each connection's writer task;
+//! - [`conn`]: the registry every task sends through (`ConnId` → a link that writes at once or
+//!   queues, bounded, and a close switch), and each connection's writer task;
 //! - [`listen`]: TCP (and TLS) listeners, the `[connections]` limits at accept time;
 //! - [`flow`]: a client flow's reader (framing, keep-alive pongs, timeouts, refusals) and the
 //!   backend connections it owns;
