@@ -41,7 +41,11 @@ pub(crate) mod tls;
 mod token;
 mod udp;
 
-/// A multi-threaded tokio runtime with `workers` threads.
+/// A multi-threaded tokio runtime with `workers` threads. UDP does not run on it (each UDP
+/// socket has a thread of its own, `udp::serve`): its workers carry TCP and TLS connections,
+/// probes, the supervisor and the ops endpoint, so they keep `[listen] workers` for the
+/// connections' sake; with only UDP listeners they sleep (one worker measured no cheaper per
+/// UDP message, docs/BENCHMARKS.md "UDP shell: threads and batches").
 pub(crate) fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))

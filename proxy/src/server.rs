@@ -138,20 +138,13 @@ impl Listeners {
     }
 }
 
-/// One configured UDP address being served: what it is bound to and the tasks serving it.
+/// One configured UDP address being served: what it is bound to and the threads serving it
+/// (stopped when this is dropped).
 struct Listener {
     bound: SocketAddr,
     /// The socket other listeners send from to reach this one's address family.
-    sender: Arc<tokio::net::UdpSocket>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    sender: Arc<std::net::UdpSocket>,
+    _served: udp::Served,
 }
 
 /// A started proxy. Dropping it stops its workers, its probes and its supervisor.
@@ -197,8 +190,8 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Serves one bound address: a worker task per socket. The one place workers are spawned, at
-/// start and on reload alike.
+/// Serves one bound address: a thread per socket. The one place they are started, at start and
+/// on reload alike.
 fn serve(
     binding: UdpBinding,
     tables: &Arc<ArcSwap<RoutingTable>>,
@@ -206,25 +199,14 @@ fn serve(
     senders: &Senders,
     streams: &Streams,
 ) -> anyhow::Result<Listener> {
-    let mut tasks = Vec::with_capacity(binding.sockets.len());
-    let mut first = None;
-    for s in binding.sockets {
-        let socket =
-            Arc::new(tokio::net::UdpSocket::from_std(s).context("cannot register udp socket")?);
-        first.get_or_insert_with(|| socket.clone());
-        tasks.push(tokio::spawn(udp::serve(
-            socket,
-            tables.clone(),
-            control.clone(),
-            senders.clone(),
-            streams.clone(),
-        )));
-    }
-    let sender = first.context("no socket bound")?;
+    let sockets: Vec<_> = binding.sockets.into_iter().map(Arc::new).collect();
+    let sender = sockets.first().cloned().context("no socket bound")?;
+    let served = udp::serve(sockets, 1, tables, control, senders, streams)
+        .with_context(|| format!("cannot serve udp {}", binding.bound))?;
     Ok(Listener {
         bound: binding.bound,
         sender,
-        tasks,
+        _served: served,
     })
 }
 
