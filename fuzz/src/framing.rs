@@ -115,7 +115,11 @@ impl Fed {
 /// its Content-Length of body.
 fn check_message(m: &[u8]) {
     let end = find(m, b"\r\n\r\n").expect("a message without the end of its header block") + 4;
-    let length = content_length(&m[..end]);
+    let Some(length) = content_length(&m[..end]) else {
+        // A header line without a colon: not SIP, and siplb's scanner refuses the message;
+        // how a framer reads the lines around it does not matter.
+        return;
+    };
     assert_eq!(
         Some(m.len() - end),
         length,
@@ -126,17 +130,28 @@ fn check_message(m: &[u8]) {
 
 /// The Content-Length (or `l`) of a header block, read on its own terms: every such header's
 /// value, folded lines joined and white space trimmed, is one and the same decimal number.
-fn content_length(head: &[u8]) -> Option<usize> {
+/// `None` for a block with a header line that has no colon.
+fn content_length(head: &[u8]) -> Option<Option<usize>> {
     let mut found: Option<usize> = None;
     let mut headers: Vec<Vec<u8>> = Vec::new();
+    // Whether a folded line continues the last header: not after a blank line.
+    let mut folds = false;
     for line in head.split(|&b| b == b'\n').skip(1) {
         if matches!(line.first(), Some(b' ' | b'\t')) {
-            if let Some(last) = headers.last_mut() {
-                last.push(b' ');
-                last.extend_from_slice(line);
+            match headers.last_mut() {
+                Some(last) if folds => {
+                    last.push(b' ');
+                    last.extend_from_slice(line);
+                }
+                _ => {}
             }
-        } else {
+        } else if line.contains(&b':') {
             headers.push(line.to_vec());
+            folds = true;
+        } else if line.trim_ascii().is_empty() {
+            folds = false;
+        } else {
+            return None;
         }
     }
     for h in headers {
@@ -151,17 +166,19 @@ fn content_length(head: &[u8]) -> Option<usize> {
         }
         let value = h[colon + 1..].trim_ascii();
         if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-            return None;
+            return Some(None);
         }
-        let n = value.iter().try_fold(0usize, |n, d| {
+        let Some(n) = value.iter().try_fold(0usize, |n, d| {
             n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-        })?;
+        }) else {
+            return Some(None);
+        };
         if found.is_some_and(|f| f != n) {
-            return None;
+            return Some(None);
         }
         found = Some(n);
     }
-    found
+    Some(found)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

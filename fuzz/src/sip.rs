@@ -90,7 +90,12 @@ pub fn check_request(input: &[u8], out: &[u8], how: &Received) -> Result<(), Str
         let first_via = x.is_some_and(|x| !seen_via && is_via(x));
         let first_route = x.is_some_and(|x| !seen_route && name(x) == b"route");
         // How far each side moves.
-        let (di, dj) = if x.is_some() && x == y {
+        let (di, dj) = if let Some(x) = x.filter(|&x| Some(x) == y) {
+            // Unchanged: the client's Via too when its received already named the source.
+            if first_via && !client_via {
+                via_filled(x, x, how.src)?;
+                client_via = true;
+            }
             (1, 1)
         } else if y.is_some_and(|y| !our_via && is_our_via(y)) {
             our_via = true;
@@ -256,6 +261,12 @@ fn via_filled(x: &[u8], y: &[u8], src: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the `[` at `at` opens the IPv6 sent-by of the line's first value: nothing that ends
+/// a sent-by (`;`, `,`) and no other `[` comes before it.
+fn sent_by_bracket(v: &[u8], at: usize) -> bool {
+    !v[..at].iter().any(|c| matches!(c, b';' | b',' | b'['))
+}
+
 /// Where a Via line's first value ends: its first comma outside quotes and outside the
 /// brackets of an IPv6 sent-by.
 fn first_comma(v: &[u8]) -> usize {
@@ -263,7 +274,7 @@ fn first_comma(v: &[u8]) -> usize {
     for (i, &c) in v.iter().enumerate() {
         match c {
             b'"' => quoted = !quoted,
-            b'[' if !quoted && !v[..i].contains(&b';') => bracketed = true,
+            b'[' if !quoted && sent_by_bracket(v, i) => bracketed = true,
             b']' if !quoted => bracketed = false,
             b',' if !quoted && !bracketed => return i,
             _ => {}
@@ -291,7 +302,7 @@ fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
         k
     };
     while at < v.len() {
-        if v[at] == b'[' && !v[..at].contains(&b';') {
+        if v[at] == b'[' && sent_by_bracket(v, at) {
             // An IPv6 reference before the parameters is the host, whatever it holds.
             let close = v[at..]
                 .iter()
@@ -308,7 +319,10 @@ fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
         }
         let name_at = skip_ws(at + 1);
         let name_end = (name_at..v.len())
-            .find(|&k| !(v[k].is_ascii_alphanumeric() || v[k] == b'-'))
+            .find(|&k| {
+                // RFC 3261 §25.1 token characters.
+                !(v[k].is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&v[k]))
+            })
             .unwrap_or(v.len());
         let pname = v[name_at..name_end].to_ascii_lowercase();
         let after = skip_ws(name_end);
