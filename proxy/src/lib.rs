@@ -24,6 +24,9 @@ pub mod cli;
 pub mod config;
 pub mod core;
 mod demo;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod hrw;
 mod logging;

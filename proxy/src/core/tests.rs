@@ -203,6 +203,9 @@ fn max_forwards_zero_is_answered_483_and_absent_is_added() {
     assert!(out.starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"), "{out}");
     let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: x\r\n"));
     assert!(out.starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"), "{out}");
+    // A form feed beside the digits (found by fuzzing): answered, not rewritten without it.
+    let (_, out) = handle(&invite("z9hG4bK1", "INVITE", "Max-Forwards: 70\x0c\r\n"));
+    assert!(out.starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"), "{out}");
 }
 
 #[test]
