@@ -209,7 +209,12 @@ pub(crate) fn parse(buf: &[u8], parm: Span) -> Option<ViaParm> {
         if n.eq_ignore_ascii_case(b"branch") {
             via.branch = value;
         } else if n.eq_ignore_ascii_case(b"received") {
-            via.received = value;
+            // The first `received` with a value is the one siplb rewrites; a later one (or a
+            // bare `received`, which RFC 3261 §25.1 does not allow) does not make siplb add a
+            // second next to it.
+            if via.received.is_none() {
+                via.received = value;
+            }
         } else if n.eq_ignore_ascii_case(b"rport") {
             via.rport = match value {
                 None => Rport::Requested { name_end },
@@ -382,5 +387,19 @@ mod tests {
         ] {
             assert_eq!(parse(v, whole(v)), None, "{}", String::from_utf8_lossy(v));
         }
+    }
+
+    #[test]
+    fn the_first_received_with_a_value_is_the_one_rewritten() {
+        let v = b"SIP/2.0/TLS 192.0.2.7:50123;branch=z9hG4bKx;received=1bK;received";
+        let p = parse(v, whole(v)).unwrap();
+        assert_eq!(
+            p.received.unwrap().of(v),
+            b"1bK",
+            "a bare received after it changes nothing"
+        );
+        let v = b"SIP/2.0/UDP 192.0.2.7;received;received=192.0.2.9;received=192.0.2.8";
+        let p = parse(v, whole(v)).unwrap();
+        assert_eq!(p.received.unwrap().of(v), b"192.0.2.9");
     }
 }
