@@ -277,3 +277,85 @@ kamailio_version() { kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }'; }
 
 # source_commit → the short hash of the checked-out commit of $root, or "uncommitted"
 source_commit() { git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "uncommitted"; }
+
+# ---------------------------------------------------------------------------------------------
+# Accounting from /proc, free ports and certificates, shared by the benchmarks.
+
+# tree_pids PID → PID and all its descendants, one a line.
+tree_pids() {
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
+        { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " "); ppid[pid] = f[2] }
+        END {
+            in_tree[root] = 1; changed = 1
+            while (changed) { changed = 0
+                for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
+            for (p in in_tree) print p
+        }'
+}
+
+# cpu_ticks PID → utime+stime in clock ticks of PID and all its descendants (Kamailio forks its workers;
+# siplb is one process whose threads are all counted in its own /proc/PID/stat).
+cpu_ticks() {
+    # A process may exit between the glob and the read: that is not an error here.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
+        { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+          ppid[pid] = f[2]; ticks[pid] = f[12] + f[13] }
+        END {
+            in_tree[root] = 1; changed = 1
+            while (changed) { changed = 0
+                for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
+            sum = 0; for (p in in_tree) sum += ticks[p]; print sum
+        }'
+}
+
+# memory_kib PID FIELD → FIELD (Rss or Pss, from /proc/*/smaps_rollup) summed over PID and its
+# descendants, in KiB. Pss shares each shared page among the processes that map it, so
+# Kamailio's shared memory counts once however many of its processes touched it.
+memory_kib() {
+    local p sum=0 v
+    for p in $(tree_pids "$1"); do
+        v=$(awk -v k="$2:" '$1 == k { print $2; exit }' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+        sum=$((sum + ${v:-0}))
+    done
+    echo "$sum"
+}
+
+# free_port VAR: a port free for both TCP and UDP on 127.0.0.1 (per /proc/net), never handed
+# out before in this run.
+free_port() {
+    local busy candidate
+    declare -gA ports_handed_out
+    busy=$(awk 'NR > 1 { split($2, a, ":"); h = a[2]; n = 0
+                for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1
+                print n }' /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)
+    for _ in $(seq 1 200); do
+        candidate=$((20000 + RANDOM % 12000))
+        if [[ -z ${ports_handed_out[$candidate]:-} ]] && ! grep -qx "$candidate" <<<"$busy"; then
+            ports_handed_out[$candidate]=1
+            printf -v "$1" '%s' "$candidate"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# make_certs: a CA and one server certificate (for $tls_name and 127.0.0.1) for every TLS
+# endpoint of a run (siplb, Kamailio, stunnel's or the generator's backends), RSA 2048 as Lync
+# deployments use, made fresh into a temporary directory kept in $certs (the caller removes it
+# on exit); writes Kamailio's TLS settings naming them to $out/kamailio-tls.cfg.
+tls_name=siplb.test
+make_certs() {
+    certs=$(mktemp -d)
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$certs/ca.key" -out "$certs/ca.crt" \
+        -days 2 -subj "/CN=siplb bench CA" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$certs/lb.key" -out "$certs/lb.csr" \
+        -subj "/CN=$tls_name" >/dev/null 2>&1
+    printf '%s\n' "subjectAltName=DNS:$tls_name,IP:127.0.0.1" 'basicConstraints=CA:FALSE' \
+        'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth,clientAuth' >"$certs/ext.cnf"
+    openssl x509 -req -in "$certs/lb.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
+        -CAcreateserial -out "$certs/lb.crt" -days 2 -extfile "$certs/ext.cnf" >/dev/null 2>&1 ||
+        die "openssl could not make the test certificate"
+    sed -e "s#@CERT@#$certs/lb.crt#; s#@KEY@#$certs/lb.key#; s#@CA@#$certs/ca.crt#" \
+        "$root/bench/kamailio/tls.cfg" >"$out/kamailio-tls.cfg"
+}
+

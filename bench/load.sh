@@ -119,79 +119,6 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------------------------
 # Accounting, from /proc
 
-# tree_pids PID → PID and all its descendants, one a line.
-tree_pids() {
-    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
-        { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " "); ppid[pid] = f[2] }
-        END {
-            in_tree[root] = 1; changed = 1
-            while (changed) { changed = 0
-                for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
-            for (p in in_tree) print p
-        }'
-}
-
-# cpu_ticks PID → utime+stime in clock ticks of PID and its descendants (siplb is one process
-# whose threads all count in its /proc/PID/stat; Kamailio forks its workers).
-cpu_ticks() {
-    local p sum=0 t
-    for p in $(tree_pids "$1"); do
-        t=$(awk '{ r = $0; sub(/^.*\) /, "", r); split(r, f, " "); print f[12] + f[13] }' "/proc/$p/stat" 2>/dev/null || echo 0)
-        sum=$((sum + ${t:-0}))
-    done
-    echo "$sum"
-}
-
-# pss_kib PID → Pss (from /proc/*/smaps_rollup) summed over PID and its descendants, in KiB:
-# a shared page counts once over all the processes that map it.
-pss_kib() {
-    local p sum=0 v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '$1 == "Pss:" { print $2; exit }' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
-
-# free_port VAR: a port free for both TCP and UDP on 127.0.0.1 (per /proc/net), never handed
-# out before in this run.
-free_port() {
-    local busy candidate
-    declare -gA ports_handed_out
-    busy=$(awk 'NR > 1 { split($2, a, ":"); h = a[2]; n = 0
-                for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789ABCDEF", substr(h, i, 1)) - 1
-                print n }' /proc/net/udp /proc/net/udp6 /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)
-    for _ in $(seq 1 200); do
-        candidate=$((20000 + RANDOM % 12000))
-        if [[ -z ${ports_handed_out[$candidate]:-} ]] && ! grep -qx "$candidate" <<<"$busy"; then
-            ports_handed_out[$candidate]=1
-            printf -v "$1" '%s' "$candidate"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Certificates: a CA and one server certificate for every TLS endpoint (siplb, Kamailio, the
-# generator's TLS backends), RSA 2048, made fresh each run.
-
-tls_name=siplb.test
-make_certs() {
-    certs=$(mktemp -d)
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$certs/ca.key" -out "$certs/ca.crt" \
-        -days 2 -subj "/CN=siplb bench CA" >/dev/null 2>&1
-    openssl req -newkey rsa:2048 -nodes -keyout "$certs/lb.key" -out "$certs/lb.csr" \
-        -subj "/CN=$tls_name" >/dev/null 2>&1
-    printf '%s\n' "subjectAltName=DNS:$tls_name,IP:127.0.0.1" 'basicConstraints=CA:FALSE' \
-        'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth,clientAuth' >"$certs/ext.cnf"
-    openssl x509 -req -in "$certs/lb.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
-        -CAcreateserial -out "$certs/lb.crt" -days 2 -extfile "$certs/ext.cnf" >/dev/null 2>&1 ||
-        die "openssl could not make the test certificate"
-    sed -e "s#@CERT@#$certs/lb.crt#; s#@KEY@#$certs/lb.key#; s#@CA@#$certs/ca.crt#" \
-        "$root/bench/kamailio/tls.cfg" >"$out/kamailio-tls.cfg"
-}
-
 # ---------------------------------------------------------------------------------------------
 # The generator's backends: one process, BACKENDS of each transport.
 
@@ -360,7 +287,7 @@ lg_run() {
     lg=$!
     if [[ -n $at_half && -n $pid ]]; then
         sleep "$(awk -v c="$count" -v r="$rate" 'BEGIN { print c / r / 2 }')"
-        pss=$(pss_kib "$pid")
+        pss=$(memory_kib Pss "$pid")
     fi
     wait "$lg" || rc=$?
     [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
@@ -423,7 +350,7 @@ warm_up direct udp
 
 # 4 (idle). Memory after the warm-up, before any load.
 declare -A pss_idle=() pss_load=()
-for p in siplb kamailio; do pss_idle[$p]=$(pss_kib "${proxy_pid[$p-udp]}"); done
+for p in siplb kamailio; do pss_idle[$p]=$(memory_kib Pss "${proxy_pid[$p-udp]}"); done
 log "idle PSS: siplb ${pss_idle[siplb]} KiB, kamailio ${pss_idle[kamailio]} KiB"
 
 # 1. CPU per pair.

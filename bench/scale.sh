@@ -106,7 +106,6 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # Processes
 
-cpu_ticks() { awk '{ r = $0; sub(/^.*\) /, "", r); split(r, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # start_responder NAME COUNT SECONDS: COUNT servers in one process; their ports in $out/NAME.ports.

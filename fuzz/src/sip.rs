@@ -302,6 +302,18 @@ fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
         k
     };
     while at < v.len() {
+        if v[at] == b'"' {
+            // A quoted string (a generic parameter's value) is copied whole: a `;received=`
+            // inside it is text, not a parameter.
+            let mut k = at + 1;
+            while k < v.len() && v[k] != b'"' {
+                k += if v[k] == b'\\' { 2 } else { 1 };
+            }
+            let close = (k + 1).min(v.len());
+            out.extend_from_slice(&v[at..close]);
+            at = close;
+            continue;
+        }
         if v[at] == b'[' && sent_by_bracket(v, at) {
             // An IPv6 reference before the parameters is the host, whatever it holds.
             let close = v[at..]
