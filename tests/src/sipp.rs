@@ -128,6 +128,13 @@ impl Drop for Proc {
     }
 }
 
+/// The socket buffer each sipp asks for (`-buff_size`; sipp's own default is 64 KiB, which
+/// the kernel doubles). A server must hold a burst that siplb rightly forwards, such as the
+/// floods' 65,000-byte REGISTERs, without dropping the valid request that came beside them: a
+/// drop at the test's own peer would be counted against siplb. The kernel caps it at
+/// `net.core.rmem_max`.
+const PEER_BUFFER: &str = "4194304";
+
 /// One sipp server (`uas.xml`), logging `METHOD user` per request to its own file.
 pub struct Uas {
     pub id: String,
@@ -150,6 +157,7 @@ impl Uas {
                 .arg(scenarios().join("uas.xml"))
                 .args(["-i", "127.0.0.1", "-p", &port.to_string()])
                 .args(["-nostdin", "-m", "1000000", "-timeout", "300s"])
+                .args(["-buff_size", PEER_BUFFER])
                 .args(["-trace_logs", "-log_file"])
                 .arg(&log);
             let mut uas = Uas {
@@ -350,6 +358,7 @@ impl Uac {
             .args(["-i", "127.0.0.1"])
             .args(transport)
             .args(["-m", &calls.to_string(), "-r", &rate.to_string()])
+            .args(["-buff_size", PEER_BUFFER])
             .args(["-nostdin", "-timeout"])
             .arg(format!("{}s", timeout.as_secs()))
             .args(["-timeout_error", "-trace_stat", "-fd", "1", "-stf"])

@@ -39,8 +39,10 @@ use crate::table::RoutingTable;
 
 pub(crate) use serve::{serve, Served};
 
-/// Kernel buffer size asked for each socket; bursts of REGISTERs after a failover are absorbed
-/// here rather than dropped. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+/// Kernel buffer size asked for each socket; bursts of REGISTERs after a failover, and the
+/// moments the serving thread waits for a core, are absorbed here rather than dropped. With
+/// `CAP_NET_ADMIN` siplb takes it whatever `net.core.rmem_max`/`wmem_max` say
+/// (`SO_RCVBUFFORCE`); without, the kernel caps it at those, and siplb says so once at start.
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// The largest datagram siplb reads (the UDP maximum).
@@ -62,9 +64,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    // Buffer sizes are a wish, not a requirement: keep going with what the kernel grants.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    size_buffers(&socket);
     socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     socket.set_write_timeout(Some(SEND_TIMEOUT))?;
     socket.bind(&addr.into())?;
@@ -72,6 +72,37 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     // ICMP errors are a hint, not a requirement: carry on without them where refused.
     let _ = icmp::enable(&socket, addr.is_ipv6());
     Ok(socket)
+}
+
+/// Asks for [`SOCKET_BUFFER`] each way: forced past the sysctl caps where siplb may (root or
+/// `CAP_NET_ADMIN`), else capped by them. Buffer sizes are a wish, not a requirement: siplb
+/// keeps going with what the kernel grants.
+fn size_buffers(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+/// Warns once per bind when the kernel granted less receive buffer than asked: under a burst or
+/// a flood, a small buffer drops valid requests before siplb sees them.
+fn warn_if_small(socket: &std::net::UdpSocket, addr: SocketAddr) {
+    let granted = socket2::SockRef::from(socket)
+        .recv_buffer_size()
+        .unwrap_or(0);
+    // Linux reports twice what was set (it counts its bookkeeping too).
+    if granted < SOCKET_BUFFER {
+        tracing::warn!(
+            %addr,
+            granted_bytes = granted / 2,
+            asked_bytes = SOCKET_BUFFER,
+            "the kernel granted a small UDP receive buffer (no CAP_NET_ADMIN, and \
+             net.core.rmem_max is low): bursts may be dropped; raise net.core.rmem_max"
+        );
+    }
 }
 
 /// Binds `sockets` blocking sockets to `addr` (port 0 picks one port for all of them). Returns
@@ -82,6 +113,7 @@ pub(crate) fn bind(
 ) -> io::Result<(Vec<std::net::UdpSocket>, SocketAddr)> {
     let first = bind_one(addr)?;
     let bound = first.local_addr()?;
+    warn_if_small(&first, bound);
     let mut bound_sockets = vec![first];
     for _ in 1..sockets.max(1) {
         bound_sockets.push(bind_one(bound)?);
@@ -319,6 +351,35 @@ mod tests {
     use crate::core::Worker;
     use crate::stats::tests::probed;
     use crate::table::ConfigHealth;
+
+    #[test]
+    fn a_socket_gets_the_buffer_asked_for_past_the_sysctl_cap_when_it_may() {
+        let (sockets, _) = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // With CAP_NET_ADMIN (root here), the whole of it; without, what the cap allows.
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+            .unwrap();
+        let floor = if root {
+            SOCKET_BUFFER
+        } else {
+            SOCKET_BUFFER.min(rmem_max)
+        };
+        for s in &sockets {
+            let granted = socket2::SockRef::from(s).recv_buffer_size().unwrap();
+            // Linux reports twice the size set.
+            assert!(
+                granted >= 2 * floor,
+                "receive buffer {granted} < 2 x {floor} (rmem_max {rmem_max})"
+            );
+        }
+    }
 
     /// A sender that records what it was asked to send and fails when told to.
     struct FakeSender {
