@@ -235,8 +235,8 @@ fn common(x: &[u8], y: &[u8]) -> (usize, usize) {
 /// Checks the client's top Via line: `y` is `x` with `received` set to the source address
 /// (added, or its value replaced) and a bare `rport` given the source port; nothing else.
 fn via_filled(x: &[u8], y: &[u8], src: SocketAddr) -> Result<(), String> {
-    let (nx, _) = without_return_path(x);
-    let (ny, _) = without_return_path(y);
+    let (nx, ..) = without_return_path(x);
+    let (ny, ..) = without_return_path(y);
     if nx != ny {
         return Err(format!(
             "the client's Via {:?} became {:?}",
@@ -244,10 +244,14 @@ fn via_filled(x: &[u8], y: &[u8], src: SocketAddr) -> Result<(), String> {
             show(y)
         ));
     }
-    // In the top value (up to the first comma): one received, added or replaced.
-    let top = |v: &[u8]| without_return_path(&v[..first_comma(v)]).1;
-    let (rx, ry) = (top(x), top(y));
-    if ry != rx.max(1) {
+    // In the top value (up to the first comma): the first received with a value replaced, or,
+    // when none has one (bare `received` parameters do not count), one added.
+    let top = |v: &[u8]| {
+        let (_, n, valued) = without_return_path(&v[..first_comma(v)]);
+        (n, valued)
+    };
+    let ((rx, valued), (ry, _)) = (top(x), top(y));
+    if ry != if valued { rx } else { rx + 1 } {
         return Err(format!(
             "received {rx} times in {:?}, {ry} in {:?}",
             show(x),
@@ -291,11 +295,12 @@ fn first_comma(v: &[u8]) -> usize {
     v.len()
 }
 
-/// A Via line with every `received` parameter taken out and every `rport` value dropped, and
-/// how many `received` parameters it had.
-fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
+/// A Via line with every `received` parameter taken out and every `rport` value dropped, how
+/// many `received` parameters it had, and whether one of them had a value.
+fn without_return_path(v: &[u8]) -> (Vec<u8>, usize, bool) {
     let mut out = Vec::with_capacity(v.len());
     let mut received = 0;
+    let mut valued = false;
     let mut at = 0;
     let value_end = |mut k: usize| {
         while k < v.len() && !matches!(v[k], b';' | b',' | b' ' | b'\t' | b'\r' | b'\n') {
@@ -351,6 +356,8 @@ fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
         match pname.as_slice() {
             b"received" => {
                 received += 1;
+                // siplb takes a value only when something follows the `=`.
+                valued |= value.is_some_and(|end| end > skip_ws(after + 1));
                 at = value.unwrap_or(name_end);
             }
             b"rport" => {
@@ -363,7 +370,7 @@ fn without_return_path(v: &[u8]) -> (Vec<u8>, usize) {
             }
         }
     }
-    (out, received)
+    (out, received, valued)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -54,6 +54,9 @@ pub struct ProbeSettings {
     /// How many probes confirm a failure back to back (`fall - 1`: the state machine needs
     /// `fall` failures in a row).
     pub confirm: u32,
+    /// How long after the start the first probe goes out (the supervisor spreads the first
+    /// probes of many servers started at once; see [`probe_loop`]).
+    pub first_after: Duration,
 }
 
 /// The transport siplb speaks to a server, which OPTIONS probes use too.
@@ -292,7 +295,8 @@ fn outcome_of_code(code: u16, rtt: Duration) -> Outcome {
 /// within `interval + fall × timeout` rather than `fall × interval + timeout`, while a server
 /// that misses a single probe is back in good standing one probe later.
 pub async fn probe_loop(target: Target, settings: ProbeSettings, mut report: impl FnMut(Outcome)) {
-    let mut tick = tokio::time::interval(settings.interval);
+    let first = tokio::time::Instant::now() + settings.first_after;
+    let mut tick = tokio::time::interval_at(first, settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut options: Option<OptionsProber> = None;
     let mut failures_in_a_row = 0u32;
@@ -440,6 +444,7 @@ mod tests {
             interval: Duration::from_secs(3),
             timeout: Duration::from_millis(100),
             confirm: 2,
+            first_after: Duration::ZERO,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
@@ -462,6 +467,38 @@ mod tests {
         assert!(
             at[3] >= Duration::from_millis(2500),
             "probing did not slow down: {at:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_probe_waits_first_after_then_the_interval_runs_from_it() {
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let settings = ProbeSettings {
+            kind: ProbeKind::TcpConnect,
+            interval: Duration::from_millis(400),
+            timeout: Duration::from_millis(100),
+            confirm: 0,
+            first_after: Duration::from_millis(300),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let task = tokio::spawn(probe_loop(Target::udp(closed), settings, move |o| {
+            let _ = tx.send((start.elapsed(), o));
+        }));
+        let (first, _) = rx.recv().await.unwrap();
+        let (second, _) = rx.recv().await.unwrap();
+        task.abort();
+        // Lower bounds only: a timer never fires early, however loaded the machine.
+        assert!(
+            first >= Duration::from_millis(300),
+            "first probe at {first:?}"
+        );
+        assert!(
+            second >= Duration::from_millis(700),
+            "second probe at {second:?}"
         );
     }
 

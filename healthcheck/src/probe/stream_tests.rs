@@ -400,6 +400,7 @@ async fn probe_loop_probes_over_the_servers_transport() {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
         confirm: 0,
+        first_after: Duration::ZERO,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(probe_loop(

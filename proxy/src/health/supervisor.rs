@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use healthcheck::probe::ProbeSettings;
@@ -39,12 +39,27 @@ fn plan(pool: &PoolConfig) -> ProbePlan {
             interval: h.interval,
             timeout: h.timeout,
             confirm: h.fall.saturating_sub(1),
+            first_after: Duration::ZERO,
         },
         thresholds: Thresholds {
             fall: h.fall,
             rise: h.rise,
         },
     }
+}
+
+/// The fastest pace at which first probes go out when many servers start at once.
+const FIRST_PROBES_PER_SECOND: u32 = 1000;
+
+/// When the first probe of the `i`-th of `n` servers whose probes start together goes out: the
+/// first at once, the rest spread evenly over one probe interval, or at
+/// [`FIRST_PROBES_PER_SECOND`] when that is sooner. A reload that adds thousands of servers
+/// then probes them at the pace it will keep, instead of sending thousands of OPTIONS (and
+/// opening as many sockets) in one instant; a reload that adds a few probes them at once.
+fn first_probe_after(i: usize, n: usize, interval: Duration) -> Duration {
+    let i = u32::try_from(i).unwrap_or(u32::MAX);
+    let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    (interval / n * i).min(Duration::from_secs(1) / FIRST_PROBES_PER_SECOND * i)
 }
 
 /// How a server's probes reach it: its own transport and, for TLS, its TLS settings.
@@ -274,6 +289,7 @@ impl Supervisor {
             .collect();
         let mut old_servers = std::mem::take(&mut self.servers);
         self.by_addr.clear();
+        let mut to_probe: Vec<Arc<str>> = Vec::new();
         for (pi, p) in cfg.pools.iter().enumerate() {
             let mut failover = old_pools
                 .remove(&p.name)
@@ -312,15 +328,24 @@ impl Supervisor {
                 entry.plan = plan;
                 entry.link = link;
                 if stale || entry.probe.is_none() {
-                    self.spawn_probe(&id, &mut entry);
+                    to_probe.push(id.clone());
                 }
                 self.servers.insert(id, entry);
             }
         }
         // What is left in old_servers was removed from the config: dropping it stops its probe.
+        let n = to_probe.len();
+        for (i, id) in to_probe.iter().enumerate() {
+            let Some(mut entry) = self.servers.remove(id) else {
+                continue;
+            };
+            let first_after = first_probe_after(i, n, entry.plan.settings.interval);
+            self.spawn_probe(id, &mut entry, first_after);
+            self.servers.insert(id.clone(), entry);
+        }
     }
 
-    fn spawn_probe(&self, id: &Arc<str>, entry: &mut ServerEntry) {
+    fn spawn_probe(&self, id: &Arc<str>, entry: &mut ServerEntry, first_after: Duration) {
         if let Some(p) = entry.probe.take() {
             p.abort();
         }
@@ -330,7 +355,8 @@ impl Supervisor {
             transport: entry.link.transport,
             tls: entry.link.tls.clone(),
         };
-        let (tx, settings) = (self.probes.clone(), entry.plan.settings);
+        let (tx, mut settings) = (self.probes.clone(), entry.plan.settings);
+        settings.first_after = first_after;
         let id = id.clone();
         let report = Box::new(move |outcome| {
             // Fails only once the supervisor is gone, and then nobody needs the result.

@@ -496,3 +496,67 @@ async fn an_operators_command_is_answered_only_once_its_table_is_in_use() {
         assert!(!h.a_failed_over(), "failback answered before its table");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_adding_thousands_of_servers_spreads_their_first_probes_over_an_interval() {
+    let health = r#"interval = "2s""#;
+    let h = Harness::start(&config_text(A, "30s", health));
+    settle().await;
+    let at_start = h.spawns.lock().unwrap().len();
+    // The servers of the first config: a few, probed at once (within a few milliseconds).
+    assert!(h
+        .spawns
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.settings.first_after <= Duration::from_millis(2)));
+
+    let many: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{ id = "n{i}", address = "127.0.0.2:{}" }}"#, 10_000 + i))
+        .collect();
+    h.reload(&config_text(
+        &format!("{A}, {}", many.join(", ")),
+        "30s",
+        health,
+    ))
+    .await;
+    let mut firsts: Vec<Duration> = h.spawns.lock().unwrap()[at_start..]
+        .iter()
+        .map(|s| s.settings.first_after)
+        .collect();
+    assert_eq!(firsts.len(), 3000, "one probe started per new server");
+    firsts.sort();
+    assert_eq!(firsts[0], Duration::ZERO, "the first goes out at once");
+    let last = firsts[firsts.len() - 1];
+    assert!(
+        last > Duration::from_millis(1900) && last < Duration::from_secs(2),
+        "spread over one 2 s interval, the last at {last:?}"
+    );
+    // Evenly: no 100 ms of the interval holds more than its share, give or take one.
+    for slot in 0..20u32 {
+        let (from, to) = (
+            Duration::from_millis(100) * slot,
+            Duration::from_millis(100) * (slot + 1),
+        );
+        let inside = firsts.iter().filter(|d| **d >= from && **d < to).count();
+        assert!(
+            (149..=151).contains(&inside),
+            "{inside} first probes in {from:?}..{to:?}"
+        );
+    }
+
+    // One more server later: probed at once.
+    h.reload(&config_text(
+        &format!(
+            r#"{A}, {}, {{ id = "late", address = "127.0.0.3:5000" }}"#,
+            many.join(", ")
+        ),
+        "30s",
+        health,
+    ))
+    .await;
+    let spawns = h.spawns.lock().unwrap();
+    let late = spawns.last().unwrap();
+    assert_eq!(late.target, "127.0.0.3:5000".parse::<SocketAddr>().unwrap());
+    assert_eq!(late.settings.first_after, Duration::ZERO);
+}
