@@ -259,11 +259,15 @@ fn via_filled(x: &[u8], y: &[u8], src: SocketAddr) -> Result<(), String> {
         ));
     }
     let received = format!("received={}", src.ip());
-    // The value siplb wrote may follow white space after the `=` of a `received` it replaced.
+    // The value siplb wrote may sit after white space around the `=` of a `received` it
+    // replaced (SIP's `EQUAL = SWS "=" SWS`; siplb's scanner also takes CR and LF inside a
+    // line for white space): drop white space next to an `=`.
+    let ws = |c: u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
     let mut squeezed = Vec::with_capacity(y.len());
-    for &c in y {
+    for (i, &c) in y.iter().enumerate() {
         let after_eq = matches!(squeezed.last(), Some(b'='));
-        if !(after_eq && matches!(c, b' ' | b'\t' | b'\r' | b'\n')) {
+        let before_eq = y[i..].iter().find(|&&d| !ws(d)) == Some(&b'=');
+        if !(ws(c) && (after_eq || before_eq)) {
             squeezed.push(c.to_ascii_lowercase());
         }
     }
