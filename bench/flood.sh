@@ -186,14 +186,14 @@ run_phase() {
             rate=$UDP_RATE valid_kind=udp
             calls=$((UDP_RATE * SECS))
             sipp "$udp" -sf "$scenarios/uac_register.xml" -inf "$scenarios/users.csv" -i 127.0.0.1 \
-                -m "$calls" -r "$UDP_RATE" -nostdin -timeout $((SECS + 30))s -timeout_error \
+                -m "$calls" -r "$UDP_RATE" -buff_size "$SIPP_BUFFER" -nostdin -timeout $((SECS + 30))s -timeout_error \
                 -trace_stat -fd 1 -stf "$out/$phase.csv" >"$out/$phase.sipp.out" 2>&1 &
             ;;
         *)
             rate=$TCP_RATE valid_kind=tcp
             calls=$((TCP_RATE * SECS))
             sipp "$tcp" -sf "$scenarios/uac_register.xml" -inf "$scenarios/users.csv" -i 127.0.0.1 \
-                -t t1 -m "$calls" -r "$TCP_RATE" -nostdin -timeout $((SECS + 30))s -timeout_error \
+                -t t1 -m "$calls" -r "$TCP_RATE" -buff_size "$SIPP_BUFFER" -nostdin -timeout $((SECS + 30))s -timeout_error \
                 -trace_stat -fd 1 -stf "$out/$phase.csv" >"$out/$phase.sipp.out" 2>&1 &
             ;;
     esac

@@ -112,7 +112,10 @@ kill_started() {
 # ports of 127.0.0.1, in the background, each bounded by -m and -timeout TIMEOUT; backend i
 # writes its screen to PREFIXi.out and, with STATS_PERIOD, its statistics every STATS_PERIOD to
 # PREFIXi.csv. Sets uas_pids and uas_addrs (IP:port) to these backends; their PIDs are also
-# appended to started_pids.
+# appended to started_pids. Each asks for a 4 MiB socket buffer (SIPP_BUFFER; sipp's own default
+# is 64 KiB): a backend must hold a burst a proxy rightly forwards, such as flood.sh's
+# 65,000-byte REGISTERs, without dropping the valid request beside it and blaming the proxy.
+SIPP_BUFFER=${SIPP_BUFFER:-4194304}
 start_uas_backends() {
     local prefix=$1 timeout=$2 period=${3:-} i port
     local -a stats=()
@@ -121,7 +124,7 @@ start_uas_backends() {
         free_udp_port port
         if [[ -n $period ]]; then stats=(-trace_stat -stf "$prefix$i.csv" -fd "$period"); fi
         sipp -sf "$root/tests/sipp/uas.xml" -i 127.0.0.1 -p "$port" -nostdin -m 100000000 \
-            -timeout "$timeout" "${stats[@]}" >"$prefix$i.out" 2>&1 &
+            -buff_size "$SIPP_BUFFER" -timeout "$timeout" "${stats[@]}" >"$prefix$i.out" 2>&1 &
         started_pids+=($!)
         uas_pids+=($!)
         uas_addrs+=("127.0.0.1:$port")
