@@ -78,21 +78,7 @@ done
 [[ -x $SIPLB_BIN && -x $FLOOD_BIN ]] ||
     die "build first: cargo build --release -p siplb -p siplb-e2e --bin siplb --bin flood"
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out=$root/bench/out/flood-$stamp
-mkdir -p "$out"
-report=$out/results.md
-clk_tck=$(getconf CLK_TCK)
-
-# shellcheck disable=SC2034 # appended to and read by bench/lib.sh
-started_pids=()
-certs=
-cleanup() {
-    kill_started TERM
-    if [[ -n $certs ]]; then rm -rf "$certs"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup flood-
 
 # A CA and siplb's certificate (siplb.test, 127.0.0.1), made fresh each run.
 certs=$(mktemp -d)

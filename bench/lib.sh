@@ -362,3 +362,32 @@ make_certs() {
         "$root/bench/kamailio/tls.cfg" >"$out/kamailio-tls.cfg"
 }
 
+# ---------------------------------------------------------------------------------------------
+# A run's output and the processes it starts
+
+# bench_setup NAME: the run's output directory bench/out/NAME<UTC time> (`out`, made), its
+# report `$out/results.md`, `stamp` and `clk_tck`; and the processes it starts, stopped on exit
+# (and only those): `started_pids` (stopped with SIGTERM), `kamailio_pids` (Kamailio main
+# processes: SIGTERM stops their children; what is left after 5 s is killed by PID), `certs` (a
+# directory removed on exit).
+bench_setup() {
+    stamp=$(date -u +%Y%m%dT%H%M%SZ)
+    out=$root/bench/out/$1$stamp
+    mkdir -p "$out"
+    # shellcheck disable=SC2034 # read by the scripts
+    report=$out/results.md
+    # shellcheck disable=SC2034 # read by the scripts
+    clk_tck=$(getconf CLK_TCK)
+    started_pids=()
+    kamailio_pids=()
+    certs=
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    if [[ ${#kamailio_pids[@]} -gt 0 ]]; then stop_pids 5 "${kamailio_pids[@]}"; fi
+    kamailio_pids=()
+    kill_started TERM
+    if [[ -n ${certs:-} ]]; then rm -rf "$certs"; fi
+}

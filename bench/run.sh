@@ -67,31 +67,10 @@ elif [[ $# -gt 0 ]]; then
     usage
 fi
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out=$root/bench/out/$stamp
-mkdir -p "$out"
-report=$out/results.md
-clk_tck=$(getconf CLK_TCK)
+bench_setup ""
+kamailio_pid=
 
 has_target() { [[ " $BENCH_TARGETS " == *" $1 "* ]]; }
-
-# ---------------------------------------------------------------------------------------------
-# Processes we start, stopped on exit (and only those).
-
-# shellcheck disable=SC2034 # appended to and read by bench/lib.sh
-started_pids=()
-kamailio_pid=
-cleanup() {
-    # Kamailio: SIGTERM to its main process, which stops its children; whatever is left after
-    # 5 s (they are ours: forked by the process we started) is killed by PID.
-    if [[ -n $kamailio_pid ]]; then
-        stop_pids 5 "$kamailio_pid"
-        kamailio_pid=
-    fi
-    kill_started TERM
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
 # CPU accounting, from /proc (no extra tools needed).
@@ -224,6 +203,7 @@ start_kamailio() {
     command -v kamailio >/dev/null || die "kamailio not found: apt-get install -y kamailio (or BENCH_TARGETS without kamailio)"
     free_udp_port port
     spawn_kamailio kamailio_pid "$out/dispatcher.list" kamailio "$port"
+    kamailio_pids+=("$kamailio_pid")
     kamailio_addr=127.0.0.1:$port
     # Up to 10 s for its control socket; not there yet is no error: the warm-up tells.
     wait_started "$kamailio_pid" 100 kamailio "$out/kamailio.out" test -S "$out/kamailio.ctl" || true

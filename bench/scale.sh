@@ -50,16 +50,8 @@ WORKERS=${WORKERS:-2}
 users=$root/tests/sipp/users.csv
 clk_tck=$(getconf CLK_TCK)
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out=$root/bench/out/scale-$stamp
-mkdir -p "$out"
-report=$out/results.md
+bench_setup scale-
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
-
-# shellcheck disable=SC2034 # appended to and read by bench/lib.sh
-started_pids=()
-trap 'kill_started TERM' EXIT
-trap 'exit 130' INT TERM
 
 for tool in valgrind sipp curl python3; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y valgrind sip-tester curl python3)"

@@ -101,30 +101,9 @@ elif [[ $# -gt 0 ]]; then
     usage
 fi
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out=$root/bench/out/streams-$stamp
-mkdir -p "$out"
-report=$out/results.md
-clk_tck=$(getconf CLK_TCK)
+bench_setup streams-
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 has_proxy() { [[ " $PROXIES " == *" $1 "* ]]; }
-
-# ---------------------------------------------------------------------------------------------
-# Processes we start, stopped on exit (and only those).
-
-# shellcheck disable=SC2034 # appended to and read by bench/lib.sh
-started_pids=()
-kamailio_pids=()
-certs=
-cleanup() {
-    # Kamailio: SIGTERM to each main process we started, which stops its children.
-    if [[ ${#kamailio_pids[@]} -gt 0 ]]; then stop_pids 5 "${kamailio_pids[@]}"; fi
-    kamailio_pids=()
-    kill_started TERM
-    if [[ -n $certs ]]; then rm -rf "$certs"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
 # Accounting, from /proc
