@@ -147,18 +147,32 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let metrics = crate::stats::install_metrics()?;
         let listeners = Listeners::bind(&cfg)?;
-        let proxy = Proxy::start(cfg, listeners, token, true, crate::shutdown_signal())?;
+        // Listening before anything is announced: a SIGTERM from then on is a graceful stop.
+        let mut signals = crate::shutdown::Signals::listen()?;
+        // Stopped below, once `shutdown::drain` says so.
+        let proxy = Proxy::start(cfg, listeners, token, true, std::future::pending())?;
         let ops = crate::ops::Ops {
             proxy: proxy.clone(),
             metrics: Some(metrics),
         };
         let ops_addr = crate::ops::start(ops).await?;
         let _watch = crate::reload::spawn_watchers(proxy.clone())?;
+        let _gauge = AbortOnDrop(tokio::spawn(crate::shutdown::refresh_gauge(proxy.clone())));
         announce(&proxy, ops_addr);
-        proxy.stopped().await;
-        tracing::info!("stopping");
+        crate::shutdown::drain(&proxy, &mut signals).await;
+        proxy.stop();
+        tracing::info!("exiting");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The lines scripts and tests wait for on stdout.

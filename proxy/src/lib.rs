@@ -17,7 +17,8 @@
 //!   `passthrough` copies TLS connections unread to the servers HRW picks by client IP. `token` (the
 //!   admin bearer token) and `logging` sit beside them.
 //! - **Top, what a person or a program talks to.** `ops` (the HTTP endpoint), `reload` (file
-//!   watcher and SIGHUP), `demo`, and [`cli`] (the command line; `main.rs` only calls it).
+//!   watcher and SIGHUP), `shutdown` (SIGTERM's graceful stop), `demo`, and [`cli`] (the
+//!   command line; `main.rs` only calls it).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -34,6 +35,7 @@ mod ops;
 mod passthrough;
 mod reload;
 pub mod server;
+mod shutdown;
 pub mod sip;
 mod stats;
 pub(crate) mod stream;
@@ -57,7 +59,8 @@ pub(crate) fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime
         .build()
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM: how `siplb demo` stops (at once). The run command stops
+/// gracefully instead (`shutdown`).
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -174,6 +175,9 @@ pub(crate) struct Proxy {
     supervisor: JoinHandle<()>,
     /// Becomes true when the proxy has stopped.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Set once a graceful stop has begun ([`Proxy::begin_shutdown`]); set while holding the
+    /// `stream_listeners` lock, so a reload cannot open them again.
+    shutting_down: AtomicBool,
 }
 
 impl Drop for Proxy {
@@ -295,6 +299,7 @@ impl Proxy {
             reloading: tokio::sync::Mutex::new(()),
             supervisor,
             stopped,
+            shutting_down: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&proxy);
         tokio::spawn(async move {
@@ -306,9 +311,37 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// Begins a graceful stop: `/readyz` fails from now on, reloads are refused and the TCP and
+    /// TLS listeners close (a new connection is refused by the kernel), while UDP listeners,
+    /// client flows already open and siplb's own connections to servers go on until
+    /// [`Proxy::stop`]. Returns the number of listeners closed, or `None` when a graceful stop
+    /// had already begun.
+    pub(crate) fn begin_shutdown(&self) -> Option<usize> {
+        let mut listeners = self
+            .stream_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.shutting_down.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let closed = listeners.len();
+        listeners.clear();
+        Some(closed)
+    }
+
+    /// Whether a graceful stop has begun.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// TCP and TLS client connections open.
+    pub(crate) fn client_flows(&self) -> usize {
+        self.streams.client_connections()
+    }
+
     /// Stops the workers, the probes and the supervisor; the ops endpoint and reload watchers
     /// of the process stop with the runtime.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.supervisor.abort();
         self.listeners
             .lock()
@@ -426,6 +459,9 @@ impl Proxy {
             // Binding listeners again would bring a stopped proxy back to life.
             return Err(refused(&cfg.path, "", "siplb is stopping"));
         }
+        if self.shutting_down() {
+            return Err(refused(&cfg.path, "", "siplb is shutting down"));
+        }
         let running = self.config.load();
         if cfg.listen.workers != running.listen.workers {
             tracing::warn!("[listen] workers changes take effect at the next start");
@@ -534,6 +570,10 @@ impl Proxy {
             .stream_listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if self.shutting_down() {
+            // The listeners closed for good when the graceful stop began.
+            anyhow::bail!("siplb is shutting down");
+        }
         let wanted = stream_addresses(cfg);
         let mut fresh = Vec::new();
         for &(addr, transport) in &wanted {
@@ -624,5 +664,47 @@ mod tests {
             .await
             .expect("the proxy stopped");
         assert!(proxy.udp().is_empty(), "listeners closed at shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_closes_the_tcp_listeners_once_and_keeps_udp() {
+        let cfg = config(
+            "\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"",
+            &["127.0.0.1:9".parse().unwrap()],
+        );
+        let listeners = Listeners::bind(&cfg).unwrap();
+        let proxy = Proxy::start(
+            cfg,
+            listeners,
+            Token::default(),
+            false,
+            std::future::pending(),
+        )
+        .unwrap();
+        let [(Transport::Tcp, tcp)] = proxy.stream_listeners()[..] else {
+            panic!("one TCP listener: {:?}", proxy.stream_listeners());
+        };
+        assert!(!proxy.shutting_down());
+        assert!(tokio::net::TcpStream::connect(tcp).await.is_ok());
+
+        assert_eq!(proxy.begin_shutdown(), Some(1));
+        assert!(proxy.shutting_down());
+        assert_eq!(proxy.begin_shutdown(), None, "a graceful stop begins once");
+        assert!(proxy.stream_listeners().is_empty());
+        assert_eq!(proxy.udp().len(), 1, "UDP goes on during the grace");
+        // The accept task ends as it is aborted; then the kernel refuses.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(tcp).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let errors = proxy
+            .apply(proxy.config().as_ref().clone())
+            .await
+            .unwrap_err();
+        assert!(
+            errors[0].to_string().contains("shutting down"),
+            "{errors:?}"
+        );
     }
 }

@@ -302,6 +302,32 @@ impl Siplb {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` (a name `kill` knows: `TERM`, `INT`, `HUP`) to this siplb with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([format!("-{signal}").as_str(), pid.as_str()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, or `None` if it is still
+    /// running then.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling the child's exit under a deadline.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// siplb's log output so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -61,7 +61,13 @@ pub struct Listen {
     /// Layer-4 passthrough listeners: TLS that must end at the servers, whose connections
     /// siplb places by the client's IP without reading them.
     pub(crate) passthrough: Vec<Passthrough>,
+    /// After SIGTERM: how long UDP keeps being forwarded and client flows keep working, with
+    /// the TCP and TLS listeners closed, before siplb exits (default 10 s; 0 exits at once).
+    pub(crate) shutdown_grace: Duration,
 }
+
+/// `[listen] shutdown_grace` when the file does not give it.
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Listen {
     /// What siplb's Via names: `advertise`, or the address the first UDP listener is bound to.

@@ -47,6 +47,7 @@ pub(crate) struct RawListen {
     pub(crate) tls: Vec<Spanned<RawTlsListen>>,
     pub(crate) advertise: Option<Str>,
     pub(crate) workers: Option<Int>,
+    pub(crate) shutdown_grace: Option<Str>,
     /// `passthrough = [...]`: TLS passed through to a pool's servers unread.
     #[serde(default)]
     pub(crate) passthrough: Vec<Spanned<RawPassthrough>>,

@@ -238,6 +238,7 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         advertise: None,
         workers: default_workers(),
         passthrough: Vec::new(),
+        shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
     };
     let Some(raw) = raw else {
         ctx.error_at_line(
@@ -313,6 +314,12 @@ fn listen(ctx: &mut Ctx<'_>, raw: Option<&toml::Spanned<RawListen>>) -> Listen {
         if let Some(w) = values::int_in(ctx, w, "listen.workers", 1, MAX_WORKERS, &accepted) {
             // In 1..=256 by the check above.
             listen.workers = w as usize;
+        }
+    }
+    if let Some(g) = &raw_listen.shutdown_grace {
+        // 0 is allowed: siplb then exits as soon as SIGTERM arrives.
+        if let Some(g) = values::duration(ctx, g, "listen.shutdown_grace") {
+            listen.shutdown_grace = g;
         }
     }
     listen

@@ -72,9 +72,12 @@ pub(crate) async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(bound))
 }
 
-/// Why siplb is not ready, or `None` when it is: every pool a route can choose must have a
-/// server up in the pool serving its users, or in its pair.
+/// Why siplb is not ready, or `None` when it is: siplb is not shutting down, and every pool a
+/// route can choose has a server up in the pool serving its users, or in its pair.
 pub(crate) fn not_ready(proxy: &Proxy) -> Option<String> {
+    if proxy.shutting_down() {
+        return Some(SHUTTING_DOWN.into());
+    }
     let t = proxy.tables.load();
     let has_up = |p: usize| t.pools[p].up_count() > 0;
     for (i, r) in t.routes.iter().enumerate() {
@@ -90,6 +93,9 @@ pub(crate) fn not_ready(proxy: &Proxy) -> Option<String> {
     }
     None
 }
+
+/// The reason `/readyz` gives from SIGTERM until siplb exits.
+const SHUTTING_DOWN: &str = "siplb is shutting down";
 
 async fn readyz(State(ops): State<Ops>) -> Response {
     match not_ready(&ops.proxy) {
@@ -108,6 +114,8 @@ pub(crate) struct StatusDoc {
     /// What `/readyz` says.
     pub(crate) ready: bool,
     pub(crate) not_ready_reason: Option<String>,
+    /// True from SIGTERM until siplb exits (`[listen] shutdown_grace`).
+    pub(crate) shutting_down: bool,
     pub(crate) config: ConfigMeta,
     pub(crate) listen_udp: Vec<String>,
     /// TCP and TLS listeners (as bound), client connections open on each, backend
@@ -129,6 +137,7 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
     Ok(StatusDoc {
         ready: not_ready_reason.is_none(),
         not_ready_reason,
+        shutting_down: ops.proxy.shutting_down(),
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
         connections: ops.proxy.connections(),

@@ -129,6 +129,11 @@ impl Streams {
         self.inner.stats.status()
     }
 
+    /// Client connections open, over every TCP and TLS listener.
+    pub(crate) fn client_connections(&self) -> usize {
+        self.inner.clients.load(Ordering::Relaxed)
+    }
+
     /// Closes every connection (the proxy is stopping).
     pub(crate) fn close_all(&self) {
         for e in self.inner.conns.iter() {

@@ -113,6 +113,7 @@ udp = ["127.0.0.1:5060", "[::1]:5060"]
 tcp = ["127.0.0.1:5060"]
 advertise = "sip.contoso.com:5060"
 workers = 2
+shutdown_grace = "30s"
 
 [ops]
 listen = "127.0.0.1:9060"
@@ -186,6 +187,7 @@ fn full_config_becomes_the_expected_config() {
             }),
             workers: 2,
             passthrough: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
         },
         ops: Ops {
             listen: Some(addr("127.0.0.1:9060")),
@@ -269,6 +271,7 @@ fn defaults_apply() {
     assert_eq!(cfg.listen.advertise, None);
     assert_eq!(cfg.listen.workers, default_workers());
     assert!((1..=256).contains(&cfg.listen.workers));
+    assert_eq!(cfg.listen.shutdown_grace, Duration::from_secs(10));
     assert_eq!(
         cfg.ops,
         Ops {

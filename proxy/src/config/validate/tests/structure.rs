@@ -254,6 +254,25 @@ fn workers_out_of_range() {
 }
 
 #[test]
+fn shutdown_grace_is_a_duration_and_may_be_zero() {
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "udp = [\"127.0.0.1:5060\"]",
+            &format!("udp = [\"127.0.0.1:5060\"]\nshutdown_grace = {v}"),
+        )
+    };
+    assert_eq!(ok(&with("\"0s\"")).listen.shutdown_grace, Duration::ZERO);
+    assert_eq!(
+        ok(&with("\"1m\"")).listen.shutdown_grace,
+        Duration::from_secs(60)
+    );
+    let e = only_error(&with("\"10\""));
+    assert_error(&e, 3, "listen.shutdown_grace", &["has no unit", "2s"]);
+    let e = only_error(&with("\"soon\""));
+    assert_error(&e, 3, "listen.shutdown_grace", &["is not a duration"]);
+}
+
+#[test]
 fn no_route_not_403_or_404() {
     let e = only_error(&plus("[routing]\nno_route = 500\n"));
     assert_error(
