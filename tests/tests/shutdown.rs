@@ -10,6 +10,7 @@
 //!   exits 0 no sooner than the grace and within a generous bound after it.
 //! - **TCP, only stream listeners**: a flow opened before SIGTERM keeps registering, a new
 //!   connection is refused, and siplb exits 0 once that flow closes, long before the grace.
+//! - **TLS, only a TLS listener**: the same over TLS (a new TLS connection is refused).
 //! - **TCP with a UDP listener too**: the open flow works during the grace, and siplb exits 0
 //!   at the grace's end though the flow is still open (and closes it).
 //! - **A second signal**: SIGTERM then SIGTERM, or SIGTERM then SIGINT, with a 30 s grace: exit
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use siplb_e2e::ops::{wait_until, Ops};
 use siplb_e2e::sipp::{exclusive, find_sipp, Uac, Uas, WorkDir, DOMAIN};
 use siplb_e2e::stream::{Dial, Listen, StreamBackend, StreamClient, ANSWER_WITHIN};
+use siplb_e2e::tls::Pki;
 use siplb_e2e::{Config, Route, Siplb};
 
 /// How soon after SIGTERM `/readyz` must say 503 (a poll's deadline, not a speed).
@@ -152,6 +154,7 @@ fn sigterm_under_udp_load_keeps_forwarding_for_the_grace_then_exits_0() {
         &[
             "shutdown started",
             "listeners closed",
+            "client flows left",
             "shutdown grace over",
             "exiting",
         ],
@@ -227,6 +230,39 @@ fn with_only_tcp_listeners_an_open_flow_works_until_it_closes_then_siplb_exits_0
         &siplb,
         &["shutdown started", "last client flow closed", "exiting"],
     );
+}
+
+#[test]
+#[ignore = "real-peer suite: run with --ignored"]
+fn with_only_a_tls_listener_an_open_flow_works_until_it_closes_then_siplb_exits_0() {
+    let pki = Pki::new();
+    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
+    let listen = format!(
+        "tls = [{{ address = \"127.0.0.1:0\", cert = \"{}\", key = \"{}\" }}]\nshutdown_grace = \"30s\"",
+        pki.server.cert_path.display(),
+        pki.server.key_path.display()
+    );
+    let mut siplb = Siplb::start(&stream_config(&listen, server.addr()));
+    let ops = Ops::of(&siplb);
+    let dial = || Dial::tls(pki.client_config(false));
+    let client = StreamClient::connect(siplb.tls(), dial());
+    register(&client, &format!("carol@{DOMAIN}"));
+
+    siplb.signal("TERM");
+    wait_not_ready(&ops);
+    wait_refused(siplb.tls());
+    assert!(
+        StreamClient::try_connect(siplb.tls(), None, dial()).is_err(),
+        "a new TLS connection is refused"
+    );
+    register(&client, &format!("carol1@{DOMAIN}"));
+    assert!(siplb.is_alive(), "the open flow keeps siplb running");
+
+    client.shutdown().expect("close the flow");
+    drop(client);
+    let (status, _) = wait_exit(&mut siplb, Duration::from_secs(5));
+    assert!(status.success(), "siplb exits 0: {status}");
+    assert_logged(&siplb, &["last client flow closed", "exiting"]);
 }
 
 #[test]
