@@ -268,7 +268,7 @@ lg_run() {
     lg=$!
     if [[ -n $at_half && -n $pid ]]; then
         sleep "$(awk -v c="$count" -v r="$rate" 'BEGIN { print c / r / 2 }')"
-        pss=$(memory_kib Pss "$pid")
+        pss=$(memory_kib "$pid" Pss)
     fi
     wait "$lg" || rc=$?
     [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
@@ -331,7 +331,7 @@ warm_up direct udp
 
 # 4 (idle). Memory after the warm-up, before any load.
 declare -A pss_idle=() pss_load=()
-for p in siplb kamailio; do pss_idle[$p]=$(memory_kib Pss "${proxy_pid[$p-udp]}"); done
+for p in siplb kamailio; do pss_idle[$p]=$(memory_kib "${proxy_pid[$p-udp]}" Pss); done
 log "idle PSS: siplb ${pss_idle[siplb]} KiB, kamailio ${pss_idle[kamailio]} KiB"
 
 # 1. CPU per pair.
