@@ -131,13 +131,26 @@ start_uas_backends() {
     done
 }
 
+# PIN_CORES="P G": the proxy under test runs on core P only and the load generator on core G
+# only (taskset), as they would on machines of their own, so that neither preempts the other;
+# empty (the default): every process may run on every core.
+proxy_pin=()
+# shellcheck disable=SC2034 # read by the scripts that start a generator
+generator_pin=()
+if [[ -n ${PIN_CORES:-} ]]; then
+    read -r pin_p pin_g <<<"$PIN_CORES"
+    proxy_pin=(taskset -c "$pin_p")
+    # shellcheck disable=SC2034 # read by the scripts that start a generator
+    generator_pin=(taskset -c "$pin_g")
+fi
+
 # start_siplb_process VAR NAME TRIES: siplb ($SIPLB_BIN) with the configuration $out/NAME.toml,
 # in the background, its stdout and stderr to $out/NAME.stdout and $out/NAME.stderr; sets VAR
 # to its PID and appends it to started_pids, then waits for its `ready` line, TRIES × 0.1 s at
 # most (dies if it exits meanwhile). Returns non-zero if it is not ready by then.
 start_siplb_process() {
     local var=$1 name=$2 tries=$3
-    "$SIPLB_BIN" --config "$out/$name.toml" >"$out/$name.stdout" 2>"$out/$name.stderr" &
+    "${proxy_pin[@]}" "$SIPLB_BIN" --config "$out/$name.toml" >"$out/$name.stdout" 2>"$out/$name.stderr" &
     printf -v "$var" '%s' "$!"
     started_pids+=("$!")
     wait_started "$!" "$tries" siplb "$out/$name.stderr" grep -qsx ready "$out/$name.stdout"
@@ -166,7 +179,7 @@ spawn_kamailio() {
     for a in "${uas_addrs[@]}"; do echo "1 sip:$a" >>"$list"; done
     kamailio_ctl=unix:$out/$name.ctl
     rm -f "$out/$name.ctl"
-    kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E \
+    "${proxy_pin[@]}" kamailio -f "$root/bench/kamailio/kamailio.cfg" -DD -E \
         -x "$KAMAILIO_MM" -X "$KAMAILIO_MM" -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" -n "$WORKERS" \
         -l "udp:127.0.0.1:$port" -A "DS_LIST=\"$list\"" -A "CTL_SOCKET=\"$kamailio_ctl\"" \
         -P "$out/$name.pid" >"$out/$name.out" 2>&1 &

@@ -53,6 +53,8 @@
 #   TCP_CONNECTIONS            client connections over TCP and TLS [1: one carrying every user]
 #   PARTS                      ["cpu steps latency"]; memory is read during cpu's runs
 #   KAMAILIO_SHM_MB, KAMAILIO_PKG_MB   Kamailio's -m and -M [256, 16] (bench/lib.sh)
+#   PIN_CORES                  "P G": the proxies on core P only, the generator on core G only
+#                              (taskset; bench/lib.sh) [empty: every process on every core]
 # Needs: kamailio, kamailio-tls-modules, openssl, jq, curl. Talks to 127.0.0.1 only; every generator
 # run is bounded by its count and by `timeout`; every process it starts is stopped on exit, by
 # the PID it started.
@@ -104,7 +106,7 @@ has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 declare -A backends_of=()
 backends_pid=
 start_backends() {
-    "$LOADGEN_BIN" backends --udp "$BACKENDS" --tcp "$BACKENDS" --tls "$BACKENDS" \
+    "${generator_pin[@]}" "$LOADGEN_BIN" backends --udp "$BACKENDS" --tcp "$BACKENDS" --tls "$BACKENDS" \
         --cert "$certs/lb.crt" --key "$certs/lb.key" --secs 3600 >"$out/backends.out" 2>"$out/backends.err" &
     backends_pid=$!
     started_pids+=("$backends_pid")
@@ -199,7 +201,7 @@ start_kamailio() {
         rm -f "$out/$name.ctl"
         local -a tls=()
         [[ $t == tls ]] && tls=(-A WITH_TLS -A "TLS_CFG=\"$out/kamailio-tls.cfg\"")
-        kamailio -f "$root/bench/kamailio/kamailio-streams.cfg" -DD -E \
+        "${proxy_pin[@]}" kamailio -f "$root/bench/kamailio/kamailio-streams.cfg" -DD -E \
             -x "$KAMAILIO_MM" -X "$KAMAILIO_MM" -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" \
             -l "$t:127.0.0.1:$port" -A "TCP_CHILDREN=$(kamailio_children "$t")" -A "MAX_CONNECTIONS=4096" \
             "${tls[@]}" -A "DS_LIST=\"$list\"" -A "CTL_SOCKET=\"$kamailio_ctl\"" \
@@ -261,12 +263,12 @@ lg_run() {
     esac
     [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
     b0=$(cpu_ticks "$backends_pid")
-    timeout $((count / rate + 40)) "$LOADGEN_BIN" register --to "$to" --transport "$t" --rate "$rate" \
+    timeout $((count / rate + 40)) "${generator_pin[@]}" "$LOADGEN_BIN" register --to "$to" --transport "$t" --rate "$rate" \
         --count "$count" --users "$USERS" "${how[@]}" >"$out/$name.json" 2>"$out/$name.txt" &
     lg=$!
     if [[ -n $at_half && -n $pid ]]; then
         sleep "$(awk -v c="$count" -v r="$rate" 'BEGIN { print c / r / 2 }')"
-        pss=$(memory_kib Pss "$pid")
+        pss=$(memory_kib "$pid" Pss)
     fi
     wait "$lg" || rc=$?
     [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
@@ -329,7 +331,7 @@ warm_up direct udp
 
 # 4 (idle). Memory after the warm-up, before any load.
 declare -A pss_idle=() pss_load=()
-for p in siplb kamailio; do pss_idle[$p]=$(memory_kib Pss "${proxy_pid[$p-udp]}"); done
+for p in siplb kamailio; do pss_idle[$p]=$(memory_kib "${proxy_pid[$p-udp]}" Pss); done
 log "idle PSS: siplb ${pss_idle[siplb]} KiB, kamailio ${pss_idle[kamailio]} KiB"
 
 # 1. CPU per pair.
@@ -457,6 +459,11 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
     echo "  $USERS users (AORs), each REGISTER a new transaction; over TCP and TLS $TCP_CONNECTIONS client connection(s) carrying every user;"
     echo "  siplb workers = Kamailio children = $WORKERS (Kamailio over TLS: $KAMAILIO_TLS_CHILDREN, see bench/streams.sh);"
     echo "  direct = the same client straight to the $BACKENDS UDP backends"
+    if [[ -n ${PIN_CORES:-} ]]; then
+        echo "- cores: PIN_CORES=\"$PIN_CORES\": each proxy on core ${PIN_CORES%% *} only, the generator (client and backends) on core ${PIN_CORES##* } only"
+    else
+        echo "- cores: every process on every core (PIN_CORES unset)"
+    fi
     echo "- probing, both proxies: OPTIONS to every backend every 1 s, 500 ms timeout, fall 2, rise 2"
     echo "- Kamailio: \`-x $KAMAILIO_MM -X $KAMAILIO_MM -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB\`; read back with kamcmd:"
     for t in "${transports[@]}"; do echo "  - $t: ${kamailio_info[kamailio-$t]}"; done

@@ -377,6 +377,42 @@ fn assert_registered(sent: u64, ok: u64, bad: &[String]) {
     );
 }
 
+/// Runs `plans` against siplb for [`FLOOD_FOR`] (at most `connections` attacker connections)
+/// while `clients` keep registering, and checks 1 to 3: the clients' REGISTERs answered, and
+/// siplb's memory within `idle + budget_mib` with `/healthz` answering throughout.
+fn flood_streams(
+    siplb: &Siplb,
+    ops: &Ops,
+    clients: &[Arc<StreamClient>],
+    plans: Vec<Plan>,
+    connections: u64,
+    (idle, budget_mib): (u64, u64),
+) -> siplb_e2e::flood::stream::StreamReport {
+    let watch = Watch::start(
+        siplb.pid(),
+        Some(ops.addr()),
+        EVERY,
+        FLOOD_FOR + Duration::from_secs(10),
+    );
+    let registrars = Registrars::start(clients, FLOOD_FOR);
+    let flood = StreamFlood::start(plans, FLOOD_FOR, connections).expect("the flood starts");
+    let (sent, ok, bad) = registrars.finish();
+    let report = flood.stop();
+    let watched = watch.stop();
+    eprintln!(
+        "valid: {sent} sent, {ok} answered 200\nflood: {report}\nsiplb: idle {idle} KiB; {watched}"
+    );
+
+    assert_registered(sent, ok, &bad);
+    assert_held(
+        &watched,
+        idle,
+        budget_mib,
+        (FLOOD_FOR.as_millis() / EVERY.as_millis() / 2) as usize,
+    );
+    report
+}
+
 #[test]
 #[ignore = "real-peer suite: floods siplb for 12 s; run by .ci/run"]
 fn junk_streams_overlong_bodies_slowloris_and_unfinished_hellos_cost_valid_flows_nothing() {
@@ -420,28 +456,7 @@ fn junk_streams_overlong_bodies_slowloris_and_unfinished_hellos_cost_valid_flows
     })
     .collect();
 
-    let watch = Watch::start(
-        siplb.pid(),
-        Some(ops.addr()),
-        EVERY,
-        FLOOD_FOR + Duration::from_secs(10),
-    );
-    let registrars = Registrars::start(&clients, FLOOD_FOR);
-    let flood = StreamFlood::start(plans, FLOOD_FOR, 200_000).expect("the flood starts");
-    let (sent, ok, bad) = registrars.finish();
-    let report = flood.stop();
-    let watched = watch.stop();
-    eprintln!(
-        "valid: {sent} sent, {ok} answered 200\nflood: {report}\nsiplb: idle {idle} KiB; {watched}"
-    );
-
-    assert_registered(sent, ok, &bad);
-    assert_held(
-        &watched,
-        idle,
-        BUDGET_MIB,
-        (FLOOD_FOR.as_millis() / EVERY.as_millis() / 2) as usize,
-    );
+    let report = flood_streams(&siplb, &ops, &clients, plans, 200_000, (idle, BUDGET_MIB));
     // Every attack got through to siplb and was cut by siplb, not by the attacker giving up.
     for attack in [
         Attack::Junk,
@@ -525,28 +540,7 @@ fn connection_floods_far_over_max_and_max_per_ip_leave_open_flows_registering() 
             .from_sources(Ipv4Addr::new(127, 0, 4, 1), 1)
             .pace(hold),
     ];
-    let watch = Watch::start(
-        siplb.pid(),
-        Some(ops.addr()),
-        EVERY,
-        FLOOD_FOR + Duration::from_secs(10),
-    );
-    let registrars = Registrars::start(&clients, FLOOD_FOR);
-    let flood = StreamFlood::start(plans, FLOOD_FOR, 300_000).expect("the flood starts");
-    let (sent, ok, bad) = registrars.finish();
-    let report = flood.stop();
-    let watched = watch.stop();
-    eprintln!(
-        "valid: {sent} sent, {ok} answered 200\nflood: {report}\nsiplb: idle {idle} KiB; {watched}"
-    );
-
-    assert_registered(sent, ok, &bad);
-    assert_held(
-        &watched,
-        idle,
-        BUDGET_MIB,
-        (FLOOD_FOR.as_millis() / EVERY.as_millis() / 2) as usize,
-    );
+    let report = flood_streams(&siplb, &ops, &clients, plans, 300_000, (idle, BUDGET_MIB));
     let churn = report.of(Attack::Churn);
     assert!(
         churn.connected >= 10 * MAX as u64,
