@@ -13,6 +13,8 @@
 //! - **TLS, only a TLS listener**: the same over TLS (a new TLS connection is refused).
 //! - **TCP with a UDP listener too**: the open flow works during the grace, and siplb exits 0
 //!   at the grace's end though the flow is still open (and closes it).
+//! - **A reload changes the grace**: 30 s at start, 1 s after a reload; SIGTERM then exits 0
+//!   after about 1 s.
 //! - **A second signal**: SIGTERM then SIGTERM, or SIGTERM then SIGINT, with a 30 s grace: exit
 //!   0 within 5 s.
 //!
@@ -27,6 +29,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use siplb_e2e::ops::{wait_until, Ops};
+use siplb_e2e::reload::replace_by_rename;
 use siplb_e2e::sipp::{exclusive, find_sipp, Uac, Uas, WorkDir, DOMAIN};
 use siplb_e2e::stream::{Dial, Listen, StreamBackend, StreamClient, ANSWER_WITHIN};
 use siplb_e2e::tls::Pki;
@@ -336,4 +339,30 @@ fn sigint_without_sigterm_exits_0_at_once() {
     let (status, _) = wait_exit(&mut siplb, Duration::from_secs(5));
     assert!(status.success(), "exits 0: {status}");
     assert_logged(&siplb, &["stopping at once", "exiting"]);
+}
+
+#[test]
+#[ignore = "real-peer suite: run with --ignored"]
+fn a_reload_changes_the_grace_of_the_next_sigterm() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
+    let listen = |grace: &str| format!("udp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"");
+    let mut siplb = Siplb::start(&stream_config(&listen("30s"), server.addr()));
+    let ops = Ops::of(&siplb);
+    replace_by_rename(
+        siplb.config().path(),
+        &stream_config(&listen("1s"), server.addr()),
+    );
+    ops.wait_config_version(2);
+
+    siplb.signal("TERM");
+    let signalled = Instant::now();
+    let (status, exited) = wait_exit(&mut siplb, GRACE + EXIT_SLACK);
+    let took = exited - signalled;
+    assert!(status.success(), "siplb exits 0: {status}");
+    assert!(
+        took >= GRACE - Duration::from_millis(200),
+        "siplb exited {took:?} after SIGTERM, before the reloaded {GRACE:?} grace"
+    );
+    assert_logged(&siplb, &["grace=1s", "shutdown grace over"]);
 }
