@@ -84,6 +84,9 @@ stop_pids() {
     children=$(child_pids "$@")
     for pid in "$@"; do
         kill -CONT "$pid" 2>/dev/null || true
+        # SIGINT first: siplb drains for its shutdown_grace on SIGTERM, but ends at once on
+        # SIGINT; the other processes end on either.
+        kill -INT "$pid" 2>/dev/null || true
         kill -TERM "$pid" 2>/dev/null || true
     done
     for ((i = 0; i < grace * 10; i++)); do
@@ -101,6 +104,8 @@ stop_pids() {
 # trap's work).
 kill_started() {
     local pid
+    # SIGINT first, as in stop_pids: siplb ends at once on it.
+    for pid in "${started_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
     for pid in "${started_pids[@]}"; do kill "-$1" "$pid" 2>/dev/null || true; done
     for pid in "${started_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
