@@ -36,5 +36,12 @@ WORKDIR /etc/siplb
 # SIP over UDP and TCP, SIP over TLS, the ops HTTP endpoint (/healthz, /readyz, /metrics).
 EXPOSE 5060/udp 5060/tcp 5061/tcp 9060/tcp
 
+# SIGTERM drains: /readyz turns 503, TCP/TLS listeners close, UDP and open flows keep working
+# for [listen] shutdown_grace (10 s by default), then siplb exits 0 (README, "Stopping").
+STOPSIGNAL SIGTERM
+# The image has no curl: siplb asks its own /healthz (the [ops] listen of the config).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/siplb", "healthcheck", "--config", "/etc/siplb/config.toml"]
+
 ENTRYPOINT ["/usr/local/bin/siplb"]
 CMD ["--config", "/etc/siplb/config.toml"]

@@ -43,6 +43,16 @@ enum Command {
     },
     /// Run paired pools of built-in SIP responders and the proxy on loopback, and show routing.
     Demo,
+    /// Ask a running siplb's /healthz (its [ops] listen address in the config, or --url): exit
+    /// 0 when it answers 200, 1 otherwise. For a container's HEALTHCHECK: needs no curl.
+    Healthcheck {
+        /// The URL to ask, e.g. http://127.0.0.1:9060/healthz; default: the config's [ops].
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the connect, and again for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Parses the command line and runs it; the process exit code.
@@ -57,6 +67,7 @@ pub fn main() -> ExitCode {
             source,
         }) => route(&cli.config, &method, &aor, source),
         Some(Command::Demo) => crate::demo::run(),
+        Some(Command::Healthcheck { url, timeout }) => healthcheck(&cli.config, url, timeout),
     };
     match result {
         Ok(code) => code,
@@ -92,6 +103,36 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     print!("{}", config::summary(&cfg));
     println!("{}: ok", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `siplb healthcheck`: `/healthz` of `url`, or of the ops endpoint `path`'s config names.
+fn healthcheck(
+    path: &Path,
+    url: Option<String>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let Some(cfg) = load(path) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let Some(listen) = cfg.ops.listen else {
+                anyhow::bail!(
+                    "{}: [ops] listen is off, so there is no /healthz to ask (give --url)",
+                    path.display()
+                );
+            };
+            crate::healthz::url_of(listen)
+        }
+    };
+    let (code, body) = crate::healthz::ask(&url, timeout)?;
+    println!("{url}: {code} {body}");
+    Ok(if code == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `siplb route`: the route, pools and server, then the key and why the route reads it, e.g.

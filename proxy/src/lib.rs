@@ -29,6 +29,7 @@ mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod healthz;
 mod hrw;
 mod logging;
 mod ops;

@@ -215,3 +215,86 @@ fn check_refuses_a_server_whose_address_family_has_no_udp_listener() {
     let out = siplb(&["check", "--config", &arg(&path)]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A running siplb (killed on drop) started from `path`, once it printed `ready`.
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(path: &Path) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_siplb"))
+            .args(["--config", &arg(path)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start siplb");
+        let stdout = child.stdout.take().expect("siplb's stdout");
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "ready");
+        let running = Running(child);
+        assert!(ready, "siplb ended without printing ready");
+        running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn healthcheck_asks_the_ops_endpoint_the_config_names_and_exits_by_its_answer() {
+    // A port free a moment ago for the ops endpoint (the config must name it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config =
+        format!("[ops]\nlisten = \"0.0.0.0:{port}\"\n\n{GOOD}\n[[route]]\npool = \"fe\"\n");
+    let (_dir, path) = write_config("healthcheck", &config);
+    let _siplb = Running::start(&path);
+
+    // From the config: 0.0.0.0 is asked on 127.0.0.1.
+    let out = siplb(&["healthcheck", "--config", &arg(&path)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("http://127.0.0.1:{port}/healthz: 200")),
+        "{}",
+        text(&out)
+    );
+
+    // A URL: a path that is not there answers 404, and that is a failure.
+    let out = siplb(&[
+        "healthcheck",
+        "--url",
+        &format!("http://127.0.0.1:{port}/nothing-here"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(": 404"), "{}", text(&out));
+}
+
+#[test]
+fn healthcheck_fails_with_a_reason_when_nothing_answers_or_ops_is_off() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let out = siplb(&[
+        "healthcheck",
+        "--url",
+        &format!("http://{closed}/healthz"),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+
+    let config = format!("{GOOD}\n[[route]]\npool = \"fe\"\n");
+    let (_dir, path) = write_config("healthcheck-off", &config);
+    let out = siplb(&["healthcheck", "--config", &arg(&path)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("[ops] listen is off"), "{}", text(&out));
+}
