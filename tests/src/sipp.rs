@@ -69,6 +69,19 @@ pub fn read_users(csv: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Writes a sipp injection file of `n` users `user00001`, `user00002`, ... of [`DOMAIN`] at
+/// `path`, read in order (SEQUENTIAL) so that `-m n` registers each user once, and returns
+/// their names.
+pub fn write_users(path: &Path, n: usize) -> Vec<String> {
+    let users: Vec<String> = (1..=n).map(|i| format!("user{i:05}")).collect();
+    let mut text = String::from("SEQUENTIAL\n");
+    for u in &users {
+        let _ = writeln!(text, "{u};{DOMAIN};");
+    }
+    fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    users
+}
+
 /// A fresh directory for configs, statistics and logs; removed by [`WorkDir::remove`] (a suite
 /// calls it on success, so a failure leaves the logs).
 pub struct WorkDir {
@@ -318,8 +331,37 @@ impl Uac {
         rate: u32,
         timeout: Duration,
     ) -> Uac {
+        Uac::start_with_users(
+            sipp,
+            work,
+            name,
+            (proxy, &scenarios().join("users.csv")),
+            calls,
+            rate,
+            timeout,
+        )
+    }
+
+    /// [`Uac::start`] with the users of the injection file `users` (see [`write_users`])
+    /// instead of `tests/sipp/users.csv`.
+    pub fn start_with_users(
+        sipp: &Path,
+        work: &Path,
+        name: &str,
+        (proxy, users): (SocketAddr, &Path),
+        calls: usize,
+        rate: u32,
+        timeout: Duration,
+    ) -> Uac {
         let local = ["-p".to_string(), free_udp_port().to_string()];
-        Uac::spawn(sipp, work, name, proxy, (calls, rate, timeout), &local)
+        Uac::spawn(
+            sipp,
+            work,
+            name,
+            (proxy, users),
+            (calls, rate, timeout),
+            &local,
+        )
     }
 
     /// [`Uac::start`] over TCP to `proxy`: `mode` is sipp's `-t` (`tn`, a connection per call;
@@ -335,7 +377,15 @@ impl Uac {
     ) -> Uac {
         let port = free_tcp_port().to_string();
         let local = ["-t", mode, "-p", &port, "-max_socket", "4096"].map(str::to_string);
-        Uac::spawn(sipp, work, name, proxy, (calls, rate, timeout), &local)
+        let users = scenarios().join("users.csv");
+        Uac::spawn(
+            sipp,
+            work,
+            name,
+            (proxy, &users),
+            (calls, rate, timeout),
+            &local,
+        )
     }
 
     /// Starts sipp with the arguments every run shares and `transport`'s (`-t`, `-p`, ...).
@@ -343,7 +393,7 @@ impl Uac {
         sipp: &Path,
         work: &Path,
         name: &str,
-        proxy: SocketAddr,
+        (proxy, users): (SocketAddr, &Path),
         (calls, rate, timeout): (usize, u32, Duration),
         transport: &[String],
     ) -> Uac {
@@ -354,7 +404,7 @@ impl Uac {
             .arg("-sf")
             .arg(scenarios().join("uac_register.xml"))
             .arg("-inf")
-            .arg(scenarios().join("users.csv"))
+            .arg(users)
             .args(["-i", "127.0.0.1"])
             .args(transport)
             .args(["-m", &calls.to_string(), "-r", &rate.to_string()])
