@@ -80,17 +80,8 @@ done
 
 bench_setup flood-
 
-# A CA and siplb's certificate (siplb.test, 127.0.0.1), made fresh each run.
-certs=$(mktemp -d)
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$certs/ca.key" -out "$certs/ca.crt" \
-    -days 2 -subj "/CN=siplb flood CA" >/dev/null 2>&1
-openssl req -newkey rsa:2048 -nodes -keyout "$certs/lb.key" -out "$certs/lb.csr" \
-    -subj "/CN=siplb.test" >/dev/null 2>&1
-printf '%s\n' 'subjectAltName=DNS:siplb.test,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
-    'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' >"$certs/ext.cnf"
-openssl x509 -req -in "$certs/lb.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
-    -CAcreateserial -out "$certs/lb.crt" -days 2 -extfile "$certs/ext.cnf" >/dev/null 2>&1 ||
-    die "openssl could not make the test certificate"
+# A CA and siplb's certificate (siplb.test, 127.0.0.1), made fresh each run (bench/lib.sh).
+make_certs
 
 start_uas_backends "$out/backend" 3600s
 
@@ -188,7 +179,7 @@ run_phase() {
     tls_pid=
     if [[ $valid_kind == tcp ]]; then
         "$FLOOD_BIN" register --secs "$SECS" --clients "$TLS_CLIENTS" --tls "$tls" \
-            --ca "$certs/ca.crt" --name siplb.test >"$out/$phase.register" 2>&1 &
+            --ca "$certs/ca.crt" --name "$tls_name" >"$out/$phase.register" 2>&1 &
         tls_pid=$!
         started_pids+=("$tls_pid")
     fi
@@ -206,14 +197,14 @@ run_phase() {
             local j o s h
             read -r j o s h <<<"$STREAM_JUNK"
             "$FLOOD_BIN" streams --secs "$SECS" --tcp "$tcp" --tls "$tls" --ca "$certs/ca.crt" \
-                --name siplb.test --junk "$j" --overlong "$o" --slowloris "$s" --hellos "$h" \
+                --name "$tls_name" --junk "$j" --overlong "$o" --slowloris "$s" --hellos "$h" \
                 >"$out/$phase.flood" 2>&1 &
             flood_pids+=($!)
             junk_what="per listener: $j junk, $o overlong, $s slowloris; $h unfinished hellos"
             ;;
         conn-flood)
             "$FLOOD_BIN" streams --secs "$SECS" --tcp "$tcp" --tls "$tls" --ca "$certs/ca.crt" \
-                --name siplb.test --churn "$CHURN" --hold 300 \
+                --name "$tls_name" --churn "$CHURN" --hold 300 \
                 >"$out/$phase.flood" 2>&1 &
             flood_pids+=($!)
             junk_what="$CHURN churning attackers per listener, max $CONN_MAX, max_per_ip $CONN_MAX_PER_IP"
