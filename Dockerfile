@@ -5,24 +5,25 @@
 # From source, where a registry is reachable (the default, last stage: the release binary is
 # built in the official Rust image, only the binary goes into the runtime stage):
 #   docker build -t siplb .
-#   podman build -t siplb .
+#   podman build --format docker -t siplb .     # the OCI format has no HEALTHCHECK
 #
 # From a binary built on the host (target `host`: no Rust image needed, nothing is pulled when
 # the base image is local, nothing is installed in the image, no network):
 #   cargo build --release --locked -p siplb
-#   podman --runtime runc build --target host -t localhost/siplb:dev .
+#   podman --runtime runc build --format docker --target host -t localhost/siplb:dev .
 #   docker build --target host -t siplb .
 # `--target host` builds only the stages `host` needs: `runtime` and `host` come before `build`
 # in this file, so even a builder that builds every stage up to the target never meets the Rust
-# image (buildah, behind `podman build`, skips unused stages by default as BuildKit does).
+# image (buildah, behind `podman build`, skips unused stages by default as BuildKit does:
+# checked with podman 4.3, where `--skip-unused-stages=false` tries to pull the Rust image).
 # Without registry access, make the base image first from the Debian package mirror:
 #   debootstrap --variant=minbase bookworm rootfs
 #   tar -C rootfs -c . | podman import - localhost/debian:bookworm-slim
 # (`FROM debian:bookworm-slim` finds that local image; tests/container/run.sh does all of this.)
 #
 # Labels: pass the repository's URL, the version, the commit and the build time, e.g.
-#   --build-arg SOURCE=$(git remote get-url origin) --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
-#   --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+#   --build-arg SOURCE=$(git remote get-url origin) --build-arg VERSION=0.1.0 \
+#   --build-arg REVISION=$(git rev-parse HEAD) --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 #
 # Run (host networking keeps the SIP source addresses siplb writes into Via as they are; mount
 # the config's DIRECTORY, not the file, so an edit saved by renaming a new file over the old

@@ -114,7 +114,8 @@ else
         find usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
         find usr/share/doc -mindepth 1 -type d -empty -delete
     )
-    tar -C "$work/rootfs" -c . | podman import - "$base" >/dev/null
+    tar -C "$work/rootfs" -c . | podman import - "$base" >"$work/import.out" 2>&1 ||
+        fail "podman import of the debootstrap tree as $base"
     rm -rf "$work/rootfs"
     ok "base image $base" "(debootstrap + podman import, $((SECONDS - t)) s)"
 fi
