@@ -59,8 +59,10 @@ cleanup() {
         local f
         for f in "$work"/*.out "$work"/build.log; do
             [[ -s $f ]] || continue
-            say "-- $(basename "$f") (last 15 lines)"
-            tail -n 15 "$f"
+            # sipp writes its errors first, then a screen of counters.
+            say "-- $(basename "$f"): errors, then the last 12 lines"
+            grep -i -m 5 'error\|unable\|fatal\|fail' "$f" || true
+            tail -n 12 "$f"
         done
     fi
     local pid
@@ -270,12 +272,15 @@ poll() {
         sleep 0.2
     done
 }
-servers_up() { # N: N servers up in /status
-    [[ $(status_field "sum(v['state'] == 'up' for p in s['pools'] for v in p['servers'])") == "$1" ]]
+# A server is "up" in /status from the start, until probes say otherwise: it counts here once
+# a probe got its answer (a round-trip time), so a sipp server that did not start is noticed.
+answering="v['state'] == 'up' and v['last_rtt_ms'] is not None"
+servers_up() { # N: N servers up and answering probes in /status
+    [[ $(status_field "sum($answering for p in s['pools'] for v in p['servers'])") == "$1" ]]
 }
 poll 20 "siplb ready in the container" curl -fs --max-time 2 -o /dev/null "$ops/readyz"
-poll 10 "fe-a and fe-b up" servers_up 2
-ok "container up, /readyz 200, fe-a and fe-b up" "($name)"
+poll 10 "fe-a and fe-b up and answering probes" servers_up 2
+ok "container up, /readyz 200, fe-a and fe-b answer probes" "($name)"
 
 code=$(curl -sS --max-time 2 -o "$work/healthz" -w '%{http_code}' "$ops/healthz")
 [[ $code == 200 && $(cat "$work/healthz") == ok ]] || fail "/healthz from the host: $code $(cat "$work/healthz")"
@@ -371,7 +376,7 @@ loaded_before=$(status_field "s['config']['loaded_at']")
 write_config "$cfg/.config.toml.edit" "$server_a" "$server_b" "$server_c"
 mv "$cfg/.config.toml.edit" "$cfg/config.toml"
 has_fe_c() {
-    [[ $(status_field "any(v['id'] == 'fe-c' and v['state'] == 'up' for p in s['pools'] for v in p['servers'])") == True ]]
+    [[ $(status_field "any(v['id'] == 'fe-c' and $answering for p in s['pools'] for v in p['servers'])") == True ]]
 }
 poll 15 "the edited config (fe-c added) loaded" has_fe_c
 version_after=$(status_field "s['config']['version']")
