@@ -36,7 +36,7 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript><title>siplb status</title><style>\
          body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
-         table{border-collapse:collapse;margin:.3em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
+         table{border-collapse:collapse;margin:.3em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;white-space:nowrap}\
          th{background:#f3f3f3}.up{color:#0a0;font-weight:600}.down{color:#c00;font-weight:600}\
          .drained{color:#a60;font-weight:600}.moved{background:#fff3cd}h2{margin-bottom:.2em}\
          .meta{color:#666}\
@@ -45,7 +45,7 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
          .bar{position:relative;display:inline-block;width:7em;height:.8em;background:#eee;\
          vertical-align:middle;margin-right:.4em}.bar .got{position:absolute;left:0;top:0;bottom:0;background:#4a8}\
          .bar .want{position:absolute;top:-.2em;bottom:-.2em;width:2px;background:#222}\
-         .ev td{font-size:.92em}</style>",
+         .ev td{font-size:.92em}.ev td:last-child{white-space:normal;min-width:24em}</style>",
     );
     h.push_str(&REFRESH_SCRIPT.replace("PERIOD", &(REFRESH_SECS * 1000).to_string()));
     h.push_str("</head><body><h1>siplb</h1>");
