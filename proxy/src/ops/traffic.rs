@@ -77,8 +77,14 @@ impl Window {
             let rows: Vec<_> = pool
                 .servers
                 .iter()
-                .map(|st| {
-                    let si = tp.servers.iter().position(|s| s.id == st.id)?;
+                .enumerate()
+                .map(|(i, st)| {
+                    // The same config made both, so the same place, but for a reload in
+                    // between.
+                    let si = match tp.servers.get(i) {
+                        Some(s) if s.id == st.id => i,
+                        _ => tp.servers.iter().position(|s| s.id == st.id)?,
+                    };
                     let cells = table.counters.servers.get(pi)?.get(si)?;
                     let now_counts = cells.read();
                     let delta = base.map(|b| {
