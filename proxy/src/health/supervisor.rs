@@ -274,10 +274,10 @@ impl Supervisor {
                 self.events.record(Event::now(
                     Kind::Reload,
                     format!(
-                        "config reload: {} added, {removed} removed, {} in {} pools",
-                        servers(added),
-                        servers(self.servers.len()),
-                        self.cfg.pools.len()
+                        "config reload: {} added, {removed} removed, {} in {}",
+                        count(added, "server"),
+                        count(self.servers.len(), "server"),
+                        count(self.cfg.pools.len(), "pool")
                     ),
                 ));
                 self.evaluate_pools(now);
@@ -590,11 +590,11 @@ impl Supervisor {
 }
 
 /// `1 server`, `3 servers`.
-fn servers(n: usize) -> String {
+fn count(n: usize, what: &str) -> String {
     if n == 1 {
-        "1 server".to_string()
+        format!("1 {what}")
     } else {
-        format!("{n} servers")
+        format!("{n} {what}s")
     }
 }
 
