@@ -441,6 +441,7 @@ impl Worker {
         let count = Some(Count::Request {
             pool,
             method: stats::method_index(req.method),
+            server: Some(server),
         });
         let action = match transport {
             Transport::Udp => {
@@ -494,6 +495,7 @@ impl Worker {
             count: Some(Count::Request {
                 pool,
                 method: stats::method_index(req.method),
+                server: None,
             }),
         })
     }
@@ -524,6 +526,7 @@ impl Worker {
             count: Some(Count::Request {
                 pool,
                 method: stats::method_index(req.method),
+                server: None,
             }),
         })
     }
@@ -713,7 +716,8 @@ impl Worker {
         at: &Arrival,
     ) -> Outcome {
         let src = at.src;
-        let from_server = table.server_at(src).is_some();
+        let from = table.server_at(src);
+        let from_server = from.is_some();
         // A datagram must come from a server's exact address; on a connection, the branch
         // (keyed over the peer's address and the connection) is the proof.
         if at.conn.is_none() && !from_server {
@@ -771,7 +775,7 @@ impl Worker {
             return Outcome {
                 action: Action::ToConn(conn),
                 passive,
-                count: Some(Count::Response { code }),
+                count: Some(Count::Response { code, from }),
             };
         }
         let Some(dest) = via_return_address(buf, &next) else {
@@ -790,7 +794,7 @@ impl Worker {
         Outcome {
             action: Action::Forward(dest),
             passive,
-            count: Some(Count::Response { code }),
+            count: Some(Count::Response { code, from }),
         }
     }
 }
