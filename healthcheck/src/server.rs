@@ -26,6 +26,9 @@ pub enum Failure {
     Passive503,
     /// The wire path's send to the server drew an ICMP port unreachable.
     PassiveRefused,
+    /// Requests forwarded to the server went unanswered past the probe timeout, several in a
+    /// row (it may have hung); only ever a reason to probe at once, never a failure counted.
+    Silent,
     /// A TCP or TLS connection closed before the probe's answer arrived.
     Closed,
     /// The server's answer to a probe could not be read as SIP (or was too large).
@@ -77,6 +80,7 @@ impl fmt::Display for Failure {
             Failure::Unreachable => f.write_str("unreachable"),
             Failure::Passive503 => f.write_str("answered a request with 503"),
             Failure::PassiveRefused => f.write_str("port unreachable on forward"),
+            Failure::Silent => f.write_str("forwarded requests unanswered"),
             Failure::Closed => f.write_str("connection closed before an answer"),
             Failure::Garbled => f.write_str("unreadable answer"),
             Failure::Tls(why) => write!(f, "tls: {why}"),
@@ -209,6 +213,19 @@ impl ServerHealth {
         None
     }
 
+    /// A sign of failure that brings a verdict nearer but never makes one: it counts as one
+    /// failure towards `fall` only while the server is up and more than one failure is still
+    /// needed, so the next failed probe may complete the verdict and a passing one clears it.
+    /// True when it counted.
+    pub fn suspect(&mut self, th: Thresholds) -> bool {
+        if !self.up || self.fail_run + 1 >= th.fall {
+            return false;
+        }
+        self.ok_run = 0;
+        self.fail_run += 1;
+        true
+    }
+
     /// Takes the server out of hashing (`true`) or puts it back.
     pub fn set_drained(&mut self, drained: bool, now: Instant) -> Option<Transition> {
         let before = self.state();
@@ -289,6 +306,30 @@ mod tests {
             assert_eq!(h.record(Outcome::Failed(Failure::Reply(503)), TH, t0), None);
         }
         assert_eq!(h.state(), ServerState::Down);
+    }
+
+    #[test]
+    fn a_suspicion_brings_the_verdict_nearer_but_never_makes_it() {
+        let t0 = Instant::now();
+        let mut h = ServerHealth::new(t0, false);
+        assert!(h.suspect(TH), "one of fall = 2 failures");
+        assert!(
+            !h.suspect(TH),
+            "a second would complete fall: it does not count"
+        );
+        assert_eq!(h.state(), ServerState::Up);
+        let down = h
+            .record(TIMEOUT, TH, t0)
+            .expect("the failed probe completes it");
+        assert_eq!(down.reason, Reason::Failed(Failure::Timeout));
+        // A passing probe clears a suspicion.
+        let mut h = ServerHealth::new(t0, false);
+        h.suspect(TH);
+        assert_eq!(h.record(OK, TH, t0), None);
+        assert_eq!(h.record(TIMEOUT, TH, t0), None, "the run began again");
+        // With fall = 1 a suspicion never counts: a probe alone decides.
+        let one = Thresholds { fall: 1, rise: 1 };
+        assert!(!ServerHealth::new(t0, false).suspect(one));
     }
 
     #[test]

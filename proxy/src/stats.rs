@@ -42,6 +42,10 @@ const REPLY_CODES: [&str; 10] = [
     "400", "403", "404", "416", "420", "483", "503", "505", "513", "other",
 ];
 
+/// [`METHODS`]' indices of the requests no response answers.
+const ACK: usize = 2;
+const BENOTIFY: usize = 8;
+
 /// The index of `method` in [`METHODS`], or `METHODS.len()` for `other`.
 pub(crate) fn method_index(method: &[u8]) -> usize {
     METHODS
@@ -84,6 +88,9 @@ pub(crate) struct ServerCells {
     server: Arc<str>,
     forwarded: AtomicU64,
     responses: [AtomicU64; 6],
+    /// Requests that wait for an answer (all but ACK and BENOTIFY) forwarded since the
+    /// server's last response: how the supervisor hears a server that swallows requests.
+    unanswered: AtomicU64,
     /// What [`Counters::publish`] handed to the recorder so far: forwarded, then the classes.
     published: [AtomicU64; 7],
     /// The recorder's counters for these, resolved at the first publish.
@@ -124,6 +131,7 @@ impl ServerCells {
             server: Arc::from(id),
             forwarded: AtomicU64::new(0),
             responses: Default::default(),
+            unanswered: AtomicU64::new(0),
             published: Default::default(),
             handles: OnceLock::new(),
         }
@@ -132,6 +140,18 @@ impl ServerCells {
     /// The pool's name and the server's id.
     pub(crate) fn labels(&self) -> (&Arc<str>, &Arc<str>) {
         (&self.pool, &self.server)
+    }
+
+    /// Requests waiting for an answer forwarded since the server's last response, and the
+    /// responses it sent in all, read together for [`crate::health`]'s silence watch.
+    pub(crate) fn silence(&self) -> (u64, u64) {
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
+        let responses = self
+            .responses
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum();
+        (unanswered, responses)
     }
 
     /// The counts now.
@@ -259,6 +279,9 @@ impl Counters {
             } => {
                 if let Some(cells) = server.and_then(|s| self.cells(pool, s)) {
                     cells.forwarded.fetch_add(1, Ordering::Relaxed);
+                    if method != ACK && method != BENOTIFY {
+                        cells.unanswered.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.requests.get(pool).and_then(|p| p.get(method))
             }
@@ -266,11 +289,11 @@ impl Counters {
                 let class = usize::from(code / 100)
                     .wrapping_sub(1)
                     .min(CLASSES.len() - 1);
-                let cell = from
-                    .and_then(|(p, s)| self.cells(p, s))
-                    .and_then(|cells| cells.responses.get(class));
-                if let Some(cell) = cell {
-                    cell.fetch_add(1, Ordering::Relaxed);
+                if let Some(cells) = from.and_then(|(p, s)| self.cells(p, s)) {
+                    if let Some(cell) = cells.responses.get(class) {
+                        cell.fetch_add(1, Ordering::Relaxed);
+                    }
+                    cells.unanswered.store(0, Ordering::Relaxed);
                 }
                 self.responses.get(class)
             }
@@ -569,5 +592,35 @@ pub(crate) mod tests {
         assert_eq!(p.get("siplb_requests_total{method=INVITE,pool=med}"), 1);
         assert_eq!(p.get("siplb_responses_total{class=2xx}"), 2);
         assert_eq!(p.get("siplb_responses_total{class=other}"), 1);
+    }
+
+    #[test]
+    fn a_server_s_unanswered_count_runs_from_its_last_response_and_skips_ack_and_benotify() {
+        assert_eq!(METHODS[ACK], "ACK");
+        assert_eq!(METHODS[BENOTIFY], "BENOTIFY");
+        let (c, _) = probed(["fe"]);
+        let c = c.with_servers(vec![vec![Arc::new(ServerCells::new("fe", "fe1"))]]);
+        let send = |m: &[u8]| {
+            c.count(Count::Request {
+                pool: 0,
+                method: method_index(m),
+                server: Some(0),
+            })
+        };
+        for m in [&b"INVITE"[..], b"ACK", b"BENOTIFY", b"REGISTER", b"SERVICE"] {
+            send(m);
+        }
+        assert_eq!(
+            c.servers[0][0].silence(),
+            (3, 0),
+            "ACK and BENOTIFY wait for nothing"
+        );
+        c.count(Count::Response {
+            code: 180,
+            from: Some((0, 0)),
+        });
+        assert_eq!(c.servers[0][0].silence(), (0, 1), "any answer ends the run");
+        send(b"BYE");
+        assert_eq!(c.servers[0][0].silence(), (1, 1));
     }
 }

@@ -844,3 +844,102 @@ fn a_pool_whose_servers_all_answer_503_under_load_keeps_them_and_only_probes_tak
     assert_eq!(ops.status().server("s1")["state"], "up");
     assert_eq!(ops.status().server("s3")["state"], "up");
 }
+
+/// Probes every 10 s (300 ms timeout, fall 2, rise 2): slow enough that a test ends long before
+/// a server's second regular probe, so only what siplb hears on the wire can bring one sooner.
+fn slow_probes() -> Health {
+    Health::options("10s", "300ms", FALL, RISE)
+}
+
+#[test]
+fn a_server_that_hangs_under_load_is_probed_at_once_and_out_long_before_its_next_probe() {
+    let _serial = serial();
+    let farm = Farm::start("s", 3, Behaviour::Accept);
+    let config = Config::new()
+        .health(slow_probes())
+        .ops()
+        .pool("fe", farm.servers())
+        .route(Route::to("fe"));
+    let started = Instant::now();
+    let (tb, ops) = start(farm, &config);
+    for id in ["s1", "s2", "s3"] {
+        ops_wait(
+            || !tb.farm.get(id).probe_answers_since(started).is_empty(),
+            "every server's first probe to be answered",
+        );
+    }
+    let users = users(300, DOMAIN);
+    let load = Load::on_loopback(tb.siplb.addr(), users, 300, Duration::from_secs(15));
+    ops_wait(|| load.answered() >= 150, "the load to get going");
+
+    let hung_at = Instant::now();
+    tb.farm.get("s2").set_silent(true);
+    let (server, _) = wait_server(&ops, "s2", "down");
+    let took = hung_at.elapsed();
+    let records = load.stop();
+    assert_eq!(server["reason"], "probe timed out", "{server}");
+    // Its next regular probe was due 10 s after the first; the probes that took it down were
+    // asked for by the silence of the requests it swallowed.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the test ran into the regular probe ({:?}): nothing is shown",
+        started.elapsed()
+    );
+    let probes = tb.farm.get("s2").probes_since(hung_at).len();
+    assert!(
+        probes >= FALL as usize,
+        "{probes} probes reached s2 after it hung, fewer than fall"
+    );
+    for id in ["s1", "s3"] {
+        assert_eq!(ops.status().server(id)["state"], "up", "{id}");
+    }
+    let lost = records.iter().filter(|r| !r.answered()).count();
+    println!(
+        "s2 down {took:?} after it hung; {lost} of {} REGISTERs unanswered",
+        records.len()
+    );
+    assert!(
+        lost > 0,
+        "s2 had users: some of their REGISTERs were swallowed"
+    );
+}
+
+#[test]
+fn a_server_that_swallows_requests_but_answers_probes_is_probed_and_never_taken_down() {
+    let _serial = serial();
+    let mut farm = Farm::start("s", 2, Behaviour::Accept);
+    farm.backends
+        .push(siplb_e2e::Backend::start("s3", Behaviour::Mute));
+    let config = Config::new()
+        .health(slow_probes())
+        .ops()
+        .pool("fe", farm.servers())
+        .route(Route::to("fe"));
+    let (tb, ops) = start(farm, &config);
+    let watched = Instant::now();
+    let users = users(300, DOMAIN);
+    let load = Load::on_loopback(tb.siplb.addr(), users, 300, Duration::from_secs(10));
+    ops_wait(|| load.answered() >= 600, "600 REGISTERs to be answered");
+    let records = load.stop();
+
+    let mute = ops.status().server("s3").clone();
+    assert_eq!(mute["state"], "up", "probes pass, so it stays up: {mute}");
+    let logged = events(&tb.siplb.stderr());
+    assert!(logged.is_empty(), "no transition may be logged: {logged:?}");
+    let asked = ops.metrics().sum(
+        "siplb_passive_signals_total",
+        &[("pool", "fe"), ("signal", "silence")],
+    );
+    assert!(asked >= 1.0, "the silence was heard: {asked}");
+    // Probes every 10 s would give it at most one in this time; the silence asked for more.
+    let probes = tb.farm.get("s3").probes_since(watched).len();
+    assert!(
+        probes >= 2,
+        "only {probes} probes reached the silent server"
+    );
+    let swallowed = records.iter().filter(|r| !r.answered()).count();
+    assert!(
+        swallowed > 0,
+        "s3 had users whose REGISTERs went unanswered"
+    );
+}

@@ -107,6 +107,69 @@ pub(super) struct ServerEntry {
     probe: Option<JoinHandle<()>>,
     /// Asks the probe task for a probe at once (a passive signal to confirm).
     probe_now: ProbeNow,
+    /// Whether the server has stopped answering what it is forwarded.
+    silence: SilenceWatch,
+}
+
+/// Forwarded requests in a row that must go unanswered past the probe timeout before the
+/// supervisor asks for a probe (a hung server's sign, [`SilenceWatch`]).
+pub(super) const SILENT_AFTER: u64 = 5;
+
+/// How often the supervisor reads every server's unanswered count.
+pub(super) const SILENCE_TICK: Duration = Duration::from_millis(50);
+
+/// Hears a server that swallows requests (stopped, wedged) before its next probe. It reads,
+/// every [`SILENCE_TICK`], how many requests have been forwarded to the server since its last
+/// response, and how many responses it has sent in all ([`crate::stats::ServerCells::silence`]).
+/// When a sample at least `timeout` old counted [`SILENT_AFTER`] or more waiting requests, and
+/// no response has come since, those requests went unanswered past the timeout, in a row. It
+/// says so at most once per `timeout`. What is done with it is only ever to ask for a probe.
+#[derive(Debug, Default)]
+pub(super) struct SilenceWatch {
+    /// (when, unanswered, responses), oldest first; none older than the newest sample that is
+    /// at least `timeout` old.
+    samples: std::collections::VecDeque<(Instant, u64, u64)>,
+    last_alarm: Option<Instant>,
+}
+
+impl SilenceWatch {
+    /// Takes one sample; true when the server has been silent as described above.
+    pub(super) fn observe(
+        &mut self,
+        now: Instant,
+        unanswered: u64,
+        responses: u64,
+        timeout: Duration,
+    ) -> bool {
+        if unanswered == 0 {
+            self.samples.clear();
+            return false;
+        }
+        if self
+            .samples
+            .front()
+            .is_some_and(|&(_, _, r)| r != responses)
+        {
+            // An answer came since: what waited then is not waiting in a row any more.
+            self.samples.clear();
+        }
+        self.samples.push_back((now, unanswered, responses));
+        while self.samples.len() >= 2 && now.duration_since(self.samples[1].0) >= timeout {
+            self.samples.pop_front();
+        }
+        let Some(&(then, waiting, _)) = self.samples.front() else {
+            return false;
+        };
+        let alarm = now.duration_since(then) >= timeout
+            && waiting >= SILENT_AFTER
+            && self
+                .last_alarm
+                .is_none_or(|at| now.duration_since(at) >= timeout);
+        if alarm {
+            self.last_alarm = Some(now);
+        }
+        alarm
+    }
 }
 
 impl Drop for ServerEntry {
@@ -196,6 +259,8 @@ impl Supervisor {
         // reload leaves /metrics.
         let mut gauges = tokio::time::interval(crate::stats::GAUGE_REFRESH);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut silence = tokio::time::interval(SILENCE_TICK);
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
             let wake = async {
@@ -224,6 +289,10 @@ impl Supervisor {
                 }
                 _ = gauges.tick() => {
                     self.publish_gauges();
+                    false
+                }
+                _ = silence.tick() => {
+                    self.watch_silence(now());
                     false
                 }
                 Some(Passive { addr, failure }) = inbox.passive.recv() => {
@@ -358,6 +427,7 @@ impl Supervisor {
                         link: link.clone(),
                         probe: None,
                         probe_now: ProbeNow::default(),
+                        silence: SilenceWatch::default(),
                     },
                 };
                 let stale =
@@ -413,23 +483,63 @@ impl Supervisor {
     /// failed probe does, but only while the server's pool keeps at least half of its servers
     /// out of `down` — past that, only probes take servers down, so that a burst of signals
     /// cannot empty a pool onto its survivors. A 503 never counts: a busy server is not a dead
-    /// one (its answer was relayed and counted by the wire path). True when a state changed.
+    /// one (its answer was relayed and counted by the wire path). Silence (requests unanswered,
+    /// [`SilenceWatch`]) is a suspicion: it counts towards `fall` but never completes it, so only
+    /// a failed probe takes the server down. True when a state changed.
     fn on_passive(&mut self, id: &Arc<str>, failure: Failure, now: Instant) -> bool {
         let Some(entry) = self.servers.get(id) else {
             return false;
         };
         entry.probe_now.ask();
         let pool = entry.pool;
-        let (signal, counts) = match failure {
-            Failure::Passive503 => ("503", false),
-            _ => ("icmp", self.passive_may_take_down(pool, id)),
+        let (signal, effect) = match failure {
+            Failure::Passive503 => ("503", "probe_asked"),
+            Failure::Silent => ("silence", "suspected"),
+            _ if self.passive_may_take_down(pool, id) => ("icmp", "counted"),
+            _ => ("icmp", "probe_asked"),
         };
         metrics::counter!("siplb_passive_signals_total",
             "pool" => self.cfg.pools[pool].name.clone(),
             "signal" => signal,
-            "effect" => if counts { "counted" } else { "probe_asked" })
+            "effect" => effect)
         .increment(1);
-        counts && self.record(id, Outcome::Failed(failure), now)
+        match effect {
+            "counted" => self.record(id, Outcome::Failed(failure), now),
+            "suspected" => {
+                // One failure towards `fall` if more are needed: the probe just asked for,
+                // failing, then completes the verdict; passing, it clears the suspicion.
+                if let Some(entry) = self.servers.get_mut(id) {
+                    entry.health.suspect(entry.plan.thresholds);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads every server's unanswered count ([`SilenceWatch`]) and asks the probe of each
+    /// server found silent for a probe at once.
+    fn watch_silence(&mut self, now: Instant) {
+        let table = self.tables.load();
+        let mut silent = Vec::new();
+        for cells in table.counters.servers.iter().flatten() {
+            let (pool, id) = cells.labels();
+            let Some(entry) = self.servers.get_mut(&**id) else {
+                continue;
+            };
+            if self.cfg.pools[entry.pool].name != **pool {
+                continue;
+            }
+            let (unanswered, responses) = cells.silence();
+            let timeout = entry.plan.settings.timeout;
+            if entry.silence.observe(now, unanswered, responses, timeout) {
+                silent.push(id.clone());
+            }
+        }
+        for id in silent {
+            tracing::debug!(server = %id, "forwarded requests unanswered past the probe timeout: probing now");
+            self.on_passive(&id, Failure::Silent, now);
+        }
     }
 
     /// Whether a passive signal may take server `id` of pool `pool` down: it is down already,
@@ -658,5 +768,61 @@ fn health_message(t: &Transition, th: Thresholds) -> String {
         }
         Reason::Probes { .. } => format!("{change}: {} succeeded ({})", probes(th.rise), t.reason),
         reason => format!("{change}: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod silence_tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(500);
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn requests_unanswered_past_the_timeout_in_a_row_raise_one_alarm_per_timeout() {
+        let t0 = Instant::now();
+        let mut w = SilenceWatch::default();
+        // 5 requests wait at t0, none is answered; more keep coming.
+        assert!(!w.observe(t0, 5, 10, TIMEOUT));
+        assert!(
+            !w.observe(at(t0, 250), 12, 10, TIMEOUT),
+            "not old enough yet"
+        );
+        assert!(
+            w.observe(at(t0, 500), 20, 10, TIMEOUT),
+            "5 waited past the timeout"
+        );
+        assert!(
+            !w.observe(at(t0, 750), 27, 10, TIMEOUT),
+            "one alarm per timeout"
+        );
+        assert!(
+            w.observe(at(t0, 1000), 33, 10, TIMEOUT),
+            "still silent a timeout later"
+        );
+    }
+
+    #[test]
+    fn an_answer_or_too_few_requests_raise_nothing() {
+        let t0 = Instant::now();
+        let mut w = SilenceWatch::default();
+        // Too few waited past the timeout.
+        assert!(!w.observe(t0, SILENT_AFTER - 1, 3, TIMEOUT));
+        assert!(!w.observe(at(t0, 600), 40, 3, TIMEOUT));
+        // A response came since: the run starts again.
+        assert!(!w.observe(at(t0, 700), 8, 4, TIMEOUT));
+        assert!(!w.observe(at(t0, 1100), 30, 4, TIMEOUT), "only 400 ms old");
+        assert!(
+            w.observe(at(t0, 1200), 35, 4, TIMEOUT),
+            "the 8 of 700 ms waited 500 ms"
+        );
+        // Nothing waiting: a busy, answering server is never silent.
+        let mut busy = SilenceWatch::default();
+        for i in 0..100u64 {
+            assert!(!busy.observe(at(t0, i * 50), i % 3, i, TIMEOUT));
+        }
     }
 }
