@@ -85,6 +85,9 @@ pub(crate) struct Server {
     /// `hrw::id_hash(id)`, computed once.
     pub(crate) id_hash: u64,
     pub(crate) state: ServerState,
+    /// SRV priority (0 unless the server comes from an SRV record): a server takes users only
+    /// while no server of its pool with a lower value takes traffic.
+    pub(crate) priority: u16,
 }
 
 /// One pool: its servers and where its users are served now.
@@ -98,6 +101,8 @@ pub struct Pool {
     pub(crate) id_hash: u64,
     /// This pool's users are served by its pair.
     pub(crate) failed_over: bool,
+    /// Its servers have more than one SRV priority.
+    pub(crate) tiered: bool,
 }
 
 impl Pool {
@@ -353,10 +358,12 @@ impl RoutingTable {
                             weight: s.weight,
                             id_hash: hrw::id_hash(&s.id),
                             state: health.server_state(&s.id).unwrap_or(default),
+                            priority: s.priority,
                         }
                     })
-                    .collect();
+                    .collect::<Vec<Server>>();
                 Pool {
+                    tiered: servers.iter().any(|s| s.priority != servers[0].priority),
                     name: p.name.clone(),
                     role: p.role,
                     pair: p.pair.as_deref().and_then(|n| index.get(n).copied()),
@@ -541,12 +548,23 @@ impl RoutingTable {
     /// are not in `tried`: with `tried` empty the server [`RoutingTable::decide_pool`] chooses,
     /// and then, as servers are added to `tried`, the next ones in HRW order (a rendezvous
     /// ranking over fewer candidates keeps the others' order).
+    ///
+    /// Only the servers of the lowest SRV priority among the candidates compete (RFC 2782:
+    /// a higher priority value is a backup); without SRV servers every priority is 0.
     pub(crate) fn next_server(&self, pool: usize, key: u64, tried: &[usize]) -> Option<usize> {
-        let up = self.pools[pool]
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i))
+        let candidates = || {
+            self.pools[pool]
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i))
+        };
+        let priority = match self.pools[pool].tiered {
+            true => candidates().map(|(_, s)| s.priority).min()?,
+            false => 0,
+        };
+        let up = candidates()
+            .filter(|(_, s)| !self.pools[pool].tiered || s.priority == priority)
             .map(|(i, s)| (i, s.id_hash, s.weight));
         hrw::best(key, up)
     }

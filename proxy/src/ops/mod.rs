@@ -124,6 +124,9 @@ pub(crate) struct StatusDoc {
     pub(crate) advertise: String,
     /// `[listen] passthrough` listeners with their open connections.
     pub(crate) passthrough: Vec<crate::passthrough::ListenerStatus>,
+    /// The names servers and pools are given by: answer in use, last success, and the error
+    /// while a name does not resolve (its last addresses stay in use).
+    pub(crate) dns: Vec<crate::dns::NameStatus>,
     #[serde(flatten)]
     pub(crate) health: Status,
 }
@@ -143,6 +146,7 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         connections: ops.proxy.connections(),
         advertise: ops.proxy.tables.load().advertise.to_string(),
         passthrough: ops.proxy.passthrough.status(),
+        dns: ops.proxy.dns_status(),
         health,
     })
 }

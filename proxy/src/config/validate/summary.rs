@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
-use super::super::{Config, Health, Mode, PoolConfig, PoolTls, Role, RouteConfig, Transport};
+use super::super::{
+    Config, Health, Mode, PoolConfig, PoolDns, PoolTls, Role, RouteConfig, Transport,
+};
 use super::certs;
 
 /// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
@@ -134,6 +136,59 @@ pub(crate) fn summary(cfg: &Config) -> String {
                 if s.drained { "  drained" } else { "" },
             );
         }
+        for n in &pool.named {
+            let _ = writeln!(
+                out,
+                "    {}  {}:{} (by name)  {}  weight {}{}",
+                n.id,
+                n.name,
+                n.port,
+                n.transport.as_str(),
+                n.weight,
+                if n.drained { "  drained" } else { "" },
+            );
+        }
+        match &pool.dns {
+            Some(PoolDns::Srv { name, transport }) => {
+                let _ = writeln!(
+                    out,
+                    "    servers of SRV {name} ({}; ids target:port, weights and priorities \
+                     from the records)",
+                    transport.as_str()
+                );
+            }
+            Some(PoolDns::All {
+                name,
+                port,
+                transport,
+            }) => {
+                let _ = writeln!(
+                    out,
+                    "    one server per address of {name}, port {port} ({}; ids IP:port)",
+                    transport.as_str()
+                );
+            }
+            None => {}
+        }
+    }
+    if cfg.pools.iter().any(PoolConfig::uses_dns) {
+        let servers = if cfg.dns.nameservers.is_empty() {
+            "those of /etc/resolv.conf".to_string()
+        } else {
+            let list: Vec<String> = cfg
+                .dns
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            list.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "\ndns       names asked again every {}, timeout {}, nameservers {servers}",
+            format_duration(cfg.dns.refresh),
+            format_duration(cfg.dns.timeout)
+        );
     }
 
     let _ = writeln!(out, "\nroutes ({}, first match wins)", cfg.routes.len());
