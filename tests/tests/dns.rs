@@ -10,7 +10,10 @@
 //! - a pool given as `srv = "_sip._udp.NAME"` spreads its users over the targets of the lowest
 //!   priority (the backup target of a higher priority gets none); removing one SRV record moves
 //!   only that server's users; with dnsmasq stopped, siplb keeps routing to the last servers and
-//!   `/status` and `/metrics` report the failing name.
+//!   `/status` and `/metrics` report the failing name;
+//! - a name that does not resolve yet is a warning of `siplb check`, not an error: siplb starts
+//!   without that server, says so in `/status` and `/readyz`, and takes it in as soon as DNS
+//!   has the record; `siplb route` names it then.
 //!
 //! It needs dnsmasq (`apt-get install -y dnsmasq-base`, which `.ci/run` installs), so it is
 //! `#[ignore]`d: `cargo test -p siplb-e2e --test dns -- --ignored`. Without dnsmasq each test
@@ -25,6 +28,7 @@ use siplb_e2e::farm::{users, Farm};
 use siplb_e2e::ops::{wait_until, Ops};
 use siplb_e2e::placement::moved;
 use siplb_e2e::ports::free_udp_port;
+use siplb_e2e::process::{route_cli, run_cli, ConfigFile};
 use siplb_e2e::testbed::Testbed;
 use siplb_e2e::Siplb;
 
@@ -256,4 +260,54 @@ fn an_srv_pool_follows_its_records_and_keeps_them_when_dns_fails() {
             .sum("siplb_dns_failures_total", &[("name", "_sip._udp.fe.test")])
             >= 1.0
     );
+}
+
+#[test]
+#[ignore = "needs dnsmasq (dnsmasq-base)"]
+fn a_name_unknown_at_start_is_taken_in_when_dns_has_it() {
+    let farm = Farm::start("fe", 1, Behaviour::Accept);
+    let port = farm.get("fe1").addr().port();
+    let Some(mut dns) = Dnsmasq::start(&[host("other.test", "127.0.0.1")]) else {
+        eprintln!("skipped: dnsmasq is not installed (apt-get install -y dnsmasq-base)");
+        return;
+    };
+    let text = config(
+        dns.addr(),
+        &format!("servers = [{{ address = \"fe1.test:{port}\" }}]"),
+    );
+
+    // `siplb check`: valid, with a warning naming the name.
+    let file = ConfigFile::write(&text);
+    let path = file.path().to_string_lossy().into_owned();
+    let out = run_cli(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: fe1.test does not resolve now"),
+        "{stdout}"
+    );
+
+    let (mut tb, ops) = Testbed::with_ops(farm, Siplb::start(&text));
+    let status = ops.wait_status("fe1.test reported unresolved", |s| {
+        s.0["dns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == "fe1.test" && n["last_error"].is_string())
+    });
+    assert!(servers(&ops).is_empty(), "{}", status.0);
+    assert_eq!(ops.get("/readyz").status, 503, "no server in the only pool");
+    assert_eq!(tb.register("alice@contoso.com"), (503, None));
+
+    dns.set(&[host("fe1.test", "127.0.0.1")]);
+    let fe1 = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_servers(&ops, &[pair(&format!("fe1.test:{port}"), fe1)]);
+    wait_until("/readyz 200", FOLLOW, || match ops.get("/readyz").status {
+        200 => Ok(()),
+        other => Err(other.to_string()),
+    });
+    assert_eq!(tb.register("alice@contoso.com"), (200, Some("fe1".into())));
+    let routed = route_cli(&file, "REGISTER", "sip:alice@contoso.com").expect("siplb route");
+    assert_eq!(routed.server_id, format!("fe1.test:{port}"));
+    assert_eq!(routed.server_address, fe1.to_string());
 }
