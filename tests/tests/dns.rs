@@ -6,7 +6,7 @@
 //!
 //! - servers given as `host:port` receive the users, and when one name's A record moves to
 //!   another address the users of that server follow it there (its id, the name, is kept) while
-//!   every other user stays where it was;
+//!   every other user stays where it was, and its probes go to the new address;
 //! - a pool given as `srv = "_sip._udp.NAME"` spreads its users over the targets of the lowest
 //!   priority (the backup target of a higher priority gets none); removing one SRV record moves
 //!   only that server's users; with dnsmasq stopped, siplb keeps routing to the last servers and
@@ -161,6 +161,18 @@ fn a_server_by_name_follows_its_a_record_with_its_users() {
         metrics.sum("siplb_dns_changes_total", &[("name", "fe1.test")]) >= 2.0,
         "the first answer and the change are counted"
     );
+
+    // Probes follow the address: with the old address gone, fe1 stays up on probes of the new
+    // one (more than `fall` of them).
+    tb.farm.get_mut("fe1-old").stop();
+    let since = std::time::Instant::now();
+    wait_until("probes of fe1 at its new address", FOLLOW, || {
+        match tb.farm.get("fe1-new").probes_since(since).len() {
+            n if n > 5 => Ok(()),
+            n => Err(format!("{n} probes")),
+        }
+    });
+    assert_eq!(ops.status().server_state(&fe1_id), "up");
 }
 
 #[test]
