@@ -168,7 +168,8 @@ impl Answers {
             let name = lookup.name().to_string();
             let entry = self.entries.entry(lookup).or_default();
             match result {
-                Ok(answer) => {
+                Ok(mut answer) => {
+                    keep_target_addresses(&mut answer, entry.answer.as_ref());
                     if entry.failing_since.is_some() {
                         tracing::info!(name, "DNS name resolves again");
                     }
@@ -224,6 +225,22 @@ impl Answers {
                 failing_since: e.failing_since.map(rfc3339),
             })
             .collect()
+    }
+}
+
+/// An SRV target that did not resolve this time keeps the addresses it had in `last` (the same
+/// target and port), as a name that stops resolving keeps its own.
+fn keep_target_addresses(answer: &mut Answer, last: Option<&Answer>) {
+    let (Answer::Srv(targets), Some(Answer::Srv(last))) = (answer, last) else {
+        return;
+    };
+    for t in targets.iter_mut().filter(|t| t.addrs.is_empty()) {
+        if let Some(old) = last
+            .iter()
+            .find(|o| o.target == t.target && o.port == t.port)
+        {
+            t.addrs = old.addrs.clone();
+        }
     }
 }
 
@@ -319,8 +336,9 @@ impl Resolver {
     }
 
     /// The SRV records of `name` with their targets' addresses. A target that does not resolve
-    /// is left out (and named in the error when none resolves); a record with the target "."
-    /// says the service is not offered there (RFC 2782).
+    /// comes without addresses (it keeps its last ones, [`Answers::record`]); when none
+    /// resolves the lookup fails, naming them. A record with the target "." says the service
+    /// is not offered there (RFC 2782).
     async fn srv(&self, name: &str) -> Result<Vec<SrvTarget>, String> {
         let found = self
             .inner
@@ -335,18 +353,23 @@ impl Resolver {
             if target.is_empty() {
                 continue;
             }
-            match self.host(&target).await {
-                Ok(addrs) => targets.push(SrvTarget {
-                    priority: record.priority(),
-                    weight: record.weight(),
-                    target,
-                    port: record.port(),
-                    addrs,
-                }),
-                Err(e) => errors.push(format!("{target}: {e}")),
-            }
+            let addrs = match self.host(&target).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    errors.push(format!("{target}: {e}"));
+                    // Filled from the last answer, if the target had one (`Answers::record`).
+                    Vec::new()
+                }
+            };
+            targets.push(SrvTarget {
+                priority: record.priority(),
+                weight: record.weight(),
+                target,
+                port: record.port(),
+                addrs,
+            });
         }
-        if targets.is_empty() {
+        if targets.iter().all(|t| t.addrs.is_empty()) {
             return Err(if errors.is_empty() {
                 format!("no usable SRV record for {name}")
             } else {

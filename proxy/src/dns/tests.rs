@@ -237,3 +237,24 @@ fn a_failing_name_keeps_its_last_answer_and_a_changed_one_reports_a_change() {
     );
     assert!(a.status().is_empty());
 }
+
+#[test]
+fn an_srv_target_that_does_not_resolve_keeps_its_last_addresses() {
+    let name = Lookup::Srv("_sip._udp.fe.test".into());
+    let mut a = Answers::default();
+    let both = vec![
+        target(0, 1, "s1.test", 5060, "10.1.0.1"),
+        target(0, 1, "s2.test", 5060, "10.1.0.2"),
+    ];
+    a.record(
+        vec![(name.clone(), Ok(Answer::Srv(both.clone())))],
+        SystemTime::UNIX_EPOCH,
+    );
+    let mut s2_failed = both.clone();
+    s2_failed[1].addrs.clear();
+    assert!(!a.record(
+        vec![(name.clone(), Ok(Answer::Srv(s2_failed)))],
+        SystemTime::UNIX_EPOCH
+    ));
+    assert_eq!(a.get(&name), Some(&Answer::Srv(both)));
+}
