@@ -317,15 +317,20 @@ tree_pids() {
 # cpu_ticks PID → utime+stime in clock ticks of PID and all its descendants (Kamailio forks its workers;
 # siplb is one process whose threads are all counted in its own /proc/PID/stat).
 cpu_ticks() {
+    cpu_ticks_split "$1" | awk '{ print $1 + $2 }'
+}
+
+# cpu_ticks_split PID → "utime stime": the same, user and kernel time apart.
+cpu_ticks_split() {
     # A process may exit between the glob and the read: that is not an error here.
     { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
         { pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
-          ppid[pid] = f[2]; ticks[pid] = f[12] + f[13] }
+          ppid[pid] = f[2]; user[pid] = f[12]; sys[pid] = f[13] }
         END {
             in_tree[root] = 1; changed = 1
             while (changed) { changed = 0
                 for (p in ppid) if (!(p in in_tree) && (ppid[p] in in_tree)) { in_tree[p] = 1; changed = 1 } }
-            sum = 0; for (p in in_tree) sum += ticks[p]; print sum
+            u = 0; s = 0; for (p in in_tree) { u += user[p]; s += sys[p] }; print u, s
         }'
 }
 

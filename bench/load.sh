@@ -246,10 +246,12 @@ kamailio_streams_settings() {
 # lg_run NAME TARGET TRANSPORT RATE COUNT [PSS_AT_HALF]: one `siplb-loadgen register` run
 # through TARGET (siplb-T, kamailio-T or direct), its JSON line to $out/NAME.json and its
 # summary to $out/NAME.txt. Prints one line:
-#   ok lost retransmitted late achieved max_lag_us proxy_cpu_s client_cpu_s backends_cpu_s wall_s pss_kib
-# (pss_kib: the proxy's PSS halfway through the run with PSS_AT_HALF, else "-").
+#   ok lost retransmitted late achieved max_lag_us proxy_cpu_s client_cpu_s backends_cpu_s wall_s pss_kib proxy_sys_s
+# (pss_kib: the proxy's PSS halfway through the run with PSS_AT_HALF, else "-"; proxy_sys_s: the
+# part of proxy_cpu_s spent in the kernel).
 lg_run() {
     local name=$1 target=$2 t=$3 rate=$4 count=$5 at_half=${6:-} pid="" to c0=0 c1=0 b0 b1 lg rc=0 pss=-
+    local u0=0 s0=0 u1=0 s1=0
     local -a how=()
     if [[ $target == direct ]]; then
         to=$(tr ' ' ',' <<<"${backends_of[udp]}")
@@ -261,7 +263,7 @@ lg_run() {
     tcp) how=(--connections "$TCP_CONNECTIONS") ;;
     tls) how=(--connections "$TCP_CONNECTIONS" --ca "$certs/ca.crt" --name "$tls_name") ;;
     esac
-    [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && read -r u0 s0 <<<"$(cpu_ticks_split "$pid")"
     b0=$(cpu_ticks "$backends_pid")
     timeout $((count / rate + 40)) "${generator_pin[@]}" "$LOADGEN_BIN" register --to "$to" --transport "$t" --rate "$rate" \
         --count "$count" --users "$USERS" "${how[@]}" >"$out/$name.json" 2>"$out/$name.txt" &
@@ -271,15 +273,16 @@ lg_run() {
         pss=$(memory_kib "$pid" Pss)
     fi
     wait "$lg" || rc=$?
-    [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && read -r u1 s1 <<<"$(cpu_ticks_split "$pid")"
+    c0=$((u0 + s0)) c1=$((u1 + s1))
     b1=$(cpu_ticks "$backends_pid")
     if [[ $rc != 0 || ! -s $out/$name.json ]]; then
         log "  siplb-loadgen failed (status $rc, see $out/$name.txt)"
-        echo "0 $count 0 0 0 0 $((c1 - c0)) 0 0 0 $pss" | awk -v hz="$clk_tck" '{ $7 = $7 / hz; print }'
+        echo "0 $count 0 0 0 0 $((c1 - c0)) 0 0 0 $pss $((s1 - s0))" | awk -v hz="$clk_tck" '{ $7 = $7 / hz; $12 = $12 / hz; print }'
         return 0
     fi
-    jq -r --arg p "$((c1 - c0))" --arg b "$((b1 - b0))" --arg hz "$clk_tck" --arg pss "$pss" \
-        '"\(.ok) \(.lost) \(.retransmitted) \(.late) \(.achieved_rate) \(.max_lag_us) \(($p | tonumber) / ($hz | tonumber)) \(.cpu_secs) \(($b | tonumber) / ($hz | tonumber)) \(.wall_secs) \($pss)"' \
+    jq -r --arg p "$((c1 - c0))" --arg s "$((s1 - s0))" --arg b "$((b1 - b0))" --arg hz "$clk_tck" --arg pss "$pss" \
+        '"\(.ok) \(.lost) \(.retransmitted) \(.late) \(.achieved_rate) \(.max_lag_us) \(($p | tonumber) / ($hz | tonumber)) \(.cpu_secs) \(($b | tonumber) / ($hz | tonumber)) \(.wall_secs) \($pss) \(($s | tonumber) / ($hz | tonumber))"' \
         "$out/$name.json"
 }
 
@@ -335,7 +338,7 @@ for p in siplb kamailio; do pss_idle[$p]=$(memory_kib "${proxy_pid[$p-udp]}" Pss
 log "idle PSS: siplb ${pss_idle[siplb]} KiB, kamailio ${pss_idle[kamailio]} KiB"
 
 # 1. CPU per pair.
-declare -A cpu_sum=() ok_sum=() lossy=()
+declare -A cpu_sum=() sys_sum=() ok_sum=() lossy=()
 cpu_rows=() cpu_keys=()
 top_udp=$(tr ' ' '\n' <<<"$UDP_RATES" | sort -n | tail -n 1)
 if has_part cpu; then
@@ -350,16 +353,18 @@ if has_part cpu; then
                 half=
                 [[ $t == udp && $rate == "$top_udp" ]] && half=1
                 log "cpu: $p over $t, $count REGISTERs at $rate/s, run $run"
-                read -r ok lost retr late achieved lag pcpu ccpu bcpu wall pss <<<"$(lg_run "cpu-$p-$t-$rate-$run" "$p-$t" "$t" "$rate" "$count" "$half")"
+                read -r ok lost retr late achieved lag pcpu ccpu bcpu wall pss psys <<<"$(lg_run "cpu-$p-$t-$rate-$run" "$p-$t" "$t" "$rate" "$count" "$half")"
                 per=$(awk -v c="$pcpu" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
+                kper=$(awk -v c="$psys" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
                 lgper=$(awk -v c="$ccpu" -v b="$bcpu" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", (c + b) * 1e6 / n; else print "-" }')
                 load=$(cut -d' ' -f1 /proc/loadavg)
-                log "  $ok ok, $lost lost, $retr retransmitted ($late answered late), sent at $achieved/s, proxy CPU ${pcpu}s = $per µs/pair, generator $lgper µs/pair, load $load"
-                cpu_rows+=("| $rate | $t | $p | $run | $ok | $lost | $retr | $achieved | $pcpu | **$per** | $lgper | $load |")
+                log "  $ok ok, $lost lost, $retr retransmitted ($late answered late), sent at $achieved/s, proxy CPU ${pcpu}s = $per µs/pair ($kper in the kernel), generator $lgper µs/pair, load $load"
+                cpu_rows+=("| $rate | $t | $p | $run | $ok | $lost | $retr | $achieved | $pcpu | **$per** | $kper | $lgper | $load |")
                 if awk -v l="$lost" -v r="$retr" -v n="$count" -v m="$MAX_LOST_PCT" 'BEGIN { exit !((l + r) * 100 >= m * n) }'; then
                     lossy[$leg]+="$p run $run, "
                 fi
                 cpu_sum[$leg-$p]=$(awk -v a="${cpu_sum[$leg-$p]:-0}" -v b="$pcpu" 'BEGIN { print a + b }')
+                sys_sum[$leg-$p]=$(awk -v a="${sys_sum[$leg-$p]:-0}" -v b="$psys" 'BEGIN { print a + b }')
                 ok_sum[$leg-$p]=$((${ok_sum[$leg-$p]:-0} + ok))
                 if [[ $pss != - ]]; then
                     pss_load[$p]=$pss
@@ -437,6 +442,10 @@ done
 per_pair() {
     awk -v c="${cpu_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
 }
+# kernel_per_pair LEG PROXY → of that, the µs in the kernel (stime), or "-"
+kernel_per_pair() {
+    awk -v c="${sys_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
+}
 # share RATE PROXY FIELD Q → the proxy's share of the percentile Q (p50, p99, p999) of FIELD:
 # its figure less direct's, in µs
 share() {
@@ -471,17 +480,22 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
     if has_part cpu; then
         echo "## CPU per forwarded REGISTER + 200 OK ($CPU_SECS s per run)"
         echo
-        echo "| rate /s | transport | proxy | run | 200s | lost | retransmitted | sent /s | proxy CPU s | µs CPU / pair | generator µs / pair | load (1 min) |"
-        echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |"
+        echo "| rate /s | transport | proxy | run | 200s | lost | retransmitted | sent /s | proxy CPU s | µs CPU / pair | of which kernel | generator µs / pair | load (1 min) |"
+        echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"
         printf '%s\n' "${cpu_rows[@]}"
         echo
-        echo "| rate /s | transport | siplb µs / pair | Kamailio µs / pair | siplb / Kamailio |"
-        echo "| --: | --- | --: | --: | --: |"
+        echo "| rate /s | transport | siplb µs / pair (kernel) | Kamailio µs / pair (kernel) | siplb / Kamailio | siplb's kernel µs / Kamailio's whole |"
+        echo "| --: | --- | --: | --: | --: | --: |"
         for leg in "${cpu_keys[@]}"; do
             s=$(per_pair "$leg" siplb) k=$(per_pair "$leg" kamailio)
+            sk=$(kernel_per_pair "$leg" siplb) kk=$(kernel_per_pair "$leg" kamailio)
             ratio=$(awk -v s="$s" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            echo "| ${leg#*/} | ${leg%/*} | $s | $k | **$ratio** |"
+            floor=$(awk -v s="$sk" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
+            echo "| ${leg#*/} | ${leg%/*} | $s ($sk) | $k ($kk) | **$ratio** | $floor |"
         done
+        echo
+        echo "The last column is the ratio siplb would have if its own code cost nothing: the kernel's"
+        echo "part of its pair (stime from /proc/PID/stat) against all of Kamailio's."
         for leg in "${cpu_keys[@]}"; do
             if [[ -n ${lossy[$leg]:-} ]]; then
                 echo

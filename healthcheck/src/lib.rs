@@ -14,7 +14,7 @@ pub mod probe;
 pub mod server;
 
 pub use pool::{FailoverChange, FailoverReason, Mode, PoolFailover};
-pub use probe::{ProbeKind, ProbeSettings, Target, TlsClient, Transport};
+pub use probe::{ProbeKind, ProbeNow, ProbeSettings, Target, TlsClient, Transport};
 pub use server::{Failure, Outcome, Reason, ServerHealth, Thresholds, TlsFailure, Transition};
 
 /// Whether a server takes part in hashing.

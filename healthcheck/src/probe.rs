@@ -12,6 +12,7 @@ mod stream_tests;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
@@ -282,6 +283,25 @@ fn outcome_of_code(code: u16, rtt: Duration) -> Outcome {
     }
 }
 
+/// A way to ask a server's probe task for a probe now, outside its interval: the wire path saw
+/// a sign of trouble (a 503, an ICMP error) and the probes are to confirm or clear it. Clones
+/// share one task. An ask while a probe is out, or while no task listens, is dropped: a burst
+/// of asks is one probe.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeNow(Arc<tokio::sync::Notify>);
+
+impl ProbeNow {
+    /// Asks for a probe now.
+    pub fn ask(&self) {
+        self.0.notify_waiters();
+    }
+
+    /// Resolves at the next ask (for a probe task: wait for this and the interval together).
+    pub async fn asked(&self) {
+        self.0.notified().await;
+    }
+}
+
 /// Probes `target` every `settings.interval` for as long as the task lives, handing each
 /// outcome to `report`. Probing starts at once.
 ///
@@ -294,18 +314,37 @@ fn outcome_of_code(code: u16, rtt: Duration) -> Outcome {
 /// (each still bounded by `timeout`) instead of one per interval. A hung server is then down
 /// within `interval + fall × timeout` rather than `fall × interval + timeout`, while a server
 /// that misses a single probe is back in good standing one probe later.
-pub async fn probe_loop(target: Target, settings: ProbeSettings, mut report: impl FnMut(Outcome)) {
+///
+/// An ask through `now` ([`ProbeNow::ask`]) sends the next probe at once, and the interval
+/// runs on from it; asked probes go out at most once per `timeout` (counted from the start of
+/// the probe before), so a flood of asks costs a server one probe per `timeout` at the most.
+pub async fn probe_loop(
+    target: Target,
+    settings: ProbeSettings,
+    now: ProbeNow,
+    mut report: impl FnMut(Outcome),
+) {
     let first = tokio::time::Instant::now() + settings.first_after;
     let mut tick = tokio::time::interval_at(first, settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut options: Option<OptionsProber> = None;
     let mut failures_in_a_row = 0u32;
     let mut seq = 0u64;
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
         let confirming = failures_in_a_row > 0 && failures_in_a_row <= settings.confirm;
         if !confirming {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = now.asked() => {
+                    if let Some(at) = last_start {
+                        tokio::time::sleep_until(at + settings.timeout).await;
+                    }
+                    tick.reset();
+                }
+            }
         }
+        last_start = Some(tokio::time::Instant::now());
         seq += 1;
         let outcome = match (settings.kind, target.transport) {
             (ProbeKind::TcpConnect, _) => probe_tcp(target.addr, settings.timeout).await,
@@ -448,9 +487,14 @@ mod tests {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
-        let task = tokio::spawn(probe_loop(Target::udp(silent), settings, move |o| {
-            let _ = tx.send((start.elapsed(), o));
-        }));
+        let task = tokio::spawn(probe_loop(
+            Target::udp(silent),
+            settings,
+            ProbeNow::default(),
+            move |o| {
+                let _ = tx.send((start.elapsed(), o));
+            },
+        ));
         let mut at = Vec::new();
         for _ in 0..4 {
             let (t, o) = rx.recv().await.unwrap();
@@ -485,9 +529,14 @@ mod tests {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = Instant::now();
-        let task = tokio::spawn(probe_loop(Target::udp(closed), settings, move |o| {
-            let _ = tx.send((start.elapsed(), o));
-        }));
+        let task = tokio::spawn(probe_loop(
+            Target::udp(closed),
+            settings,
+            ProbeNow::default(),
+            move |o| {
+                let _ = tx.send((start.elapsed(), o));
+            },
+        ));
         let (first, _) = rx.recv().await.unwrap();
         let (second, _) = rx.recv().await.unwrap();
         task.abort();
@@ -500,6 +549,59 @@ mod tests {
             second >= Duration::from_millis(700),
             "second probe at {second:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_ask_probes_at_once_and_a_burst_of_asks_is_one_probe_per_timeout() {
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let settings = ProbeSettings {
+            kind: ProbeKind::TcpConnect,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_millis(300),
+            confirm: 0,
+            first_after: Duration::ZERO,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let now = ProbeNow::default();
+        let task = tokio::spawn(probe_loop(
+            Target::udp(closed),
+            settings,
+            now.clone(),
+            move |o| {
+                let _ = tx.send((start.elapsed(), o));
+            },
+        ));
+        // The first probe goes out at once (first_after 0); the next is a minute away.
+        let (first, outcome) = rx.recv().await.unwrap();
+        assert_eq!(outcome, Outcome::Failed(Failure::Refused));
+        // A burst of asks, spread over 200 ms, once the loop waits again.
+        let asked_from = Instant::now();
+        for _ in 0..20 {
+            now.ask();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (second, _) = rx.recv().await.unwrap();
+        assert!(
+            second < Duration::from_secs(30),
+            "the ask did not probe before the interval: {second:?}"
+        );
+        assert!(
+            second >= first + Duration::from_millis(300),
+            "asked probes go out at most once per timeout: {first:?}, {second:?}"
+        );
+        // The asks that came while that probe waited are gone: nothing more before the
+        // interval (a bound the test can wait out: 1.5 s after the burst).
+        let more = tokio::time::timeout(
+            Duration::from_millis(1500).saturating_sub(asked_from.elapsed()),
+            rx.recv(),
+        )
+        .await;
+        assert!(more.is_err(), "a burst of asks made more than one probe");
+        task.abort();
     }
 
     #[test]

@@ -183,6 +183,8 @@ impl Listener {
 struct Running {
     configured: SocketAddr,
     listener: Arc<Listener>,
+    /// Set (to true) to close the listening socket while its connections go on.
+    close: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -323,6 +325,26 @@ impl Passthroughs {
         Ok(())
     }
 
+    /// The graceful stop's half: every listening socket closes (a new connection is refused by
+    /// the kernel) while the connections already open go on until [`Passthroughs::stop`].
+    /// Returns the number of listeners closed.
+    pub(crate) fn close_listeners(&self) -> usize {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for r in running.iter() {
+            r.close.send_replace(true);
+        }
+        running.len()
+    }
+
+    /// Connections open now, over every listener.
+    pub(crate) fn connections(&self) -> usize {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .iter()
+            .map(|r| r.listener.open.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Closes every listener and connection.
     pub(crate) fn stop(&self) {
         self.running
@@ -337,19 +359,28 @@ fn serve(binding: Binding, shared: &Arc<Shared>) -> anyhow::Result<Running> {
     let socket =
         TcpListener::from_std(binding.socket).context("cannot register passthrough socket")?;
     let listener = Arc::new(Listener::new(binding.bound, &binding.settings));
-    let task = tokio::spawn(accept(socket, listener.clone(), shared.clone()));
+    let (close, closing) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(accept(socket, listener.clone(), shared.clone(), closing));
     Ok(Running {
         configured: binding.settings.address,
         listener,
+        close,
         task,
     })
 }
 
-/// Accepts connections until aborted; aborting drops every connection task with it.
-async fn accept(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>) {
+/// Accepts connections until `closing` changes, then closes the listening socket and drives
+/// the open connections until they end; aborting drops every connection task with it.
+async fn accept(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            _ = closing.changed() => break,
             accepted = socket.accept() => match accepted {
                 Ok((client, peer)) => {
                     connections.spawn(connection(client, peer, listener.clone(), shared.clone()));
@@ -364,6 +395,10 @@ async fn accept(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    drop(socket);
+    tracing::info!(listener = %listener.bound, connections = connections.len(),
+        "passthrough listener closed; its open connections go on");
+    while connections.join_next().await.is_some() {}
 }
 
 /// Counts an open connection while it lives.

@@ -337,7 +337,7 @@ impl Proxy {
         }
         let closed = listeners.len();
         listeners.clear();
-        Some(closed)
+        Some(closed + self.passthrough.close_listeners())
     }
 
     /// Whether a graceful stop has begun.
@@ -345,9 +345,9 @@ impl Proxy {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// TCP and TLS client connections open.
+    /// TCP and TLS client connections open, passthrough connections included.
     pub(crate) fn client_flows(&self) -> usize {
-        self.streams.client_connections()
+        self.streams.client_connections() + self.passthrough.connections()
     }
 
     /// Stops the workers, the probes and the supervisor; the ops endpoint and reload watchers

@@ -1,11 +1,12 @@
 //! How `siplb` (the run command) stops: SIGTERM begins a graceful stop, SIGINT (or a second
 //! SIGTERM) stops at once; either way the process exits 0.
 //!
-//! A graceful stop turns `/readyz` to 503 (`siplb is shutting down`) and closes the TCP and TLS
-//! listeners ([`Proxy::begin_shutdown`]); UDP keeps being forwarded and client flows already open
-//! keep working for `[listen] shutdown_grace`. With a UDP listener siplb waits the whole grace —
-//! UDP has no flows to count, and a server may still answer a client's transaction within it;
-//! with only TCP and TLS listeners it stops as soon as the last client flow closes. When to stop
+//! A graceful stop turns `/readyz` to 503 (`siplb is shutting down`) and closes the TCP, TLS and
+//! passthrough listeners ([`Proxy::begin_shutdown`]); UDP keeps being forwarded and client flows
+//! already open (passthrough connections among them) keep working for `[listen]
+//! shutdown_grace`. With a UDP listener siplb waits the whole grace — UDP has no flows to count,
+//! and a server may still answer a client's transaction within it; with only TCP, TLS and
+//! passthrough listeners it stops as soon as the last client flow closes. When to stop
 //! is a plain function ([`next_step`]); [`drain`] only waits on the clock, the signals and the
 //! flow count, and logs every step.
 
@@ -87,7 +88,7 @@ pub(crate) enum Step {
     Wait,
     /// `shutdown_grace` has passed.
     GraceOver,
-    /// Only TCP and TLS listeners, and the last client flow has closed.
+    /// Only TCP, TLS and passthrough listeners, and the last client flow has closed.
     LastFlowClosed,
 }
 
@@ -141,7 +142,7 @@ pub(crate) async fn drain(proxy: &Proxy, signals: &mut Signals) {
     publish_gauge(proxy);
     tracing::info!(
         closed,
-        "TCP and TLS listeners closed: new connections are refused"
+        "TCP, TLS and passthrough listeners closed: new connections are refused"
     );
     let mut poll = tokio::time::interval(POLL);
     let mut reported = started;

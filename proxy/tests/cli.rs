@@ -78,18 +78,24 @@ role = "front-end"
 servers = [ { id = "fe1", address = "127.0.0.1:5071", transport = "udp" } ]
 "#;
 
-#[test]
-fn check_names_the_line_and_key_of_an_unknown_key() {
-    // Line 8 holds the unknown key.
-    let config = format!("{GOOD}colour = \"blue\"\n");
-    let (_dir, path) = write_config("unknown-key", &config);
+/// `siplb check` of `config` (written as `name`): asserts it fails with status 1, and returns
+/// its error line for line `line_no` of the file.
+fn check_error_at(name: &str, config: &str, line_no: usize) -> String {
+    let (_dir, path) = write_config(name, config);
     let out = siplb(&["check", "--config", &arg(&path)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
-    let line = all
-        .lines()
-        .find(|l| l.starts_with(&format!("{}:8: ", path.display())))
-        .unwrap_or_else(|| panic!("no `{}:8: ` error in:\n{all}", path.display()));
+    let at = format!("{}:{line_no}: ", path.display());
+    all.lines()
+        .find(|l| l.starts_with(&at))
+        .unwrap_or_else(|| panic!("no `{at}` error in:\n{all}"))
+        .to_string()
+}
+
+#[test]
+fn check_names_the_line_and_key_of_an_unknown_key() {
+    // Line 8 holds the unknown key.
+    let line = check_error_at("unknown-key", &format!("{GOOD}colour = \"blue\"\n"), 8);
     assert!(
         line.contains("colour"),
         "the error does not name the key: {line}"
@@ -100,14 +106,7 @@ fn check_names_the_line_and_key_of_an_unknown_key() {
 fn check_names_the_line_and_key_of_a_route_to_an_unknown_pool() {
     // Line 10 names a pool that does not exist.
     let config = format!("{GOOD}\n[[route]]\npool = \"nope\"\n");
-    let (_dir, path) = write_config("unknown-pool", &config);
-    let out = siplb(&["check", "--config", &arg(&path)]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let all = text(&out);
-    let line = all
-        .lines()
-        .find(|l| l.starts_with(&format!("{}:10: ", path.display())))
-        .unwrap_or_else(|| panic!("no `{}:10: ` error in:\n{all}", path.display()));
+    let line = check_error_at("unknown-pool", &config, 10);
     assert!(
         line.contains("route[0].pool"),
         "the error does not name the key: {line}"

@@ -44,6 +44,9 @@ pub enum Behaviour {
     /// `200 OK` to everything, with every Via value written on one `Via:` line (RFC 3261 §7.3.1
     /// allows it), so siplb must pop its value from a shared line.
     CombineVias,
+    /// A busy server: `503 Service Unavailable` with `Retry-After: 5` to every request (probes
+    /// are still answered 200, as a loaded server's OPTIONS handler does).
+    Busy,
     /// Records every request but answers none (probes are still answered, so it stays up):
     /// the test writes the responses itself, with [`response_to`] and [`Backend::send_raw`].
     Mute,
@@ -454,6 +457,7 @@ impl Responder {
         }
         let (status, extra): (String, Vec<String>) = match (self.behaviour, method) {
             (Behaviour::RejectInvites(code), "INVITE") => (format!("{code} {}", reason(code)), Vec::new()),
+            (Behaviour::Busy, _) => ("503 Service Unavailable".to_string(), vec!["Retry-After: 5".to_string()]),
             (Behaviour::LyncAuth, "REGISTER")
                 if req.header("proxy-authorization").is_none()
                     && req.header("authorization").is_none() =>

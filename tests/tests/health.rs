@@ -789,3 +789,58 @@ fn status_tells_a_closed_port_a_silent_server_and_a_503_apart() {
         "one log line per server that fell, with its reason"
     );
 }
+
+#[test]
+fn a_pool_whose_servers_all_answer_503_under_load_keeps_them_and_only_probes_take_one_down() {
+    let _serial = serial();
+    let farm = Farm::start("s", 3, Behaviour::Busy);
+    let config = Config::new()
+        .health(fast_probes())
+        .ops()
+        .pool("fe", farm.servers())
+        .route(Route::to("fe"));
+    let (tb, ops) = start(farm, &config);
+    for id in ["s1", "s2", "s3"] {
+        wait_server(&ops, id, "up");
+    }
+    let users = users(300, DOMAIN);
+    // 600 REGISTERs at 300/s: every server answers a couple of hundred with 503, far past
+    // `fall`, and sees several probe intervals go by meanwhile.
+    let load = Load::on_loopback(tb.siplb.addr(), users.clone(), 300, Duration::from_secs(10));
+    ops_wait(|| load.answered() >= 600, "600 REGISTERs to be answered");
+    let sent = load.stop();
+    let relayed = sent.iter().filter(|s| s.status() == Some(503)).count();
+    assert_eq!(
+        relayed,
+        sent.len(),
+        "every 503 is relayed to the client ({} sent)",
+        sent.len()
+    );
+    for id in ["s1", "s2", "s3"] {
+        let server = ops.status().server(id).clone();
+        assert_eq!(server["state"], "up", "{id}: busy is not dead: {server}");
+    }
+    // Nobody moved: each user's REGISTERs all reached one server.
+    let mut holders: std::collections::HashMap<String, HashSet<String>> = Default::default();
+    for b in &tb.farm.backends {
+        for aor in b.count_by_aor().into_keys() {
+            holders.entry(aor).or_default().insert(b.id().to_string());
+        }
+    }
+    let split: Vec<_> = holders
+        .iter()
+        .filter(|(_, on)| on.len() > 1)
+        .take(5)
+        .collect();
+    assert!(split.is_empty(), "users moved between servers: {split:?}");
+    assert_eq!(holders.len(), users.len(), "every user reached a server");
+    let logged = events(&tb.siplb.stderr());
+    assert!(logged.is_empty(), "no transition may be logged: {logged:?}");
+
+    // A server that answers 503 and whose probes fail too goes down, by its probes.
+    tb.farm.get("s2").set_probe_answer(ProbeAnswer::Status(503));
+    let (server, _) = wait_server(&ops, "s2", "down");
+    assert_eq!(server["reason"], "probe answered 503", "{server}");
+    assert_eq!(ops.status().server("s1")["state"], "up");
+    assert_eq!(ops.status().server("s3")["state"], "up");
+}

@@ -14,6 +14,8 @@
 //!   connections to its pair, and failback brings them home;
 //! - a drained server keeps its connections and gets no new ones;
 //! - a connection silent for `idle_timeout` is closed; `/status` and `/metrics` count them.
+//! - SIGTERM closes the passthrough listener (a new connection is refused) while an open
+//!   connection keeps relaying, and siplb exits 0 once it closes (no UDP listener to wait for).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -319,6 +321,18 @@ impl Rig {
         fe_pool: impl FnOnce(Pool) -> Pool,
         entry_extra: &str,
     ) -> Rig {
+        Rig::start_listening(address, health, fe_pool, entry_extra, None)
+    }
+
+    /// Like [`Rig::start_at`]; with `listen` given, siplb has no UDP listener and `listen`'s
+    /// lines are added to its `[listen]` section.
+    fn start_listening(
+        address: &str,
+        health: Health,
+        fe_pool: impl FnOnce(Pool) -> Pool,
+        entry_extra: &str,
+        listen: Option<&str>,
+    ) -> Rig {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -337,7 +351,11 @@ impl Rig {
                 .pair(pair)
                 .failback_after("500ms")
         };
-        let config = Config::new()
+        let config = match listen {
+            Some(_) => Config::new().listen(&[]),
+            None => Config::new(),
+        };
+        let config = config
             .health(health)
             .ops()
             .pool_with(fe_pool(pool("fe", "fe2", &fe)))
@@ -345,10 +363,16 @@ impl Rig {
             .route(Route::to("fe"))
             .render();
         let entry = format!(
-            "[listen]\npassthrough = [{{ address = \"{address}\", pool = \"fe\"{entry_extra} }}]\n"
+            "[listen]\npassthrough = [{{ address = \"{address}\", pool = \"fe\"{entry_extra} }}]\n{}",
+            listen.map(|l| format!("{l}\n")).unwrap_or_default()
         );
-        let config =
+        let mut config =
             config.replacen("[listen]\n", &entry, 1) + "\n[log]\nlevel = \"siplb=debug,info\"\n";
+        if listen.is_some() {
+            // Without a UDP listener the servers must be reached over TCP (passthrough only
+            // connects; the transport is what SIP routed through the pool would use).
+            config = config.replace("transport = \"udp\"", "transport = \"tcp\"");
+        }
         let siplb = Siplb::start_with_env(&config, &[("SIPLB_ADMIN_TOKEN", TOKEN)]);
         let ops = Ops::of(&siplb);
         let listener = ops.status().0["passthrough"][0].clone();
@@ -870,4 +894,66 @@ fn a_dual_stack_listener_keys_ipv4_clients_by_their_ipv4_address_and_ipv6_client
     let server = c.read_line().expect("the server's name");
     let want = hrw::ranked_by(&std::net::Ipv6Addr::LOCALHOST.octets(), &ids).remove(0);
     assert_eq!(server, want, "the client at ::1");
+}
+
+#[test]
+#[ignore = "real-peer suite: run with --ignored"]
+fn sigterm_closes_the_listener_while_an_open_connection_works_until_it_closes_then_exit_0() {
+    let _one = serial();
+    // No UDP listener, so siplb may exit as soon as the last connection closes; a TCP listener
+    // because a config needs one of udp, tcp or tls.
+    let mut rig = Rig::start_listening(
+        "127.0.0.1:0",
+        tcp_probes(),
+        |p| p,
+        "",
+        Some("tcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\""),
+    );
+    for s in &rig.fe {
+        wait_server(&rig.ops, &s.id, "up");
+    }
+    let mut open = rig.open(7);
+    assert!(open.echoes(), "the connection works before SIGTERM");
+
+    rig.siplb.signal("TERM");
+    wait_until("/readyz to answer 503", READ_WITHIN, || {
+        let r = rig.ops.get("/readyz");
+        if r.status == 503 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    });
+    wait_until(
+        "the passthrough listener to refuse connections",
+        READ_WITHIN,
+        || match TcpStream::connect_timeout(&rig.at, Duration::from_secs(1)) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("accepted".into()),
+        },
+    );
+    for _ in 0..5 {
+        assert!(open.echoes(), "the open connection works during the grace");
+    }
+    assert_eq!(rig.open_in_status(), 1, "/status counts it");
+    assert!(
+        rig.siplb.is_alive(),
+        "the open connection keeps siplb running"
+    );
+
+    drop(open);
+    let closed = Instant::now();
+    let status = rig
+        .siplb
+        .wait_exit(Duration::from_secs(10))
+        .expect("siplb exits once the last passthrough connection closes");
+    assert!(status.success(), "siplb exits 0: {status}");
+    assert!(closed.elapsed() < Duration::from_secs(10));
+    let log = rig.siplb.stderr();
+    for line in [
+        "passthrough listener closed; its open connections go on",
+        "last client flow closed",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
 }

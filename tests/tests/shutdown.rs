@@ -176,6 +176,23 @@ fn stream_config(listen: &str, server: SocketAddr) -> String {
     )
 }
 
+/// A SIP server over TCP (`fe-tcp`) and siplb in front of it, `listen` in its `[listen]`. A
+/// test binds the server even when it asks it nothing, so that it lives as long as siplb.
+struct Rig {
+    server: StreamBackend,
+    siplb: Siplb,
+    ops: Ops,
+}
+
+impl Rig {
+    fn start(listen: &str) -> Rig {
+        let server = StreamBackend::start("fe-tcp", Listen::Tcp);
+        let siplb = Siplb::start(&stream_config(listen, server.addr()));
+        let ops = Ops::of(&siplb);
+        Rig { server, siplb, ops }
+    }
+}
+
 /// Registers `aor` on `client`'s flow and asserts the 200.
 fn register(client: &StreamClient, aor: &str) {
     let answer = client.transact(&client.register_request(aor));
@@ -197,13 +214,11 @@ fn wait_refused(addr: SocketAddr) {
 #[test]
 #[ignore = "real-peer suite: run with --ignored"]
 fn with_only_tcp_listeners_an_open_flow_works_until_it_closes_then_siplb_exits_0() {
-    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
-    let text = stream_config(
-        "tcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\"",
-        server.addr(),
-    );
-    let mut siplb = Siplb::start(&text);
-    let ops = Ops::of(&siplb);
+    let Rig {
+        server,
+        mut siplb,
+        ops,
+    } = Rig::start("tcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\"");
     let client = StreamClient::connect(siplb.tcp(), Dial::Tcp);
     register(&client, &format!("alice@{DOMAIN}"));
 
@@ -239,14 +254,16 @@ fn with_only_tcp_listeners_an_open_flow_works_until_it_closes_then_siplb_exits_0
 #[ignore = "real-peer suite: run with --ignored"]
 fn with_only_a_tls_listener_an_open_flow_works_until_it_closes_then_siplb_exits_0() {
     let pki = Pki::new();
-    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
     let listen = format!(
         "tls = [{{ address = \"127.0.0.1:0\", cert = \"{}\", key = \"{}\" }}]\nshutdown_grace = \"30s\"",
         pki.server.cert_path.display(),
         pki.server.key_path.display()
     );
-    let mut siplb = Siplb::start(&stream_config(&listen, server.addr()));
-    let ops = Ops::of(&siplb);
+    let Rig {
+        server: _server,
+        mut siplb,
+        ops,
+    } = Rig::start(&listen);
     let dial = || Dial::tls(pki.client_config(false));
     let client = StreamClient::connect(siplb.tls(), dial());
     register(&client, &format!("carol@{DOMAIN}"));
@@ -272,13 +289,11 @@ fn with_only_a_tls_listener_an_open_flow_works_until_it_closes_then_siplb_exits_
 #[ignore = "real-peer suite: run with --ignored"]
 fn with_a_udp_listener_too_siplb_exits_0_at_the_end_of_the_grace_though_a_flow_is_open() {
     const GRACE: Duration = Duration::from_secs(3);
-    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
-    let text = stream_config(
-        "udp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"3s\"",
-        server.addr(),
-    );
-    let mut siplb = Siplb::start(&text);
-    let ops = Ops::of(&siplb);
+    let Rig {
+        server: _server,
+        mut siplb,
+        ops,
+    } = Rig::start("udp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"3s\"");
     let client = StreamClient::connect(siplb.tcp(), Dial::Tcp);
     register(&client, &format!("bob@{DOMAIN}"));
 
@@ -306,13 +321,13 @@ fn with_a_udp_listener_too_siplb_exits_0_at_the_end_of_the_grace_though_a_flow_i
 #[ignore = "real-peer suite: run with --ignored"]
 fn a_second_sigterm_or_a_sigint_during_the_grace_exits_0_at_once() {
     for second in ["TERM", "INT"] {
-        let server = StreamBackend::start("fe-tcp", Listen::Tcp);
-        let text = stream_config(
+        let Rig {
+            server: _server,
+            mut siplb,
+            ops,
+        } = Rig::start(
             "udp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\"",
-            server.addr(),
         );
-        let mut siplb = Siplb::start(&text);
-        let ops = Ops::of(&siplb);
         siplb.signal("TERM");
         wait_not_ready(&ops);
         assert!(siplb.is_alive(), "the 30 s grace has begun");
@@ -329,12 +344,11 @@ fn a_second_sigterm_or_a_sigint_during_the_grace_exits_0_at_once() {
 #[test]
 #[ignore = "real-peer suite: run with --ignored"]
 fn sigint_without_sigterm_exits_0_at_once() {
-    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
-    let text = stream_config(
-        "udp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\"",
-        server.addr(),
-    );
-    let mut siplb = Siplb::start(&text);
+    let Rig {
+        server: _server,
+        mut siplb,
+        ..
+    } = Rig::start("udp = [\"127.0.0.1:0\"]\nshutdown_grace = \"30s\"");
     siplb.signal("INT");
     let (status, _) = wait_exit(&mut siplb, Duration::from_secs(5));
     assert!(status.success(), "exits 0: {status}");
@@ -345,10 +359,12 @@ fn sigint_without_sigterm_exits_0_at_once() {
 #[ignore = "real-peer suite: run with --ignored"]
 fn a_reload_changes_the_grace_of_the_next_sigterm() {
     const GRACE: Duration = Duration::from_secs(1);
-    let server = StreamBackend::start("fe-tcp", Listen::Tcp);
     let listen = |grace: &str| format!("udp = [\"127.0.0.1:0\"]\nshutdown_grace = \"{grace}\"");
-    let mut siplb = Siplb::start(&stream_config(&listen("30s"), server.addr()));
-    let ops = Ops::of(&siplb);
+    let Rig {
+        server,
+        mut siplb,
+        ops,
+    } = Rig::start(&listen("30s"));
     replace_by_rename(
         siplb.config().path(),
         &stream_config(&listen("1s"), server.addr()),

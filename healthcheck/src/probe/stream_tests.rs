@@ -406,6 +406,7 @@ async fn probe_loop_probes_over_the_servers_transport() {
     let task = tokio::spawn(probe_loop(
         target(addr, Transport::Tcp, None),
         settings,
+        ProbeNow::default(),
         move |o| {
             let _ = tx.send(o);
         },

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use healthcheck::{Failure, Outcome, ProbeSettings, Target};
+use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, Target};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -161,7 +161,8 @@ type Report = Box<dyn FnMut(Outcome) + Send>;
 /// settings, where results go. The supervisor aborts the task when any of these change or the
 /// server leaves the config. Real probes are [`healthcheck::probe::probe_loop`]; tests put
 /// their own in.
-type Prober = Arc<dyn Fn(Target, ProbeSettings, Report) -> JoinHandle<()> + Send + Sync>;
+/// The [`ProbeNow`] given is how the supervisor asks that task for a probe at once.
+type Prober = Arc<dyn Fn(Target, ProbeSettings, ProbeNow, Report) -> JoinHandle<()> + Send + Sync>;
 
 /// Starts the supervisor for `cfg` with the first table already in `tables`; probes start at
 /// once unless `probe` is false (then servers stay as the config says until an operator or a
@@ -171,8 +172,10 @@ pub(crate) fn start(
     tables: Arc<ArcSwap<RoutingTable>>,
     probe: bool,
 ) -> (Control, JoinHandle<()>) {
-    let prober: Prober = Arc::new(|target, settings, report| {
-        tokio::spawn(healthcheck::probe::probe_loop(target, settings, report))
+    let prober: Prober = Arc::new(|target, settings, now, report| {
+        tokio::spawn(healthcheck::probe::probe_loop(
+            target, settings, now, report,
+        ))
     });
     launch(cfg, tables, probe.then_some(prober))
 }

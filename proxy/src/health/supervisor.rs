@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use healthcheck::probe::ProbeSettings;
 use healthcheck::{
-    FailoverChange, Outcome, PoolFailover, ServerHealth, ServerState, Target, Thresholds, TlsClient,
+    FailoverChange, Failure, Outcome, PoolFailover, ProbeNow, ServerHealth, ServerState, Target,
+    Thresholds, TlsClient,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -103,6 +104,8 @@ pub(super) struct ServerEntry {
     plan: ProbePlan,
     link: Link,
     probe: Option<JoinHandle<()>>,
+    /// Asks the probe task for a probe at once (a passive signal to confirm).
+    probe_now: ProbeNow,
 }
 
 impl Drop for ServerEntry {
@@ -215,7 +218,7 @@ impl Supervisor {
                 }
                 Some(Passive { addr, failure }) = inbox.passive.recv() => {
                     match self.by_addr.get(&addr).cloned() {
-                        Some(id) => self.record(&id, Outcome::Failed(failure), now()),
+                        Some(id) => self.on_passive(&id, failure, now()),
                         None => false,
                     }
                 }
@@ -319,6 +322,7 @@ impl Supervisor {
                         plan,
                         link: link.clone(),
                         probe: None,
+                        probe_now: ProbeNow::default(),
                     },
                 };
                 let stale =
@@ -357,6 +361,7 @@ impl Supervisor {
         };
         let (tx, mut settings) = (self.probes.clone(), entry.plan.settings);
         settings.first_after = first_after;
+        entry.probe_now = ProbeNow::default();
         let id = id.clone();
         let report = Box::new(move |outcome| {
             // Fails only once the supervisor is gone, and then nobody needs the result.
@@ -365,7 +370,46 @@ impl Supervisor {
                 outcome,
             });
         });
-        entry.probe = Some(prober(target, settings, report));
+        entry.probe = Some(prober(target, settings, entry.probe_now.clone(), report));
+    }
+
+    /// A passive signal from the wire path about server `id`. It always asks the server's probe
+    /// for a probe at once, and the probes decide. An ICMP error also counts as a failure, as a
+    /// failed probe does, but only while the server's pool keeps at least half of its servers
+    /// out of `down` — past that, only probes take servers down, so that a burst of signals
+    /// cannot empty a pool onto its survivors. A 503 never counts: a busy server is not a dead
+    /// one (its answer was relayed and counted by the wire path). True when a state changed.
+    fn on_passive(&mut self, id: &Arc<str>, failure: Failure, now: Instant) -> bool {
+        let Some(entry) = self.servers.get(id) else {
+            return false;
+        };
+        entry.probe_now.ask();
+        let pool = entry.pool;
+        let (signal, counts) = match failure {
+            Failure::Passive503 => ("503", false),
+            _ => ("icmp", self.passive_may_take_down(pool, id)),
+        };
+        metrics::counter!("siplb_passive_signals_total",
+            "pool" => self.cfg.pools[pool].name.clone(),
+            "signal" => signal,
+            "effect" => if counts { "counted" } else { "probe_asked" })
+        .increment(1);
+        counts && self.record(id, Outcome::Failed(failure), now)
+    }
+
+    /// Whether a passive signal may take server `id` of pool `pool` down: it is down already,
+    /// or the pool would then have at most half of its servers down.
+    fn passive_may_take_down(&self, pool: usize, id: &str) -> bool {
+        let servers = &self.cfg.pools[pool].servers;
+        let state = |sid: &str| self.servers.get(sid).map(|e| e.health.state());
+        if state(id) != Some(ServerState::Up) {
+            return true;
+        }
+        let down = servers
+            .iter()
+            .filter(|s| state(&s.id) == Some(ServerState::Down))
+            .count();
+        (down + 1) * 2 <= servers.len()
     }
 
     fn record(&mut self, id: &Arc<str>, outcome: Outcome, now: Instant) -> bool {

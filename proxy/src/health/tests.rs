@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use healthcheck::{Failure, Outcome, ProbeSettings, ServerState};
+use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
@@ -26,6 +26,8 @@ struct Spawned {
     report: Report,
     /// False once the supervisor aborted the task.
     alive: Arc<AtomicBool>,
+    /// How many times the supervisor asked this probe for a probe at once.
+    asked: Arc<AtomicUsize>,
 }
 
 /// Clears `alive` when the probe task is dropped (aborted).
@@ -42,9 +44,11 @@ type Spawns = Arc<Mutex<Vec<Spawned>>>;
 fn fake_prober() -> (Prober, Spawns) {
     let spawns: Spawns = Arc::default();
     let record = spawns.clone();
-    let prober: Prober = Arc::new(move |target: healthcheck::Target, settings, report| {
+    let prober: Prober = Arc::new(move |target: healthcheck::Target, settings, now, report| {
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
         record.lock().unwrap().push(Spawned {
             target: target.addr,
             transport: target.transport,
@@ -52,10 +56,15 @@ fn fake_prober() -> (Prober, Spawns) {
             settings,
             report,
             alive,
+            asked,
         });
         let task: JoinHandle<()> = tokio::spawn(async move {
             let _guard = guard;
-            std::future::pending::<()>().await;
+            let now: ProbeNow = now;
+            loop {
+                now.asked().await;
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
         });
         task
     });
@@ -175,6 +184,25 @@ impl Harness {
     /// Whether the table in use serves pool `a`'s users from its pair.
     fn a_failed_over(&self) -> bool {
         self.tables.load().pools[0].failed_over
+    }
+
+    /// How many times the live probe of `target` was asked for a probe at once.
+    fn asked_of(&self, target: &str) -> usize {
+        let target: SocketAddr = target.parse().unwrap();
+        let spawns = self.spawns.lock().unwrap();
+        spawns
+            .iter()
+            .rev()
+            .find(|s| s.target == target && s.alive.load(Ordering::SeqCst))
+            .map_or(0, |s| s.asked.load(Ordering::SeqCst))
+    }
+
+    /// Sends `n` passive signals `failure` about `target`, letting the supervisor take each.
+    async fn passive(&self, target: &str, failure: Failure, n: usize) {
+        for _ in 0..n {
+            self.control.passive(target.parse().unwrap(), failure);
+            settle().await;
+        }
     }
 
     /// Probe tasks started for `target`, and how many of them still run.
@@ -383,11 +411,80 @@ async fn a_flood_of_passive_signals_is_shed_and_counted_and_probe_results_still_
         Some("down"),
         "the probe results behind the flood were not lost"
     );
+    assert!(
+        h.asked_of("127.0.0.1:5081") > 0,
+        "the signals that were queued reached the supervisor: b1's probe was asked to confirm"
+    );
     assert_eq!(
         h.server_state("b1").await,
-        Some("down"),
-        "the signals that were queued count"
+        Some("up"),
+        "b1 is its pool's only server: passive signals alone never take a pool's last half down"
     );
+}
+
+/// Pool `a` of four servers (a1..a4 at 127.0.0.1:5071..5074), paired with `b`.
+const A4: &str = r#"{ id = "a1", address = "127.0.0.1:5071" }, { id = "a2", address = "127.0.0.1:5072" },
+    { id = "a3", address = "127.0.0.1:5073" }, { id = "a4", address = "127.0.0.1:5074" }"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_503_from_a_server_asks_its_probe_and_never_takes_it_down() {
+    let h = Harness::start(&config_text(A4, "30s", ""));
+    settle().await;
+    for addr in ["127.0.0.1:5071", "127.0.0.1:5072", "127.0.0.1:5073"] {
+        h.passive(addr, Failure::Passive503, 10).await;
+    }
+    for id in ["a1", "a2", "a3", "a4"] {
+        assert_eq!(
+            h.server_state(id).await,
+            Some("up"),
+            "{id}: busy is not dead"
+        );
+    }
+    assert!(!h.a_failed_over());
+    assert!(h.asked_of("127.0.0.1:5071") > 0, "a1's probe asked to look");
+    assert_eq!(h.asked_of("127.0.0.1:5074"), 0, "a4 sent no 503");
+    // A server that answers 503 and whose probes fail goes down as before: by its probes.
+    h.report("127.0.0.1:5072", Outcome::Failed(Failure::Reply(503)), 2);
+    settle().await;
+    assert_eq!(h.server_state("a2").await, Some("down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn icmp_signals_alone_take_at_most_half_of_a_pool_down_and_probes_confirm_the_rest() {
+    let h = Harness::start(&config_text(A4, "30s", ""));
+    settle().await;
+    // fall = 2: two port unreachables take a server down, while the pool keeps half.
+    for addr in [
+        "127.0.0.1:5071",
+        "127.0.0.1:5072",
+        "127.0.0.1:5073",
+        "127.0.0.1:5074",
+    ] {
+        h.passive(addr, Failure::PassiveRefused, 2).await;
+    }
+    let mut down = Vec::new();
+    for id in ["a1", "a2", "a3", "a4"] {
+        if h.server_state(id).await == Some("down") {
+            down.push(id);
+        }
+    }
+    assert_eq!(
+        down,
+        ["a1", "a2"],
+        "half of the pool, no more, by passive signals"
+    );
+    for addr in ["127.0.0.1:5073", "127.0.0.1:5074"] {
+        assert!(
+            h.asked_of(addr) > 0,
+            "{addr}: its probe was asked to confirm"
+        );
+    }
+    // The probes confirm: a3's fail, a4's pass.
+    h.report("127.0.0.1:5073", Outcome::Failed(Failure::Refused), 2);
+    h.report("127.0.0.1:5074", OK, 2);
+    settle().await;
+    assert_eq!(h.server_state("a3").await, Some("down"));
+    assert_eq!(h.server_state("a4").await, Some("up"));
 }
 
 /// A pool of a TLS server verified against a CA file (written into a directory of the test's
