@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{self, Config, Transport};
+use crate::config::{self, Config};
 use crate::dns::{self, Resolver};
 use crate::server::Proxy;
 
@@ -43,7 +43,7 @@ fn watched_files(cfg: &Config) -> Vec<PathBuf> {
         files.push(tls.key.clone());
     }
     for pool in &cfg.pools {
-        if !pool.servers.iter().any(|s| s.transport == Transport::Tls) && !pool.uses_dns() {
+        if !pool.has_tls_servers() {
             continue;
         }
         files.push(pool.tls.ca_file().to_path_buf());

@@ -348,6 +348,19 @@ impl PoolConfig {
     pub(crate) fn uses_dns(&self) -> bool {
         !self.named.is_empty() || self.dns.is_some()
     }
+
+    /// Whether some of the pool's servers, given or from DNS, are `transport = "tls"`.
+    pub(crate) fn has_tls_servers(&self) -> bool {
+        let dns_tls = match &self.dns {
+            Some(PoolDns::Srv { transport, .. } | PoolDns::All { transport, .. }) => {
+                *transport == Transport::Tls
+            }
+            None => false,
+        };
+        dns_tls
+            || self.servers.iter().any(|s| s.transport == Transport::Tls)
+            || self.named.iter().any(|s| s.transport == Transport::Tls)
+    }
 }
 
 /// A server whose `address` is `host:port`: its IP address is the name's, asked again every

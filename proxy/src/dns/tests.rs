@@ -258,3 +258,44 @@ fn an_srv_target_that_does_not_resolve_keeps_its_last_addresses() {
     ));
     assert_eq!(a.get(&name), Some(&Answer::Srv(both)));
 }
+
+#[test]
+fn a_tls_server_found_by_name_is_verified_against_that_name() {
+    let text = CONFIG
+        .replace(
+            "{ address = \"fe3.test:5073\", transport = \"tcp\" }",
+            "{ address = \"fe3.test:5073\", transport = \"tls\" }",
+        )
+        .replace(
+            "srv = \"_sip._udp.fe.test\"",
+            "srv = \"_sips._tcp.fe.test\"",
+        );
+    let mut cfg = config::parse(Path::new("dns.toml"), &text).expect("valid");
+    let mut a = Answers::default();
+    a.record(
+        vec![
+            (
+                Lookup::Host("fe3.test".into()),
+                Ok(Answer::Host(vec![ip("10.0.0.3")])),
+            ),
+            (
+                Lookup::Srv("_sips._tcp.fe.test".into()),
+                Ok(Answer::Srv(vec![target(0, 1, "s1.test", 5061, "10.1.0.1")])),
+            ),
+        ],
+        SystemTime::UNIX_EPOCH,
+    );
+    let names = |c: &Config, pool: usize| -> Vec<Option<String>> {
+        c.pools[pool]
+            .servers
+            .iter()
+            .map(|s| s.server_name.clone())
+            .collect()
+    };
+    let c = expand(&cfg, &a, &udp4());
+    assert_eq!(names(&c, 0), vec![None, Some("fe3.test".into())]);
+    assert_eq!(names(&c, 1), vec![Some("s1.test".into())]);
+    // The pool's tls.server_name, when given, is the name instead.
+    cfg.pools[1].tls.server_name = Some("fe.contoso.com".into());
+    assert_eq!(names(&expand(&cfg, &a, &udp4()), 1), vec![None]);
+}

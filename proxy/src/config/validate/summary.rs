@@ -8,9 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
-use super::super::{
-    Config, Health, Mode, PoolConfig, PoolDns, PoolTls, Role, RouteConfig, Transport,
-};
+use super::super::{Config, Health, Mode, PoolConfig, PoolDns, PoolTls, Role, RouteConfig};
 use super::certs;
 
 /// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
@@ -229,18 +227,18 @@ fn certificate(cert: &Path, now: SystemTime) -> String {
 /// with TLS servers or a `tls` table; `None` otherwise.
 fn tls_line(pool: &PoolConfig) -> Option<String> {
     let tls = &pool.tls;
-    let uses_tls = pool.servers.iter().any(|s| s.transport == Transport::Tls);
-    if !uses_tls && *tls == PoolTls::default() {
+    if !pool.has_tls_servers() && *tls == PoolTls::default() {
         return None;
     }
     let ca = match &tls.ca {
         Some(path) => path.display().to_string(),
         None => format!("{} (system bundle)", tls.ca_file().display()),
     };
-    let name = tls
-        .server_name
-        .as_deref()
-        .unwrap_or("each server's IP address");
+    let name = tls.server_name.as_deref().unwrap_or(if pool.uses_dns() {
+        "each server's IP address, or the name it was found by"
+    } else {
+        "each server's IP address"
+    });
     let client = match &tls.client_cert {
         Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
         None => "none".to_string(),
