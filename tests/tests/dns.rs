@@ -13,7 +13,8 @@
 //!   `/status` and `/metrics` report the failing name;
 //! - a name that does not resolve yet is a warning of `siplb check`, not an error: siplb starts
 //!   without that server, says so in `/status` and `/readyz`, and takes it in as soon as DNS
-//!   has the record; `siplb route` names it then.
+//!   has the record; `siplb route` names it then;
+//! - a config reload that brings a new name has it asked at once, not at the next refresh.
 //!
 //! It needs dnsmasq (`apt-get install -y dnsmasq-base`, which `.ci/run` installs), so it is
 //! `#[ignore]`d: `cargo test -p siplb-e2e --test dns -- --ignored`. Without dnsmasq each test
@@ -29,6 +30,7 @@ use siplb_e2e::ops::{wait_until, Ops};
 use siplb_e2e::placement::moved;
 use siplb_e2e::ports::free_udp_port;
 use siplb_e2e::process::{route_cli, run_cli, ConfigFile};
+use siplb_e2e::reload::replace_by_rename;
 use siplb_e2e::testbed::Testbed;
 use siplb_e2e::Siplb;
 
@@ -322,4 +324,31 @@ fn a_name_unknown_at_start_is_taken_in_when_dns_has_it() {
     let routed = route_cli(&file, "REGISTER", "sip:alice@contoso.com").expect("siplb route");
     assert_eq!(routed.server_id, format!("fe1.test:{port}"));
     assert_eq!(routed.server_address, fe1.to_string());
+}
+
+#[test]
+#[ignore = "needs dnsmasq (dnsmasq-base)"]
+fn a_reload_that_brings_a_name_asks_it_at_once() {
+    let farm = Farm::start("fe", 2, Behaviour::Accept);
+    let (fe1, fe2) = (farm.get("fe1").addr(), farm.get("fe2").addr());
+    let Some(dns) = Dnsmasq::start(&[host("fe2.test", "127.0.0.1")]) else {
+        eprintln!("skipped: dnsmasq is not installed (apt-get install -y dnsmasq-base)");
+        return;
+    };
+    // An hour between refreshes: only the reload can make siplb ask for fe2.test in time.
+    let text = |servers: &str| {
+        config(dns.addr(), &format!("servers = [{servers}]"))
+            .replace("refresh = \"200ms\"", "refresh = \"1h\"")
+    };
+    let one = format!("{{ address = \"{fe1}\" }}");
+    let (mut tb, ops) = Testbed::with_ops(farm, Siplb::start(&text(&one)));
+    wait_servers(&ops, &[pair(&fe1.to_string(), fe1)]);
+
+    let two = format!("{one}, {{ address = \"fe2.test:{}\" }}", fe2.port());
+    replace_by_rename(tb.siplb.config().path(), &text(&two));
+    ops.wait_config_version(2);
+    let fe2_id = format!("fe2.test:{}", fe2.port());
+    wait_servers(&ops, &[pair(&fe1.to_string(), fe1), pair(&fe2_id, fe2)]);
+    let placed = tb.sweep(&users(100, "contoso.com"));
+    assert!(placed.values().any(|s| s == "fe2"), "fe2 takes users");
 }
