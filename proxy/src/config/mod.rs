@@ -351,13 +351,7 @@ impl PoolConfig {
 
     /// Whether some of the pool's servers, given or from DNS, are `transport = "tls"`.
     pub(crate) fn has_tls_servers(&self) -> bool {
-        let dns_tls = match &self.dns {
-            Some(PoolDns::Srv { transport, .. } | PoolDns::All { transport, .. }) => {
-                *transport == Transport::Tls
-            }
-            None => false,
-        };
-        dns_tls
+        self.dns.as_ref().map(PoolDns::transport) == Some(Transport::Tls)
             || self.servers.iter().any(|s| s.transport == Transport::Tls)
             || self.named.iter().any(|s| s.transport == Transport::Tls)
     }
@@ -403,6 +397,13 @@ impl PoolDns {
     pub(crate) fn name(&self) -> &str {
         match self {
             PoolDns::Srv { name, .. } | PoolDns::All { name, .. } => name,
+        }
+    }
+
+    /// The transport of the servers the records give.
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            PoolDns::Srv { transport, .. } | PoolDns::All { transport, .. } => *transport,
         }
     }
 }

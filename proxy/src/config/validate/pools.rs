@@ -193,9 +193,7 @@ fn pool_config(
         }
     }
     if let (Some(d), ProbeKind::TlsConnect) = (&dns, health.probe) {
-        let transport = match d {
-            PoolDns::Srv { transport, .. } | PoolDns::All { transport, .. } => *transport,
-        };
+        let transport = d.transport();
         if transport != Transport::Tls {
             ctx.error(
                 pool.span(),
@@ -239,18 +237,7 @@ fn pool_config(
     let name_line = ctx.line_of(p.name.span().start);
     let uses_tls = servers.iter().any(|s| s.transport == Transport::Tls)
         || named.iter().any(|s| s.transport == Transport::Tls)
-        || matches!(
-            dns,
-            Some(
-                PoolDns::Srv {
-                    transport: Transport::Tls,
-                    ..
-                } | PoolDns::All {
-                    transport: Transport::Tls,
-                    ..
-                }
-            )
-        );
+        || dns.as_ref().map(PoolDns::transport) == Some(Transport::Tls);
     let tls = tls::pool_tls(ctx, &prefix, p.tls.as_ref(), name_line, uses_tls);
 
     PoolConfig {
