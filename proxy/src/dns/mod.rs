@@ -12,8 +12,9 @@
 
 pub(crate) mod expand;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hickory_resolver::config::{
@@ -160,9 +161,9 @@ impl Answers {
         results: Vec<(Lookup, Result<Answer, String>)>,
         now: SystemTime,
     ) -> bool {
-        let asked: Vec<&Lookup> = results.iter().map(|(l, _)| l).collect();
+        let asked: BTreeSet<&Lookup> = results.iter().map(|(l, _)| l).collect();
         let before = self.entries.len();
-        self.entries.retain(|l, _| asked.contains(&l));
+        self.entries.retain(|l, _| asked.contains(l));
         let mut changed = self.entries.len() != before;
         for (lookup, result) in results {
             let name = lookup.name().to_string();
@@ -244,6 +245,10 @@ fn keep_target_addresses(answer: &mut Answer, last: Option<&Answer>) {
     }
 }
 
+/// Lookups asked at once: a config of thousands of names asks its nameserver a few dozen
+/// questions at a time, not all of them in one burst.
+const MAX_IN_FLIGHT: usize = 32;
+
 /// Asks DNS, with the settings of one `[dns]`.
 #[derive(Clone)]
 pub(crate) struct Resolver {
@@ -285,16 +290,21 @@ impl Resolver {
         &self.settings
     }
 
-    /// Asks every lookup at once; each result within about twice `[dns] timeout`.
+    /// Asks every lookup, [`MAX_IN_FLIGHT`] at a time; each result within about twice
+    /// `[dns] timeout` of its start.
     pub(crate) async fn lookup_all(
         &self,
         lookups: &[Lookup],
     ) -> Vec<(Lookup, Result<Answer, String>)> {
         let mut tasks = tokio::task::JoinSet::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         for (i, lookup) in lookups.iter().enumerate() {
             let (this, lookup) = (self.clone(), lookup.clone());
             let limit = self.settings.timeout * 2;
+            let in_flight = in_flight.clone();
             tasks.spawn(async move {
+                // The semaphore is never closed, so a permit always comes.
+                let _permit = in_flight.acquire_owned().await;
                 let result = match tokio::time::timeout(limit, this.lookup(&lookup)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {limit:?}")),
