@@ -482,12 +482,28 @@ impl RoutingTable {
         &prefix[head..prefix.len() - tail]
     }
 
-    /// The server whose id is `name` (any case).
-    pub(crate) fn server_named(&self, name: &[u8]) -> Option<(usize, usize)> {
+    /// The server whose id is `name` (any case), or `name:port` — the id a server given by
+    /// host name has by default — with `port` (5060 when `None`).
+    pub(crate) fn server_named(&self, name: &[u8], port: Option<u16>) -> Option<(usize, usize)> {
+        let port = port.unwrap_or(5060);
+        let is = |id: &[u8]| {
+            if id.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            let (Some(host), Some(rest)) = (id.get(..name.len()), id.get(name.len()..)) else {
+                return false;
+            };
+            host.eq_ignore_ascii_case(name)
+                && rest.first() == Some(&b':')
+                && std::str::from_utf8(&rest[1..])
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(port)
+        };
         self.pools.iter().enumerate().find_map(|(p, pool)| {
             pool.servers
                 .iter()
-                .position(|s| s.id.as_bytes().eq_ignore_ascii_case(name))
+                .position(|s| is(s.id.as_bytes()))
                 .map(|s| (p, s))
         })
     }
@@ -865,6 +881,12 @@ pools = ["a", "b"]
         assert!(!t.is_us(b"127.0.0.1", Some(5071)));
         assert_eq!(t.server_at("127.0.0.1:5082".parse().unwrap()), Some((1, 1)));
         assert_eq!(t.server_at("127.0.0.1:5083".parse().unwrap()), None);
+        // By id, or by host and port for a server whose id is `host:port` (a server given by
+        // host name: a Record-Route with its name finds it).
+        assert_eq!(t.server_named(b"127.0.0.1:5082", None), Some((1, 1)));
+        assert_eq!(t.server_named(b"127.0.0.1", Some(5082)), Some((1, 1)));
+        assert_eq!(t.server_named(b"127.0.0.1", Some(5083)), None);
+        assert_eq!(t.server_named(b"127.0.0.1", None), None);
         assert_eq!(parse_ip(b"[::1]"), parse_ip(b"::1"));
         assert_eq!(
             parse_ip(b"::1"),

@@ -3,6 +3,7 @@
 //! records a test gives it (`--no-resolv --no-hosts`, no config file). Records change by
 //! restarting it on the same port with the new ones, as an operator's zone update would.
 
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -40,6 +41,9 @@ impl Record {
     }
 }
 
+/// Starts of dnsmasq tried before giving up.
+const ATTEMPTS: usize = 5;
+
 /// The dnsmasq binary, if installed.
 pub fn find() -> Option<PathBuf> {
     ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
@@ -65,8 +69,17 @@ impl Dnsmasq {
             port: free_udp_port(),
             child: None,
         };
-        d.spawn(records);
-        Some(d)
+        // A port free for UDP may be taken for TCP (dnsmasq binds both): try another.
+        for _ in 0..ATTEMPTS {
+            match d.spawn(records) {
+                Ok(()) => return Some(d),
+                Err(why) => {
+                    eprintln!("dnsmasq on port {}: {why}; trying another port", d.port);
+                    d.port = free_udp_port();
+                }
+            }
+        }
+        panic!("dnsmasq did not start in {ATTEMPTS} attempts");
     }
 
     /// Where it answers.
@@ -77,7 +90,15 @@ impl Dnsmasq {
     /// Serves `records` from now on: stops and starts again on the same port.
     pub fn set(&mut self, records: &[Record]) {
         self.stop();
-        self.spawn(records);
+        // The port was just released; something else may hold it for a moment.
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match self.spawn(records) {
+                Ok(()) => return,
+                Err(why) => last = why,
+            }
+        }
+        panic!("dnsmasq did not start again on port {}: {last}", self.port);
     }
 
     /// Stops answering; the port is free once this returns.
@@ -88,7 +109,9 @@ impl Dnsmasq {
         }
     }
 
-    fn spawn(&mut self, records: &[Record]) {
+    /// Starts dnsmasq on `self.port` and waits until it holds the port; the reason when it
+    /// exits instead.
+    fn spawn(&mut self, records: &[Record]) -> Result<(), String> {
         let mut cmd = Command::new(&self.bin);
         cmd.args([
             "--no-daemon",
@@ -102,16 +125,20 @@ impl Dnsmasq {
             &format!("--port={}", self.port),
         ]);
         cmd.args(records.iter().map(Record::arg));
+        // dnsmasq writes only its start-up errors there (it logs to syslog, not enabled here).
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start dnsmasq");
-        self.child = Some(child);
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start dnsmasq");
         // dnsmasq holds the port once it serves: poll for that, under a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
         while UdpSocket::bind(self.addr()).is_ok() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("dnsmasq exited at start: {status}");
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut why = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut why);
+                }
+                return Err(format!("exited {status}: {}", why.trim()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -120,6 +147,8 @@ impl Dnsmasq {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        Ok(())
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - servers given as `host:port` receive the users, and when one name's A record moves to
 //!   another address the users of that server follow it there (its id, the name, is kept) while
-//!   every other user stays where it was, and its probes go to the new address;
+//!   every other user stays where it was, and its probes go to the new address; a request
+//!   whose Route names a server by its name and port reaches it;
 //! - a pool given as `srv = "_sip._udp.NAME"` spreads its users over the targets of the lowest
 //!   priority (the backup target of a higher priority gets none); removing one SRV record moves
 //!   only that server's users; with dnsmasq stopped, siplb keeps routing to the last servers and
@@ -31,6 +32,7 @@ use siplb_e2e::placement::moved;
 use siplb_e2e::ports::free_udp_port;
 use siplb_e2e::process::{route_cli, run_cli, ConfigFile};
 use siplb_e2e::reload::replace_by_rename;
+use siplb_e2e::request::Request;
 use siplb_e2e::testbed::Testbed;
 use siplb_e2e::Siplb;
 
@@ -163,6 +165,18 @@ fn a_server_by_name_follows_its_a_record_with_its_users() {
         metrics.sum("siplb_dns_changes_total", &[("name", "fe1.test")]) >= 2.0,
         "the first answer and the change are counted"
     );
+
+    // A request routed by a server's name (a Lync Front End record-routes with its FQDN) goes
+    // to the server of that name and port; another name is refused.
+    let to_fe2 = Request::invite("sip:bob@contoso.com", "sip:carol@contoso.com")
+        .with("Route", &format!("<sip:fe2.test:{};lr>", fe2.port()));
+    let answer = tb.client.transact(tb.siplb.addr(), &to_fe2);
+    assert_eq!(answer.status(), Some(200));
+    assert_eq!(tb.farm.get("fe2").with_call_id(&to_fe2.call_id()).len(), 1);
+    let elsewhere = Request::invite("sip:bob@contoso.com", "sip:carol@contoso.com")
+        .with("Route", "<sip:fe9.test:5060;lr>");
+    let answer = tb.client.transact(tb.siplb.addr(), &elsewhere);
+    assert_eq!(answer.status(), Some(403));
 
     // Probes follow the address: with the old address gone, fe1 stays up on probes of the new
     // one (more than `fall` of them).
