@@ -3,7 +3,8 @@
 //!
 //! - [`server`]: the per-server fall/rise state machine, with the reason of every transition;
 //! - [`pool`]: pool failover to the paired pool, automatic with a failback hold time, or manual;
-//! - [`probe`]: SIP OPTIONS (over UDP, TCP or TLS), TCP connect and TLS handshake probers.
+//! - [`probe`]: SIP OPTIONS (over UDP, TCP or TLS), TCP connect and TLS handshake probers;
+//! - [`quorum`]: the fleet's verdict on a pool from the views of several replicas and a witness.
 //!
 //! The state machines are plain data with time passed in, so they are tested without clocks or
 //! sockets. This crate knows nothing about routing or the proxy's wire path.
@@ -11,6 +12,7 @@
 
 pub mod pool;
 pub mod probe;
+pub mod quorum;
 pub mod server;
 
 pub use pool::{FailoverChange, FailoverReason, Mode, PoolFailover};

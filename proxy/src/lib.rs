@@ -9,7 +9,8 @@
 //!   [`config`] reads and validates `config.toml`; [`table`] is the immutable routing table
 //!   held in an `ArcSwap`; [`core`] turns one datagram into one outcome (forward, answer, or
 //!   drop) and explains where a request would go; `stats` counts what the core decides and
-//!   installs the metrics recorder.
+//!   installs the metrics recorder; `events` keeps the last health, failover, drain and
+//!   reload events for `/status`.
 //! - **Middle, the I/O shell.** `udp` moves datagrams between sockets and the core; `stream`
 //!   serves TCP and TLS connections as flows (framing, backend connections, limits);
 //!   `health` owns server health and pool failover and is the only writer of the routing table;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod core;
 mod demo;
 mod dns;
+mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -21,15 +21,21 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{self, Config};
 use crate::dns::{self, Resolver};
+use crate::events::{Event, Kind};
 use crate::server::Proxy;
 
 /// Reloads the config file (and with it the admin token). Returns the new config version, or
 /// every error (the running config stays).
 pub(crate) async fn reload(proxy: &Proxy) -> Result<u64, Vec<String>> {
-    proxy
-        .reload()
-        .await
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    proxy.reload().await.map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let message = format!("reload refused: {}", errors.join("; "));
+        proxy
+            .control
+            .events()
+            .record(Event::now(Kind::Reload, message));
+        errors
+    })
 }
 
 /// The files a reload depends on: the config file, the certificate and key of each

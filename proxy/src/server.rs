@@ -544,7 +544,11 @@ impl Proxy {
         let bound = self.local();
         let resolved = {
             let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-            if !answers.record(results, SystemTime::now()) {
+            let recorded = answers.record(results, SystemTime::now());
+            for event in recorded.events {
+                self.control.events().record(event);
+            }
+            if !recorded.changed {
                 return false;
             }
             dns::expand::expand(&cfg, &answers, &bound)

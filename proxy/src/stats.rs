@@ -9,6 +9,9 @@
 //! This module knows nothing of the core; the core's vocabulary (drop reasons, refusals) comes
 //! here as label strings and indices.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use metrics::Counter;
 
 /// Methods counted by name; anything else counts as `other`.
@@ -50,21 +53,130 @@ pub(crate) fn method_index(method: &[u8]) -> usize {
 /// What one datagram the kernel took stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// A request forwarded to pool `pool`, method by [`method_index`].
-    Request { pool: usize, method: usize },
-    /// A response relayed towards a client.
-    Response { code: u16 },
+    /// A request forwarded to pool `pool`, method by [`method_index`]; `server` is the index in
+    /// that pool of the server it went to (`None` for a request a server sent towards a client).
+    Request {
+        pool: usize,
+        method: usize,
+        server: Option<usize>,
+    },
+    /// A response relayed towards a client; `from` is the `(pool, server)` it came from when
+    /// that is a configured server.
+    Response {
+        code: u16,
+        from: Option<(usize, usize)>,
+    },
     /// An answer siplb gave itself.
     Reply { code: u16 },
 }
 
-/// `siplb_requests_total`, `siplb_responses_total` and `siplb_replies_total`, resolved once.
+/// The response classes a server's answers are counted by.
+pub(crate) const SERVER_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+/// One server's traffic: requests forwarded to it and its responses relayed, by class. Plain
+/// atomics, one add per message; a new routing table takes over the cells of the servers the
+/// previous one had (same pool, same id), so counts survive health changes and reloads.
+/// `/metrics` gets them by [`Counters::publish`] when it is scraped (`siplb_forwarded_total`,
+/// `siplb_server_responses_total`), `/status` reads them.
+#[derive(Debug)]
+pub(crate) struct ServerCells {
+    pool: Arc<str>,
+    server: Arc<str>,
+    forwarded: AtomicU64,
+    responses: [AtomicU64; 6],
+    /// What [`Counters::publish`] handed to the recorder so far: forwarded, then the classes.
+    published: [AtomicU64; 7],
+    /// The recorder's counters for these, resolved at the first publish.
+    handles: OnceLock<[Counter; 7]>,
+}
+
+/// What one server's cells say now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Traffic {
+    pub(crate) forwarded: u64,
+    /// By [`SERVER_CLASSES`].
+    pub(crate) responses: [u64; 6],
+}
+
+/// What `/status` says of one server's traffic (filled in by the ops endpoint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct TrafficStatus {
+    /// Requests forwarded to the server since siplb started (or since it joined its pool).
+    pub(crate) forwarded: u64,
+    /// Its responses relayed, by class (`1xx` … `6xx`).
+    pub(crate) responses: std::collections::BTreeMap<&'static str, u64>,
+    /// Requests forwarded per second over the last few seconds; `None` until the ops endpoint
+    /// has a sample that old.
+    pub(crate) rate: Option<f64>,
+    /// The server's part of what its pool was forwarded over the same seconds (0 to 1);
+    /// `None` when the pool was forwarded nothing.
+    pub(crate) share: Option<f64>,
+    /// Its weight over the weights of the pool's servers taking users now (up, not drained);
+    /// 0 for a server not taking users.
+    pub(crate) expected_share: f64,
+}
+
+impl ServerCells {
+    /// Cells at zero for server `id` of pool `pool`.
+    pub(crate) fn new(pool: &str, id: &str) -> Self {
+        ServerCells {
+            pool: Arc::from(pool),
+            server: Arc::from(id),
+            forwarded: AtomicU64::new(0),
+            responses: Default::default(),
+            published: Default::default(),
+            handles: OnceLock::new(),
+        }
+    }
+
+    /// The pool's name and the server's id.
+    pub(crate) fn labels(&self) -> (&Arc<str>, &Arc<str>) {
+        (&self.pool, &self.server)
+    }
+
+    /// The counts now.
+    pub(crate) fn read(&self) -> Traffic {
+        Traffic {
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            responses: std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Hands what was counted since the last publish to the recorder. Concurrent publishers
+    /// never count a message twice: each adds only what lies beyond the highest value
+    /// published so far.
+    fn publish(&self) {
+        let handles = self.handles.get_or_init(|| {
+            let (pool, server) = (self.pool.to_string(), self.server.to_string());
+            std::array::from_fn(|i| match i {
+                0 => metrics::counter!("siplb_forwarded_total", "pool" => pool.clone(), "server" => server.clone()),
+                _ => metrics::counter!(
+                    "siplb_server_responses_total",
+                    "pool" => pool.clone(),
+                    "server" => server.clone(),
+                    "class" => SERVER_CLASSES[i - 1]
+                ),
+            })
+        });
+        let now = self.read();
+        let values = std::iter::once(now.forwarded).chain(now.responses);
+        for ((value, published), handle) in values.zip(&self.published).zip(handles) {
+            let before = published.fetch_max(value, Ordering::Relaxed);
+            handle.increment(value.saturating_sub(before));
+        }
+    }
+}
+
+/// `siplb_requests_total`, `siplb_responses_total` and `siplb_replies_total`, resolved once,
+/// and each server's [`ServerCells`].
 #[derive(Debug, Clone)]
 pub(crate) struct Counters {
     /// Per pool, per method (`other` last).
     requests: Vec<Vec<Counter>>,
     responses: Vec<Counter>,
     replies: Vec<Counter>,
+    /// Per pool, per server, in the order of the table's pools and servers.
+    pub(crate) servers: Vec<Vec<Arc<ServerCells>>>,
 }
 
 impl Counters {
@@ -112,17 +224,54 @@ impl Counters {
             requests,
             responses,
             replies,
+            servers: Vec::new(),
+        }
+    }
+
+    /// The same counters with `servers` (per pool, per server) as the servers' cells.
+    pub(crate) fn with_servers(mut self, servers: Vec<Vec<Arc<ServerCells>>>) -> Self {
+        self.servers = servers;
+        self
+    }
+
+    fn cells(&self, pool: usize, server: usize) -> Option<&ServerCells> {
+        self.servers
+            .get(pool)
+            .and_then(|p| p.get(server))
+            .map(|c| &**c)
+    }
+
+    /// Hands every server's counts to the recorder (`siplb_forwarded_total`,
+    /// `siplb_server_responses_total`): what `/metrics` does before it renders.
+    pub(crate) fn publish(&self) {
+        for cells in self.servers.iter().flatten() {
+            cells.publish();
         }
     }
 
     /// Counts one datagram the kernel took.
     pub(crate) fn count(&self, c: Count) {
         let counter = match c {
-            Count::Request { pool, method } => self.requests.get(pool).and_then(|p| p.get(method)),
-            Count::Response { code } => {
+            Count::Request {
+                pool,
+                method,
+                server,
+            } => {
+                if let Some(cells) = server.and_then(|s| self.cells(pool, s)) {
+                    cells.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                self.requests.get(pool).and_then(|p| p.get(method))
+            }
+            Count::Response { code, from } => {
                 let class = usize::from(code / 100)
                     .wrapping_sub(1)
                     .min(CLASSES.len() - 1);
+                let cell = from
+                    .and_then(|(p, s)| self.cells(p, s))
+                    .and_then(|cells| cells.responses.get(class));
+                if let Some(cell) = cell {
+                    cell.fetch_add(1, Ordering::Relaxed);
+                }
                 self.responses.get(class)
             }
             Count::Reply { code } => {
@@ -165,6 +314,16 @@ pub(crate) fn register() {
     describe_counter!(
         "siplb_responses_total",
         "Responses relayed back towards clients (sends the kernel took), by status class"
+    );
+    describe_counter!(
+        "siplb_forwarded_total",
+        "Requests forwarded to each server (sends the kernel took or a connection queued), by \
+         pool and server id"
+    );
+    describe_counter!(
+        "siplb_server_responses_total",
+        "Responses from each server relayed back towards clients, by pool, server id and status \
+         class"
     );
     describe_counter!(
         "siplb_replies_total",
@@ -330,14 +489,25 @@ pub(crate) mod tests {
         c.count(Count::Request {
             pool: 1,
             method: method_index(b"INVITE"),
+            server: None,
         });
         c.count(Count::Request {
             pool: 0,
             method: method_index(b"X-FOO"),
+            server: None,
         });
-        c.count(Count::Response { code: 180 });
-        c.count(Count::Response { code: 699 });
-        c.count(Count::Response { code: 999 });
+        c.count(Count::Response {
+            code: 180,
+            from: None,
+        });
+        c.count(Count::Response {
+            code: 699,
+            from: None,
+        });
+        c.count(Count::Response {
+            code: 999,
+            from: None,
+        });
         c.count(Count::Reply { code: 420 });
         c.count(Count::Reply { code: 299 });
         assert_eq!(p.get("siplb_requests_total{method=INVITE,pool=med}"), 1);
@@ -348,5 +518,56 @@ pub(crate) mod tests {
         assert_eq!(p.get("siplb_replies_total{code=420}"), 1);
         assert_eq!(p.get("siplb_replies_total{code=other}"), 1);
         assert_eq!(p.total(), 7);
+    }
+
+    #[test]
+    fn each_server_counts_what_went_to_it_and_what_came_from_it() {
+        let (c, p) = probed(["fe", "med"]);
+        let cells = |pool: &str, ids: &[&str]| -> Vec<Arc<ServerCells>> {
+            ids.iter()
+                .map(|id| Arc::new(ServerCells::new(pool, id)))
+                .collect()
+        };
+        let c = c.with_servers(vec![cells("fe", &["fe1", "fe2"]), cells("med", &["med1"])]);
+        let invite = method_index(b"INVITE");
+        for server in [Some(1), Some(1), Some(0), None] {
+            c.count(Count::Request {
+                pool: 0,
+                method: invite,
+                server,
+            });
+        }
+        // An index no table has (a stale count) counts nowhere per server.
+        c.count(Count::Request {
+            pool: 1,
+            method: invite,
+            server: Some(7),
+        });
+        for (code, from) in [
+            (200, Some((0, 1))),
+            (180, Some((0, 1))),
+            (503, Some((1, 0))),
+            (999, Some((1, 0))),
+            (200, None),
+        ] {
+            c.count(Count::Response { code, from });
+        }
+        let read = |p: usize, s: usize| c.servers[p][s].read();
+        assert_eq!(read(0, 0).forwarded, 1);
+        assert_eq!(read(0, 1).forwarded, 2);
+        assert_eq!(read(1, 0).forwarded, 0);
+        assert_eq!(read(0, 1).responses, [1, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            read(1, 0).responses,
+            [0, 0, 0, 0, 1, 0],
+            "a code past 6xx counts in no class of a server"
+        );
+        assert_eq!(read(0, 0).responses, [0; 6]);
+        assert_eq!(c.servers[0][1].labels().1.as_ref(), "fe2");
+        // The pool and class counters count as before.
+        assert_eq!(p.get("siplb_requests_total{method=INVITE,pool=fe}"), 4);
+        assert_eq!(p.get("siplb_requests_total{method=INVITE,pool=med}"), 1);
+        assert_eq!(p.get("siplb_responses_total{class=2xx}"), 2);
+        assert_eq!(p.get("siplb_responses_total{class=other}"), 1);
     }
 }

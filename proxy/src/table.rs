@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use healthcheck::ServerState;
 
@@ -15,7 +15,7 @@ use crate::config::{Config, HostPort, KeyKind, Role, Transport};
 use crate::hrw;
 use crate::sip::branch::{self, BranchKey};
 use crate::sip::response::Refusal;
-use crate::stats::{self, Counters};
+use crate::stats::{self, Counters, ServerCells};
 
 /// The bit of a method in [`Route`]'s `method_bits`: by its [`stats::method_index`]; the
 /// last, `other`, stands for every method siplb does not count by name.
@@ -447,7 +447,17 @@ impl RoutingTable {
             needs_ruri: routes.iter().any(Route::needs_ruri),
             advertise,
             via_prefixes,
-            counters: Counters::new(pools.iter().map(|p| p.name.as_str())),
+            counters: Counters::new(pools.iter().map(|p| p.name.as_str())).with_servers(
+                pools
+                    .iter()
+                    .map(|p| {
+                        p.servers
+                            .iter()
+                            .map(|s| Arc::new(ServerCells::new(&p.name, &s.id)))
+                            .collect()
+                    })
+                    .collect(),
+            ),
             pools,
             routes,
             no_route: Refusal::NoRoute {
@@ -603,6 +613,28 @@ impl RoutingTable {
     /// The server at `(pool, server)` indices.
     pub(crate) fn server(&self, pool: usize, server: usize) -> &Server {
         &self.pools[pool].servers[server]
+    }
+
+    /// Takes over the traffic counts ([`ServerCells`]) of every server `prev` has too — the
+    /// same id in a pool of the same name — so that a new table counts on where the one
+    /// before it left off; a server new to the pool starts at zero.
+    pub(crate) fn carry_traffic(&mut self, prev: &RoutingTable) {
+        let old: HashMap<(&str, &str), &Arc<ServerCells>> = prev
+            .counters
+            .servers
+            .iter()
+            .flatten()
+            .map(|c| {
+                let (pool, id) = c.labels();
+                ((&**pool, &**id), c)
+            })
+            .collect();
+        for cells in self.counters.servers.iter_mut().flatten() {
+            let (pool, id) = cells.labels();
+            if let Some(&kept) = old.get(&(&**pool, &**id)) {
+                *cells = kept.clone();
+            }
+        }
     }
 
     /// The configured server listening at `addr`, as `(pool, server)` indices.
@@ -897,5 +929,27 @@ pools = ["a", "b"]
             t.via_prefix("127.0.0.1:5071".parse().unwrap(), Transport::Udp),
             b"Via: SIP/2.0/UDP lb.contoso.com:5060;branch=z9hG4bK-lb"
         );
+    }
+
+    #[test]
+    fn a_new_table_counts_on_where_the_one_before_left_off() {
+        let old = table(&ConfigHealth);
+        let invite = stats::method_index(b"INVITE");
+        old.counters.count(stats::Count::Request {
+            pool: 0,
+            method: invite,
+            server: Some(1),
+        });
+        let mut new = table(&FailedOver("a"));
+        assert_eq!(new.counters.servers[0][1].read().forwarded, 0);
+        new.carry_traffic(&old);
+        new.counters.count(stats::Count::Request {
+            pool: 0,
+            method: invite,
+            server: Some(1),
+        });
+        assert_eq!(new.counters.servers[0][1].read().forwarded, 2);
+        assert_eq!(old.counters.servers[0][1].read().forwarded, 2, "one cell");
+        assert_eq!(new.counters.servers[0][0].read().forwarded, 0);
     }
 }

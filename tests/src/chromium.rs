@@ -40,6 +40,24 @@ pub fn dump_dom(url: &str) -> String {
     std::fs::read_to_string(&out).unwrap_or_default()
 }
 
+/// The DOM of `url` once the page has run its own timers for `budget` of Chromium's virtual
+/// time (`--virtual-time-budget`: virtual time waits for the page's fetches), so a page that
+/// refreshes itself has refreshed by the time it is dumped.
+pub fn dump_dom_after(url: &str, budget: Duration) -> String {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let out = work.path().join("dom.html");
+    run(
+        work.path(),
+        &[
+            format!("--virtual-time-budget={}", budget.as_millis()),
+            "--dump-dom".to_string(),
+            url.to_string(),
+        ],
+        &out,
+    );
+    std::fs::read_to_string(&out).unwrap_or_default()
+}
+
 /// Renders `url` in a `width`×`height` window to the PNG file `png`.
 pub fn screenshot(url: &str, png: &Path, width: u32, height: u32) {
     let work = tempfile::tempdir().expect("temporary directory");

@@ -11,7 +11,7 @@
 //! - a pool given as `srv = "_sip._udp.NAME"` spreads its users over the targets of the lowest
 //!   priority (the backup target of a higher priority gets none); removing one SRV record moves
 //!   only that server's users; with dnsmasq stopped, siplb keeps routing to the last servers and
-//!   `/status` and `/metrics` report the failing name;
+//!   `/status` (its `dns` entry and the event list) and `/metrics` report the failing name;
 //! - a name that does not resolve yet is a warning of `siplb check`, not an error: siplb starts
 //!   without that server, says so in `/status` and `/readyz`, and takes it in as soon as DNS
 //!   has the record; `siplb route` names it then;
@@ -281,6 +281,18 @@ fn an_srv_pool_follows_its_records_and_keeps_them_when_dns_fails() {
     assert!(name["last_ok"].is_string(), "{name}");
     assert_eq!(name["answer"].as_array().map(Vec::len), Some(4), "{name}");
     assert_eq!(servers(&ops).len(), 4, "the last servers stay");
+    let said: Vec<String> = status.0["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "dns")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("_sip._udp.fe.test does not resolve")),
+        "the event list says so: {said:?}"
+    );
     let during = tb.sweep(&aors);
     assert_eq!(during, after, "users stay where they were while DNS fails");
     assert!(

@@ -442,6 +442,7 @@ impl Worker {
         let count = Some(Count::Request {
             pool,
             method: stats::method_index(req.method),
+            server: Some(server),
         });
         let action = match transport {
             Transport::Udp => {
@@ -495,6 +496,7 @@ impl Worker {
             count: Some(Count::Request {
                 pool,
                 method: stats::method_index(req.method),
+                server: None,
             }),
         })
     }
@@ -525,6 +527,7 @@ impl Worker {
             count: Some(Count::Request {
                 pool,
                 method: stats::method_index(req.method),
+                server: None,
             }),
         })
     }
@@ -714,7 +717,8 @@ impl Worker {
         at: &Arrival,
     ) -> Outcome {
         let src = at.src;
-        let from_server = table.server_at(src).is_some();
+        let from = table.server_at(src);
+        let from_server = from.is_some();
         // A datagram must come from a server's exact address; on a connection, the branch
         // (keyed over the peer's address and the connection) is the proof.
         if at.conn.is_none() && !from_server {
@@ -772,7 +776,7 @@ impl Worker {
             return Outcome {
                 action: Action::ToConn(conn),
                 passive,
-                count: Some(Count::Response { code }),
+                count: Some(Count::Response { code, from }),
             };
         }
         let Some(dest) = via_return_address(buf, &next) else {
@@ -791,7 +795,7 @@ impl Worker {
         Outcome {
             action: Action::Forward(dest),
             passive,
-            count: Some(Count::Response { code }),
+            count: Some(Count::Response { code, from }),
         }
     }
 }

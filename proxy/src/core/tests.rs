@@ -677,8 +677,15 @@ fn a_response_is_relayed_only_from_the_server_its_branch_names() {
     assert_eq!(ok.action, Action::Forward(CLIENT.parse().unwrap()));
     assert_eq!(
         ok.count,
-        Some(Count::Response { code: 200 }),
-        "counted once sent"
+        Some(Count::Response {
+            code: 200,
+            from: t.server_at(server)
+        }),
+        "counted once sent, on the server it came from"
+    );
+    assert!(
+        t.server_at(server).is_some(),
+        "the response came from a configured server"
     );
     // Same IP, another port: not a configured server's exact address.
     let other_port = SocketAddr::new(server.ip(), 5999);
@@ -911,11 +918,17 @@ fn outcomes_say_what_to_count() {
     let mut w = Worker::new();
     let src: SocketAddr = CLIENT.parse().unwrap();
     let o = w.handle(&t, register("leo").as_bytes(), src);
+    let Action::Forward(to) = o.action else {
+        panic!("forwarded: {o:?}");
+    };
+    let chosen = t.server_at(to).map(|(_, s)| s);
+    assert!(chosen.is_some(), "forwarded to a configured server");
     assert_eq!(
         o.count,
         Some(Count::Request {
             pool: 0,
-            method: crate::stats::method_index(b"REGISTER")
+            method: crate::stats::method_index(b"REGISTER"),
+            server: chosen,
         })
     );
     let o = w.handle(

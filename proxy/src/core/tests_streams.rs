@@ -359,3 +359,78 @@ Content-Length: 0\r\n\r\n";
     let (_, out) = run(&t, &plain, flow(0x30, Transport::Tcp));
     assert!(!out.contains("Record-Route"), "{out}");
 }
+
+#[test]
+fn over_tcp_and_tls_counts_name_the_server_a_request_went_to_and_a_response_came_from() {
+    let t = table();
+    for (domain, transport, pool) in [
+        ("t.example", Transport::Tcp, 1),
+        ("s.example", Transport::Tls, 2),
+    ] {
+        let via = transport.as_str().to_ascii_uppercase();
+        let (o, out) = run(&t, &register(domain, &via), flow(5, transport));
+        assert_eq!(
+            o.count,
+            Some(Count::Request {
+                pool,
+                method: crate::stats::method_index(b"REGISTER"),
+                server: Some(0),
+            }),
+            "{transport:?}"
+        );
+        // Its answer on the backend connection (id 9) that serves flow 5.
+        let server = t.server(pool, 0).address;
+        let at = Arrival {
+            src: server,
+            transport,
+            conn: Some(9),
+            client: None,
+        };
+        let (back, _) = run(&t, &as_response(&out), at);
+        assert_eq!(back.action, Action::ToConn(5), "{transport:?}");
+        assert_eq!(
+            back.count,
+            Some(Count::Response {
+                code: 200,
+                from: Some((pool, 0)),
+            }),
+            "{transport:?}"
+        );
+    }
+    // A request a server sends down a client's flow goes to no server; the client's answer to
+    // it comes from no server.
+    let on_backend = Arrival {
+        src: "127.0.0.1:5091".parse().unwrap(),
+        transport: Transport::Tls,
+        conn: Some(9),
+        client: Some(Peer {
+            conn: 5,
+            addr: CLIENT.parse().unwrap(),
+            transport: Transport::Tls,
+        }),
+    };
+    let notify = "NOTIFY sip:alice@10.1.1.1:50123;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS fe1.s.example:5061;branch=z9hG4bK-n1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@s.example>;tag=s1\r\n\
+To: <sip:alice@s.example>;tag=c1\r\n\
+Call-ID: sub-1\r\n\
+CSeq: 3 NOTIFY\r\n\
+Event: presence\r\n\
+Content-Length: 0\r\n\r\n";
+    let (o, out) = run(&t, notify, on_backend);
+    assert!(
+        matches!(o.count, Some(Count::Request { server: None, .. })),
+        "{:?}",
+        o.count
+    );
+    let (back, _) = run(&t, &as_response(&out), flow(5, Transport::Tls));
+    assert_eq!(back.action, Action::ToConn(9));
+    assert_eq!(
+        back.count,
+        Some(Count::Response {
+            code: 200,
+            from: None
+        })
+    );
+}

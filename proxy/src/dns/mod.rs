@@ -25,6 +25,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 
 use crate::config::{Config, Dns, PoolDns};
+use crate::events::{Event, Kind};
 
 /// One question siplb asks DNS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +125,15 @@ pub(crate) struct Answers {
     entries: BTreeMap<Lookup, Entry>,
 }
 
+/// What one round of lookups did.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// An answer in use changed: the servers must be built again.
+    pub(crate) changed: bool,
+    /// For the event list: answers changed, names that started failing or resolve again.
+    pub(crate) events: Vec<Event>,
+}
+
 /// One name in `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct NameStatus {
@@ -152,15 +162,16 @@ impl Answers {
     }
 
     /// Records the results of one round of lookups at `now`, and forgets names that are no
-    /// longer asked (`results` holds every name asked). Returns whether an answer in use
-    /// changed. Logs a changed answer, the first failure of a name and its recovery (not
-    /// every failed refresh), and counts `siplb_dns_changes_total{name}` and
-    /// `siplb_dns_failures_total{name}`.
+    /// longer asked (`results` holds every name asked). Says whether an answer in use changed,
+    /// with an event for each changed answer, each name that starts failing and each that
+    /// resolves again (not for every failed refresh); logs the same and counts
+    /// `siplb_dns_changes_total{name}` and `siplb_dns_failures_total{name}`.
     pub(crate) fn record(
         &mut self,
         results: Vec<(Lookup, Result<Answer, String>)>,
         now: SystemTime,
-    ) -> bool {
+    ) -> Recorded {
+        let mut events = Vec::new();
         let asked: BTreeSet<&Lookup> = results.iter().map(|(l, _)| l).collect();
         let before = self.entries.len();
         self.entries.retain(|l, _| asked.contains(l));
@@ -173,13 +184,19 @@ impl Answers {
                     keep_target_addresses(&mut answer, entry.answer.as_ref());
                     if entry.failing_since.is_some() {
                         tracing::info!(name, "DNS name resolves again");
+                        events.push(Event::now(Kind::Dns, format!("{name} resolves again")));
                     }
                     if entry.answer.as_ref() != Some(&answer) {
+                        let described = answer.describe().join("; ");
                         tracing::info!(
                             name,
-                            answer = %answer.describe().join("; "),
+                            answer = %described,
                             "DNS answer changed; the servers follow"
                         );
+                        events.push(Event::now(
+                            Kind::Dns,
+                            format!("{name} answers {described}; the servers follow"),
+                        ));
                         metrics::counter!("siplb_dns_changes_total", "name" => name).increment(1);
                         entry.answer = Some(answer);
                         changed = true;
@@ -200,6 +217,13 @@ impl Answers {
                             kept = %kept,
                             "DNS name does not resolve; its last addresses stay in use"
                         );
+                        events.push(Event::now(
+                            Kind::Dns,
+                            format!(
+                                "{name} does not resolve ({error}); its last answer stays in \
+                                 use: {kept}"
+                            ),
+                        ));
                         entry.failing_since = Some(now);
                     }
                     metrics::counter!("siplb_dns_failures_total", "name" => name).increment(1);
@@ -207,7 +231,7 @@ impl Answers {
                 }
             }
         }
-        changed
+        Recorded { changed, events }
     }
 
     /// Every name, for `/status`.

@@ -201,15 +201,27 @@ fn a_failing_name_keeps_its_last_answer_and_a_changed_one_reports_a_change() {
     };
     let mut round = everything_else(&a);
     round.push((name.clone(), same));
-    assert!(
-        !a.record(round, SystemTime::UNIX_EPOCH),
-        "the same answers change nothing"
-    );
+    let same = a.record(round, SystemTime::UNIX_EPOCH);
+    assert!(!same.changed, "the same answers change nothing");
+    assert!(same.events.is_empty());
 
     let later = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
     let mut round = everything_else(&a);
     round.push((name.clone(), Err("NXDOMAIN".into())));
-    assert!(!a.record(round, later), "a failure keeps the last answer");
+    let failed = a.record(round.clone(), later);
+    assert!(!failed.changed, "a failure keeps the last answer");
+    assert_eq!(failed.events.len(), 1);
+    assert!(
+        failed.events[0]
+            .message
+            .starts_with("fe2.test does not resolve (NXDOMAIN)"),
+        "{:?}",
+        failed.events
+    );
+    assert!(
+        a.record(round, later).events.is_empty(),
+        "said once, not every refresh"
+    );
     assert_eq!(
         a.get(&name),
         Some(&Answer::Host(vec![ip("10.0.0.2"), ip("10.0.0.12")]))
@@ -222,7 +234,16 @@ fn a_failing_name_keeps_its_last_answer_and_a_changed_one_reports_a_change() {
 
     let mut round = everything_else(&a);
     round.push((name.clone(), Ok(Answer::Host(vec![ip("10.0.0.9")]))));
-    assert!(a.record(round, later), "a new address is a change");
+    let back = a.record(round, later);
+    assert!(back.changed, "a new address is a change");
+    let said: Vec<&str> = back.events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        said,
+        [
+            "fe2.test resolves again",
+            "fe2.test answers 10.0.0.9; the servers follow"
+        ]
+    );
     let fe2 = a
         .status()
         .into_iter()
@@ -232,7 +253,7 @@ fn a_failing_name_keeps_its_last_answer_and_a_changed_one_reports_a_change() {
     assert_eq!(fe2.last_error, None);
 
     assert!(
-        a.record(Vec::new(), later),
+        a.record(Vec::new(), later).changed,
         "names no longer asked are forgotten"
     );
     assert!(a.status().is_empty());
@@ -252,10 +273,13 @@ fn an_srv_target_that_does_not_resolve_keeps_its_last_addresses() {
     );
     let mut s2_failed = both.clone();
     s2_failed[1].addrs.clear();
-    assert!(!a.record(
-        vec![(name.clone(), Ok(Answer::Srv(s2_failed)))],
-        SystemTime::UNIX_EPOCH
-    ));
+    assert!(
+        !a.record(
+            vec![(name.clone(), Ok(Answer::Srv(s2_failed)))],
+            SystemTime::UNIX_EPOCH
+        )
+        .changed
+    );
     assert_eq!(a.get(&name), Some(&Answer::Srv(both)));
 }
 

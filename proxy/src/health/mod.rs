@@ -24,9 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostPort};
+use crate::events::Events;
 use crate::table::RoutingTable;
 
 pub(crate) use status::Status;
+#[cfg(test)]
+pub(crate) use status::{PoolStatus, ServerStatus};
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +105,8 @@ pub(crate) struct Control {
     passive: mpsc::Sender<Passive>,
     /// Each routing table the supervisor swaps in, as it swaps it in.
     swapped: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
+    /// The recent health, failover, drain and reload events.
+    events: Arc<Events>,
 }
 
 impl fmt::Debug for Control {
@@ -116,6 +121,12 @@ impl Control {
     /// a server gone down — waits on this rather than looking at the table again and again.
     pub(crate) fn swaps(&self) -> tokio::sync::watch::Receiver<Arc<RoutingTable>> {
         self.swapped.clone()
+    }
+
+    /// The recent health, failover, drain and reload events (the supervisor records them; a
+    /// refused reload is recorded by whoever tried it).
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
     }
 
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -189,7 +200,10 @@ fn launch(
     let (passive, passive_rx) = mpsc::channel(PASSIVE_QUEUE);
     let (probes, probes_rx) = mpsc::unbounded_channel();
     let (swaps, swapped) = tokio::sync::watch::channel(tables.load_full());
-    let sup = supervisor::Supervisor::new(cfg, tables, prober, probes).announcing(swaps);
+    let events = Arc::new(Events::default());
+    let sup = supervisor::Supervisor::new(cfg, tables, prober, probes)
+        .announcing(swaps)
+        .recording(events.clone());
     let inbox = Inbox {
         commands: commands_rx,
         probes: probes_rx,
@@ -201,6 +215,7 @@ fn launch(
             commands,
             passive,
             swapped,
+            events,
         },
         task,
     )

@@ -52,6 +52,9 @@ pub(crate) struct ServerStatus {
     pub(crate) last_rtt_ms: Option<f64>,
     /// The last probe's result.
     pub(crate) last_probe: Option<String>,
+    /// Traffic counts, rate and share; the ops endpoint fills them in.
+    #[serde(flatten)]
+    pub(crate) traffic: Option<crate::stats::TrafficStatus>,
 }
 
 /// An `Instant` as an RFC 3339 UTC timestamp.
@@ -91,6 +94,7 @@ pub(super) fn build(sup: &Supervisor, now: Instant) -> Status {
                         reason: e.health.reason.to_string(),
                         last_rtt_ms: e.health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
                         last_probe: e.health.last_outcome.as_ref().map(probe_text),
+                        traffic: None,
                     })
                 })
                 .collect();

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use healthcheck::probe::ProbeSettings;
 use healthcheck::{
-    FailoverChange, Failure, Outcome, PoolFailover, ProbeNow, ServerHealth, ServerState, Target,
-    Thresholds, TlsClient,
+    FailoverChange, FailoverReason, Failure, Outcome, PoolFailover, ProbeNow, Reason, ServerHealth,
+    ServerState, Target, Thresholds, TlsClient, Transition,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
 use crate::config::{Config, HostPort, PoolConfig, ServerConfig, Transport};
+use crate::events::{Event, Events, Kind};
 use crate::table::{HealthView, RoutingTable};
 use crate::tls::client::ServerTls;
 
@@ -133,6 +134,8 @@ pub(super) struct Supervisor {
     /// Where each table swapped in is announced (`Control::swaps`); `None` in tests that do
     /// not listen.
     swaps: Option<tokio::sync::watch::Sender<Arc<RoutingTable>>>,
+    /// Where health, failover, drain and reload events are recorded for `/status`.
+    events: Arc<Events>,
 }
 
 impl HealthView for Supervisor {
@@ -165,6 +168,7 @@ impl Supervisor {
             prober,
             probes,
             swaps: None,
+            events: Arc::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -177,6 +181,12 @@ impl Supervisor {
     ) -> Self {
         swaps.send_replace(self.tables.load_full());
         self.swaps = Some(swaps);
+        self
+    }
+
+    /// Records its events in `events`.
+    pub(crate) fn recording(mut self, events: Arc<Events>) -> Self {
+        self.events = events;
         self
     }
 
@@ -256,7 +266,22 @@ impl Supervisor {
                 } = reload;
                 self.advertise = advertise;
                 self.local = local;
+                let before: Vec<Arc<str>> = self.servers.keys().cloned().collect();
                 self.reconcile(config, now);
+                let removed = before
+                    .iter()
+                    .filter(|id| !self.servers.contains_key(*id))
+                    .count();
+                let added = self.servers.len() + removed - before.len();
+                self.events.record(Event::now(
+                    Kind::Reload,
+                    format!(
+                        "config reload: {} added, {removed} removed, {} in {}",
+                        count(added, "server"),
+                        count(self.servers.len(), "server"),
+                        count(self.cfg.pools.len(), "pool")
+                    ),
+                ));
                 self.evaluate_pools(now);
                 self.swap();
                 let _ = reply.send(self.version);
@@ -310,8 +335,18 @@ impl Supervisor {
                         if old_drained
                             .get(s.id.as_str())
                             .is_some_and(|&d| d != s.drained)
+                            && e.health.set_drained(s.drained, now).is_some()
                         {
-                            e.health.set_drained(s.drained, now);
+                            let (kind, says) = if s.drained {
+                                (Kind::Drain, "drained = true")
+                            } else {
+                                (Kind::Undrain, "drained = false")
+                            };
+                            self.events.record(
+                                Event::now(kind, format!("config reload: {says}"))
+                                    .pool(&p.name)
+                                    .server(&s.id),
+                            );
                         }
                         e
                     }
@@ -425,6 +460,9 @@ impl Supervisor {
             return false;
         };
         tracing::warn!(server = %id, pool = %pool, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
+        let message = health_message(&t, entry.plan.thresholds);
+        self.events
+            .record(Event::now(Kind::Health, message).pool(pool).server(id));
         true
     }
 
@@ -467,6 +505,20 @@ impl Supervisor {
             .ok_or_else(|| OpError::UnknownServer(id.into()))?;
         if let Some(t) = entry.health.set_drained(drained, now) {
             tracing::warn!(server = %id, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
+            let (kind, what) = if drained {
+                (Kind::Drain, "drain")
+            } else {
+                (Kind::Undrain, "undrain")
+            };
+            let pool = &self.cfg.pools[entry.pool].name;
+            self.events.record(
+                Event::now(
+                    kind,
+                    format!("operator {what}: {} → {}", t.from.as_str(), t.to.as_str()),
+                )
+                .pool(pool)
+                .server(id),
+            );
         }
         Ok(format!("server {id} is {}", entry.health.state().as_str()))
     }
@@ -516,19 +568,35 @@ impl Supervisor {
             pool.name.as_str()
         };
         tracing::warn!(pool = %pool.name, serving, reason = %c.reason, "pool failover changed");
+        let kind = if c.failed_over {
+            Kind::Failover
+        } else {
+            Kind::Failback
+        };
+        let message = match c.reason {
+            FailoverReason::Operator if c.failed_over => {
+                format!("operator failover: users served by {serving}")
+            }
+            FailoverReason::Operator => "operator failback: users served at home".to_string(),
+            reason if c.failed_over => format!("{reason}: users served by {serving}"),
+            reason => format!("{reason}: users served at home"),
+        };
+        self.events
+            .record(Event::now(kind, message).pool(&pool.name));
     }
 
     fn swap(&mut self) {
         self.version += 1;
         // Real time, not the supervisor's clock: how long this task was busy building.
         let started = std::time::Instant::now();
-        let table = RoutingTable::build(
+        let mut table = RoutingTable::build(
             &self.cfg,
             self.advertise.clone(),
             self.local.clone(),
             self.version,
             self,
         );
+        table.carry_traffic(&self.tables.load());
         let table = Arc::new(table);
         metrics::histogram!("siplb_table_build_seconds").record(started.elapsed().as_secs_f64());
         self.tables.store(table.clone());
@@ -561,5 +629,34 @@ impl Supervisor {
                 metrics::gauge!("siplb_server_up", "pool" => p.name.clone(), "server" => s.id.clone()).set(up);
             }
         }
+    }
+}
+
+/// `1 server`, `3 servers`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// What a server's change of state says in the event list: the change, and why — how many
+/// probes in a row, and the last one's result.
+fn health_message(t: &Transition, th: Thresholds) -> String {
+    let change = format!("{} → {}", t.from.as_str(), t.to.as_str());
+    let probes = |n: u32| {
+        if n == 1 {
+            "1 probe".to_string()
+        } else {
+            format!("{n} probes in a row")
+        }
+    };
+    match t.reason {
+        Reason::Failed(failure) => {
+            format!("{change}: {} failed, the last: {failure}", probes(th.fall))
+        }
+        Reason::Probes { .. } => format!("{change}: {} succeeded ({})", probes(th.rise), t.reason),
+        reason => format!("{change}: {reason}"),
     }
 }

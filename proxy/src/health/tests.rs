@@ -657,3 +657,46 @@ async fn a_reload_adding_thousands_of_servers_spreads_their_first_probes_over_an
     assert_eq!(late.target, "127.0.0.3:5000".parse::<SocketAddr>().unwrap());
     assert_eq!(late.settings.first_after, Duration::ZERO);
 }
+
+#[tokio::test(start_paused = true)]
+async fn health_failover_drain_and_reload_are_recorded_as_events_newest_first() {
+    use crate::events::Kind;
+    let h = Harness::start(&config_text(A, "30s", ""));
+    settle().await;
+    h.report("127.0.0.1:5071", TIMEOUT, 2);
+    h.report("127.0.0.1:5072", TIMEOUT, 2);
+    settle().await;
+    assert!(h.a_failed_over());
+    h.control.op(Op::Drain("b1".into())).await.unwrap();
+    let only_a1 = r#"{ id = "a1", address = "127.0.0.1:5071" }"#;
+    h.reload(&config_text(only_a1, "30s", "")).await;
+
+    let events = h.control.events().recent();
+    let said: Vec<(Kind, Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.kind, e.pool.as_deref(), e.server.as_deref()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (Kind::Reload, None, None),
+            // With b1 drained b is down too, but a is no better: a stays failed over, so no
+            // failback event.
+            (Kind::Drain, Some("b"), Some("b1")),
+            (Kind::Failover, Some("a"), None),
+            (Kind::Health, Some("a"), Some("a2")),
+            (Kind::Health, Some("a"), Some("a1")),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(
+        events[0].message,
+        "config reload: 0 servers added, 1 removed, 2 servers in 2 pools"
+    );
+    assert_eq!(events[1].message, "operator drain: up → drained");
+    assert_eq!(events[2].message, "pool down, pair up: users served by b");
+    assert_eq!(
+        events[3].message,
+        "up → down: 2 probes in a row failed, the last: probe timed out"
+    );
+}

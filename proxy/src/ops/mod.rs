@@ -7,11 +7,12 @@
 
 mod admin;
 mod page;
+mod traffic;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use crate::core::explain;
+use crate::events::Event;
 use crate::health::Status;
 use crate::server::{ConfigMeta, Proxy};
 
@@ -30,8 +32,22 @@ pub(crate) struct Ops {
     pub(crate) metrics: Option<PrometheusHandle>,
 }
 
-/// The router; the admin routes exist only when a token is configured.
-pub(crate) fn router(ops: Ops) -> Router {
+/// What the handlers share besides [`Ops`]: the traffic samples behind rates and shares.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    ops: Ops,
+    traffic: Arc<traffic::Window>,
+}
+
+impl FromRef<Endpoint> for Ops {
+    fn from_ref(e: &Endpoint) -> Ops {
+        e.ops.clone()
+    }
+}
+
+/// The router; the admin routes exist only when a token is configured. `traffic` holds the
+/// samples rates are computed from ([`sample_traffic`] keeps them coming).
+fn router(ops: Ops, traffic: Arc<traffic::Window>) -> Router {
     let mut r = Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -47,7 +63,17 @@ pub(crate) fn router(ops: Ops) -> Router {
             .route("/admin/servers/{id}/undrain", post(admin::undrain))
             .route("/admin/reload", post(admin::reload));
     }
-    r.with_state(ops)
+    r.with_state(Endpoint { ops, traffic })
+}
+
+/// Samples every server's forwarded count each [`traffic::TICK`], for rates and shares.
+async fn sample_traffic(proxy: Arc<Proxy>, window: Arc<traffic::Window>) {
+    let mut tick = tokio::time::interval(traffic::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        window.sample(&proxy.tables.load().counters, std::time::Instant::now());
+    }
 }
 
 /// Binds the ops endpoint at `[ops] listen` (when the config has one) and serves it in a task.
@@ -64,8 +90,10 @@ pub(crate) async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
     if !ops.proxy.token().is_configured() {
         tracing::info!("no admin token configured: the admin API is off");
     }
+    let window = Arc::new(traffic::Window::default());
+    tokio::spawn(sample_traffic(ops.proxy.clone(), window.clone()));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(ops)).await {
+        if let Err(e) = axum::serve(listener, router(ops, window)).await {
             tracing::error!(error = %e, "ops endpoint stopped");
         }
     });
@@ -129,13 +157,20 @@ pub(crate) struct StatusDoc {
     pub(crate) dns: Vec<crate::dns::NameStatus>,
     #[serde(flatten)]
     pub(crate) health: Status,
+    /// The last health, failover, drain, reload and DNS events, newest first.
+    pub(crate) events: Vec<Event>,
 }
 
-async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
-    let health =
+async fn status_doc(endpoint: &Endpoint) -> Result<StatusDoc, Response> {
+    let ops = &endpoint.ops;
+    let mut health =
         ops.proxy.control.status().await.ok_or_else(|| {
             (StatusCode::SERVICE_UNAVAILABLE, "siplb is stopping\n").into_response()
         })?;
+    let table = ops.proxy.tables.load();
+    endpoint
+        .traffic
+        .fill(&mut health, &table, std::time::Instant::now());
     let not_ready_reason = not_ready(&ops.proxy);
     Ok(StatusDoc {
         ready: not_ready_reason.is_none(),
@@ -144,22 +179,23 @@ async fn status_doc(ops: &Ops) -> Result<StatusDoc, Response> {
         config: ops.proxy.meta(),
         listen_udp: ops.proxy.udp().iter().map(ToString::to_string).collect(),
         connections: ops.proxy.connections(),
-        advertise: ops.proxy.tables.load().advertise.to_string(),
+        advertise: table.advertise.to_string(),
         passthrough: ops.proxy.passthrough.status(),
         dns: ops.proxy.dns_status(),
         health,
+        events: ops.proxy.control.events().recent(),
     })
 }
 
-async fn status(State(ops): State<Ops>) -> Response {
-    match status_doc(&ops).await {
+async fn status(State(endpoint): State<Endpoint>) -> Response {
+    match status_doc(&endpoint).await {
         Ok(doc) => Json(doc).into_response(),
         Err(r) => r,
     }
 }
 
-async fn status_page(State(ops): State<Ops>) -> Response {
-    match status_doc(&ops).await {
+async fn status_page(State(endpoint): State<Endpoint>) -> Response {
+    match status_doc(&endpoint).await {
         Ok(doc) => Html(page::render(&doc)).into_response(),
         Err(r) => r,
     }
@@ -167,11 +203,15 @@ async fn status_page(State(ops): State<Ops>) -> Response {
 
 async fn metrics(State(ops): State<Ops>) -> Response {
     match &ops.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            // Per-server counts reach the recorder when they are asked for.
+            ops.proxy.tables.load().counters.publish();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                h.render(),
+            )
+                .into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             "metrics are not enabled in this process\n",

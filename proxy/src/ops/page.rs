@@ -1,9 +1,26 @@
-//! `GET /`: pools and servers at a glance, for a person. Plain HTML and CSS, refreshed by the
-//! browser every five seconds; no JavaScript.
+//! `GET /`: pools and servers at a glance, for a person: health, each server's traffic (rate,
+//! share of its pool next to the share its weight asks for, responses by class) and the last
+//! events. Plain HTML and CSS, self-contained. A few lines of script fetch the page again every
+//! [`REFRESH_SECS`] and swap its body in place (no flicker, the scroll position stays); without
+//! script, a `<noscript>` meta refresh reloads it every five seconds.
 
 use std::fmt::Write as _;
 
 use super::StatusDoc;
+use crate::stats::TrafficStatus;
+
+/// How often the page refreshes itself, in seconds.
+const REFRESH_SECS: u32 = 2;
+
+/// Fetches the page again every [`REFRESH_SECS`] and swaps its body in; counts the swaps in
+/// the body's `data-refreshes` (what the browser test reads).
+const REFRESH_SCRIPT: &str = "<script>(function(){var n=0;\
+function again(){fetch(location.href,{cache:'no-store'})\
+.then(function(r){if(!r.ok)throw r.status;return r.text()})\
+.then(function(t){var d=new DOMParser().parseFromString(t,'text/html');n++;\
+document.body.innerHTML=d.body.innerHTML;document.body.setAttribute('data-refreshes',n)})\
+.catch(function(){}).then(function(){setTimeout(again,PERIOD)})}\
+setTimeout(again,PERIOD)})();</script>";
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -17,15 +34,21 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
     let mut h = String::with_capacity(8192);
     h.push_str(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"5\"><title>siplb status</title><style>\
+         <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript><title>siplb status</title><style>\
          body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
-         table{border-collapse:collapse;margin:.3em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
+         table{border-collapse:collapse;margin:.3em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;white-space:nowrap}\
          th{background:#f3f3f3}.up{color:#0a0;font-weight:600}.down{color:#c00;font-weight:600}\
          .drained{color:#a60;font-weight:600}.moved{background:#fff3cd}h2{margin-bottom:.2em}\
          .meta{color:#666}\
          .badge{background:#c00;color:#fff;font-size:.7em;padding:.15em .5em;border-radius:.3em;vertical-align:middle}\
-         .verdict{font-size:1.1em}</style></head><body><h1>siplb</h1>",
+         .verdict{font-size:1.1em}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+         .bar{position:relative;display:inline-block;width:7em;height:.8em;background:#eee;\
+         vertical-align:middle;margin-right:.4em}.bar .got{position:absolute;left:0;top:0;bottom:0;background:#4a8}\
+         .bar .want{position:absolute;top:-.2em;bottom:-.2em;width:2px;background:#222}\
+         .ev td{font-size:.92em}.ev td:last-child{white-space:normal;min-width:24em}</style>",
     );
+    h.push_str(&REFRESH_SCRIPT.replace("PERIOD", &(REFRESH_SECS * 1000).to_string()));
+    h.push_str("</head><body><h1>siplb</h1>");
     let c = &doc.config;
     let _ = write!(
         h,
@@ -36,6 +59,11 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
         doc.health.table_version,
         esc(&doc.advertise),
         esc(&doc.listen_udp.join(", "))
+    );
+    let _ = write!(
+        h,
+        "<p class=\"meta\" id=\"asof\">as of {} · refreshes every {REFRESH_SECS} s</p>",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     );
     for l in &doc.connections.listeners {
         let _ = write!(
@@ -118,7 +146,11 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
             forced = if p.operator_failover { " (held by operator)" } else { "" },
             since = esc(&p.since),
         );
-        h.push_str("<table><tr><th>server</th><th>address</th><th>state</th><th>since</th><th>reason</th><th>last probe</th><th>RTT</th><th>weight</th></tr>");
+        h.push_str(
+            "<table><tr><th>server</th><th>address</th><th>state</th><th>since</th><th>reason</th>\
+             <th>last probe</th><th>RTT</th><th>weight</th><th>forwarded</th><th>rate</th>\
+             <th>share (expected)</th><th>responses</th></tr>",
+        );
         for s in &p.servers {
             let rtt = s
                 .last_rtt_ms
@@ -126,7 +158,7 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
                 .unwrap_or_default();
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{} {}</td><td class=\"{st}\">{st}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{} {}</td><td class=\"{st}\">{st}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
                 esc(&s.id),
                 esc(&s.address),
                 s.transport,
@@ -137,9 +169,77 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
                 s.weight,
                 st = s.state,
             );
+            traffic_cells(&mut h, s.traffic.as_ref());
+            h.push_str("</tr>");
         }
         h.push_str("</table>");
     }
+    events(&mut h, doc);
     h.push_str("</body></html>\n");
     h
+}
+
+/// A percentage of a share.
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+/// The traffic cells of one server row: forwarded, rate, share next to the expected share (a
+/// bar with a mark where the weight says it should be), responses by class.
+fn traffic_cells(h: &mut String, t: Option<&TrafficStatus>) {
+    let Some(t) = t else {
+        h.push_str("<td></td><td></td><td></td><td></td>");
+        return;
+    };
+    let rate = t.rate.map(|r| format!("{r:.1}/s")).unwrap_or_default();
+    let _ = write!(
+        h,
+        "<td class=\"n forwarded\">{}</td><td class=\"n rate\">{rate}</td>",
+        t.forwarded
+    );
+    let got = t.share.unwrap_or(0.0).clamp(0.0, 1.0) * 100.0;
+    let want = t.expected_share.clamp(0.0, 1.0) * 100.0;
+    let _ = write!(
+        h,
+        "<td class=\"share\"><span class=\"bar\"><span class=\"got\" style=\"width:{got:.1}%\"></span>\
+         <span class=\"want\" style=\"left:{want:.1}%\"></span></span>{} ({})</td>",
+        t.share.map(percent).unwrap_or_else(|| "–".into()),
+        percent(t.expected_share)
+    );
+    let classes: Vec<String> = t
+        .responses
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(class, n)| format!("{class} {n}"))
+        .collect();
+    let _ = write!(
+        h,
+        "<td class=\"responses\">{}</td>",
+        esc(&classes.join(" · "))
+    );
+}
+
+/// The event list, newest first.
+fn events(h: &mut String, doc: &StatusDoc) {
+    h.push_str("<h2 id=\"events\">recent events</h2>");
+    if doc.events.is_empty() {
+        h.push_str("<p class=\"meta\">none since siplb started</p>");
+        return;
+    }
+    h.push_str(
+        "<table class=\"ev\"><tr><th>at</th><th>event</th><th>pool</th><th>server</th>\
+         <th>what and why</th></tr>",
+    );
+    for e in &doc.events {
+        let kind = e.kind.as_str();
+        let _ = write!(
+            h,
+            "<tr class=\"event {kind}\"><td>{}</td><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&e.at),
+            esc(e.pool.as_deref().unwrap_or("")),
+            esc(e.server.as_deref().unwrap_or("")),
+            esc(&e.message),
+        );
+    }
+    h.push_str("</table>");
 }
