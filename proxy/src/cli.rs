@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use crate::config::{self, Config};
 use crate::core::explain;
+use crate::dns;
 use crate::server::{Listeners, Proxy};
-use crate::table::RoutingTable;
+use crate::table::{Local, RoutingTable};
 use crate::token::Token;
 use clap::{Parser, Subcommand};
 
@@ -28,9 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration: print a summary and exit 0, or every error and exit 1.
+    /// Validate the configuration: print a summary and exit 0, or every error and exit 1. Names
+    /// of servers are asked of DNS once; one that does not resolve is a warning.
     Check,
-    /// Show where a request would go with every server up.
+    /// Show where a request would go with every server up (names asked of DNS once).
     Route {
         /// The SIP method, e.g. REGISTER or INVITE.
         method: String,
@@ -101,8 +103,53 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     print!("{}", config::summary(&cfg));
+    // A name that does not resolve now is a warning: siplb starts without its servers and
+    // keeps asking.
+    for line in resolve_once(&cfg)?.1 {
+        println!("{line}");
+    }
     println!("{}: ok", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks DNS once for every name of `cfg`, for the commands that run no proxy: the config with
+/// the servers the names give now, and one line per name (its answer, or a warning that it
+/// does not resolve).
+fn resolve_once(cfg: &Config) -> anyhow::Result<(Config, Vec<String>)> {
+    let lookups = dns::lookups(cfg);
+    if lookups.is_empty() {
+        return Ok((cfg.clone(), Vec::new()));
+    }
+    let results = crate::runtime(1)?.block_on(async {
+        match dns::Resolver::new(&cfg.dns) {
+            Ok(r) => r.lookup_all(&lookups).await,
+            Err(e) => lookups
+                .iter()
+                .map(|l| (l.clone(), Err(e.clone())))
+                .collect(),
+        }
+    });
+    let lines = results
+        .iter()
+        .map(|(l, r)| match r {
+            Ok(answer) => format!("dns       {} -> {}", l.name(), answer.describe().join("; ")),
+            Err(e) => format!(
+                "warning: {} does not resolve now ({e}); siplb starts without its servers and \
+                 asks again every {}",
+                l.name(),
+                config::duration::format_duration(cfg.dns.refresh)
+            ),
+        })
+        .collect();
+    let mut answers = dns::Answers::default();
+    // Nothing runs to show the events: the lines above say it all.
+    let _ = answers.record(results, std::time::SystemTime::now());
+    let local = Local {
+        udp: cfg.listen.udp.clone(),
+        tcp: cfg.listen.tcp.clone(),
+        tls: cfg.listen.tls.iter().map(|t| t.address).collect(),
+    };
+    Ok((dns::expand::expand(cfg, &answers, &local), lines))
 }
 
 /// `siplb healthcheck`: `/healthz` of `url`, or of the ops endpoint `path`'s config names.
@@ -142,6 +189,7 @@ fn route(path: &Path, method: &str, aor: &str, source: IpAddr) -> anyhow::Result
     let Some(cfg) = load(path) else {
         return Ok(ExitCode::FAILURE);
     };
+    let (cfg, _) = resolve_once(&cfg)?;
     let table = RoutingTable::unbound(&cfg, &AllUp);
     match explain::explain(&table, method, aor, source) {
         Ok(d) => {
@@ -198,6 +246,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         };
         let ops_addr = crate::ops::start(ops).await?;
         let _watch = crate::reload::spawn_watchers(proxy.clone())?;
+        let _dns = AbortOnDrop(crate::reload::start_dns(&proxy).await);
         let _gauge = AbortOnDrop(tokio::spawn(crate::shutdown::refresh_gauge(proxy.clone())));
         announce(&proxy, ops_addr);
         crate::shutdown::drain(&proxy, &mut signals).await;

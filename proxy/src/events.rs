@@ -1,6 +1,6 @@
 //! The recent events an operator wants to read first: a server's health changing, a pool
-//! failing over or back, a drain or undrain, a config reload applied or refused — each with its
-//! reason. `/status` and the status page show the last [`KEEP`] of them, newest first.
+//! failing over or back, a drain or undrain, a config reload applied or refused, a DNS answer
+//! changing or failing — each with its reason. `/status` and the status page show the last [`KEEP`] of them, newest first.
 //!
 //! [`Events`] is a bounded ring behind a lock. Events are rare (a few per health change or
 //! operator command, never per message), so the lock costs nothing that matters; the wire path
@@ -31,6 +31,8 @@ pub(crate) enum Kind {
     Undrain,
     /// A config reload was applied or refused.
     Reload,
+    /// A DNS name's answer changed, or the name stopped or started resolving again.
+    Dns,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Drain => "drain",
             Kind::Undrain => "undrain",
             Kind::Reload => "reload",
+            Kind::Dns => "dns",
         }
     }
 }

@@ -15,7 +15,8 @@
 //!   serves TCP and TLS connections as flows (framing, backend connections, limits);
 //!   `health` owns server health and pool failover and is the only writer of the routing table;
 //!   [`server`] binds listeners and runs a proxy (workers, supervisor, reloads);
-//!   `passthrough` copies TLS connections unread to the servers HRW picks by client IP. `token` (the
+//!   `passthrough` copies TLS connections unread to the servers HRW picks by client IP; `dns`
+//!   resolves the names servers and pools are given by. `token` (the
 //!   admin bearer token) and `logging` sit beside them.
 //! - **Top, what a person or a program talks to.** `ops` (the HTTP endpoint), `reload` (file
 //!   watcher and SIGHUP), `shutdown` (SIGTERM's graceful stop), `demo`, and [`cli`] (the
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 mod demo;
+mod dns;
 mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

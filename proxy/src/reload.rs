@@ -19,7 +19,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{self, Config, Transport};
+use crate::config::{self, Config};
+use crate::dns::{self, Resolver};
 use crate::events::{Event, Kind};
 use crate::server::Proxy;
 
@@ -48,7 +49,7 @@ fn watched_files(cfg: &Config) -> Vec<PathBuf> {
         files.push(tls.key.clone());
     }
     for pool in &cfg.pools {
-        if !pool.servers.iter().any(|s| s.transport == Transport::Tls) {
+        if !pool.has_tls_servers() {
             continue;
         }
         files.push(pool.tls.ca_file().to_path_buf());
@@ -190,4 +191,57 @@ pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::J
             }
         }
     }))
+}
+
+/// Asks DNS for every name of the running config once (so that the servers they give are in
+/// the table before siplb says it is ready), then again every `[dns] refresh` and at once after
+/// a reload, in a task that ends when the proxy stops or is dropped. The proxy's servers follow
+/// a changed answer ([`Proxy::apply_dns`]); a config without names asks nothing.
+pub(crate) async fn start_dns(proxy: &Arc<Proxy>) -> tokio::task::JoinHandle<()> {
+    let mut resolver = None;
+    refresh_dns(proxy, &mut resolver).await;
+    let weak = Arc::downgrade(proxy);
+    let wake = proxy.dns_wake();
+    tokio::spawn(async move {
+        loop {
+            let refresh = match weak.upgrade() {
+                Some(proxy) if !proxy.has_stopped() => proxy.config().dns.refresh,
+                _ => return,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(refresh) => {}
+                _ = wake.notified() => {}
+            }
+            match weak.upgrade() {
+                Some(proxy) if !proxy.has_stopped() => refresh_dns(&proxy, &mut resolver).await,
+                _ => return,
+            }
+        }
+    })
+}
+
+/// One round: every lookup of the running config, asked at once, handed to the proxy. The
+/// resolver is made again when `[dns]` changed.
+async fn refresh_dns(proxy: &Proxy, resolver: &mut Option<Resolver>) {
+    let cfg = proxy.config();
+    let lookups = dns::lookups(&cfg);
+    if lookups.is_empty() {
+        // Forgets the names a previous config had.
+        proxy.apply_dns(Vec::new()).await;
+        return;
+    }
+    if resolver.as_ref().is_none_or(|r| *r.settings() != cfg.dns) {
+        *resolver = match Resolver::new(&cfg.dns) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let failed = lookups.into_iter().map(|l| (l, Err(e.clone()))).collect();
+                proxy.apply_dns(failed).await;
+                return;
+            }
+        };
+    }
+    if let Some(r) = resolver {
+        let results = r.lookup_all(&lookups).await;
+        proxy.apply_dns(results).await;
+    }
 }

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigError, Transport};
+use crate::dns::{self, Answer, Answers, Lookup, NameStatus};
 use crate::health::{self, Control, Reload};
 use crate::passthrough::{self, Passthroughs};
 use crate::stream::{StreamBinding, StreamListener, StreamStatus, Streams};
@@ -170,8 +171,13 @@ pub(crate) struct Proxy {
     token: Token,
     /// `[listen] passthrough` listeners and their connections.
     pub(crate) passthrough: Passthroughs,
-    /// Serialises reloads.
+    /// Serialises reloads, and DNS answers changing the servers.
     reloading: tokio::sync::Mutex<()>,
+    /// The last DNS answers of the names in the config: with the config, they make the servers
+    /// the supervisor is given ([`dns::expand::expand`]).
+    answers: Mutex<Answers>,
+    /// Wakes the DNS refresh at once (a reload may bring new names).
+    dns_wake: Arc<tokio::sync::Notify>,
     supervisor: JoinHandle<()>,
     /// Becomes true when the proxy has stopped.
     stopped: tokio::sync::watch::Sender<bool>,
@@ -246,9 +252,12 @@ impl Proxy {
             anyhow::bail!("{}: no listener bound", cfg.path.display());
         };
         let advertise = cfg.listen.advertise_or(first);
-        let table = RoutingTable::build(&cfg, advertise, bound, 1, &ConfigHealth);
+        // Names are not asked yet: their servers come with the first DNS answers.
+        let resolved = dns::expand::expand(&cfg, &Answers::default(), &bound);
+        let table = RoutingTable::build(&resolved, advertise, bound, 1, &ConfigHealth);
         let tables = Arc::new(ArcSwap::from_pointee(table));
-        let config = Arc::new(cfg);
+        let declared = Arc::new(cfg);
+        let config = Arc::new(resolved);
         let (control, supervisor) = health::start(config.clone(), tables.clone(), probe);
         let passthrough = Passthroughs::start(listeners.passthrough, &config, &tables, &control)?;
         let senders = Senders::default();
@@ -287,7 +296,7 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             tables,
             control,
-            config: ArcSwap::new(config),
+            config: ArcSwap::new(declared),
             meta: Mutex::new(meta),
             listeners: Mutex::new(served),
             stream_listeners: Mutex::new(stream_listeners),
@@ -297,6 +306,8 @@ impl Proxy {
             token,
             passthrough,
             reloading: tokio::sync::Mutex::new(()),
+            answers: Mutex::new(Answers::default()),
+            dns_wake: Arc::new(tokio::sync::Notify::new()),
             supervisor,
             stopped,
             shutting_down: AtomicBool::new(false),
@@ -494,15 +505,19 @@ impl Proxy {
         self.rebind(&cfg)
             .map_err(|e| refused(&cfg.path, "listen.udp", format!("{e:#}")))?;
         self.streams.set_limits(&cfg.connections);
-        self.streams.set_server_tls(server_tls(&cfg));
         let bound = self.local();
         let Some(first) = bound.first() else {
             return Err(refused(&cfg.path, "listen", "no listener bound"));
         };
         let advertise = cfg.listen.advertise_or(first);
+        let resolved = {
+            let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            dns::expand::expand(&cfg, &answers, &bound)
+        };
+        self.streams.set_server_tls(server_tls(&resolved));
         let config = Arc::new(cfg);
         let reload = Reload {
-            config: config.clone(),
+            config: Arc::new(resolved),
             advertise,
             local: bound,
         };
@@ -513,7 +528,60 @@ impl Proxy {
             tracing::error!(error = %e, "passthrough listener not served");
         }
         self.config.store(config);
+        // Names the new config brings are asked now, not at the next refresh.
+        self.dns_wake.notify_one();
         Ok(self.meta().version + 1)
+    }
+
+    /// Records one round of DNS lookups. When an answer in use changed, the servers follow it
+    /// the way a reload changes them: the config resolved with the new answers goes to the
+    /// supervisor, which keeps the health of every server whose id stays, starts probes of the
+    /// new ones (spread over one interval) and stops those of the removed ones, then swaps in
+    /// one new table. Returns whether the servers were rebuilt.
+    pub(crate) async fn apply_dns(&self, results: Vec<(Lookup, Result<Answer, String>)>) -> bool {
+        let _one_at_a_time = self.reloading.lock().await;
+        let cfg = self.config();
+        let bound = self.local();
+        let resolved = {
+            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            let recorded = answers.record(results, SystemTime::now());
+            for event in recorded.events {
+                self.control.events().record(event);
+            }
+            if !recorded.changed {
+                return false;
+            }
+            dns::expand::expand(&cfg, &answers, &bound)
+        };
+        let Some(first) = bound.first() else {
+            return false;
+        };
+        if self.has_stopped() {
+            return false;
+        }
+        self.streams.set_server_tls(server_tls(&resolved));
+        let reload = Reload {
+            config: Arc::new(resolved),
+            advertise: cfg.listen.advertise_or(first),
+            local: bound,
+        };
+        self.control.reload(reload).await.is_some()
+    }
+
+    /// Every name the config gives servers by, with its answer and how its lookups go.
+    pub(crate) fn dns_status(&self) -> Vec<NameStatus> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.status()
+    }
+
+    /// What wakes the DNS refresh before its time.
+    pub(crate) fn dns_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.dns_wake.clone()
+    }
+
+    /// Whether the proxy has stopped.
+    pub(crate) fn has_stopped(&self) -> bool {
+        *self.stopped.borrow()
     }
 
     /// Makes the UDP listeners match `cfg`: keeps those still configured, binds new ones (all

@@ -85,6 +85,9 @@ pub(crate) struct Server {
     /// `hrw::id_hash(id)`, computed once.
     pub(crate) id_hash: u64,
     pub(crate) state: ServerState,
+    /// SRV priority (0 unless the server comes from an SRV record): a server takes users only
+    /// while no server of its pool with a lower value takes traffic.
+    pub(crate) priority: u16,
 }
 
 /// One pool: its servers and where its users are served now.
@@ -98,6 +101,8 @@ pub struct Pool {
     pub(crate) id_hash: u64,
     /// This pool's users are served by its pair.
     pub(crate) failed_over: bool,
+    /// Its servers have more than one SRV priority.
+    pub(crate) tiered: bool,
 }
 
 impl Pool {
@@ -353,10 +358,12 @@ impl RoutingTable {
                             weight: s.weight,
                             id_hash: hrw::id_hash(&s.id),
                             state: health.server_state(&s.id).unwrap_or(default),
+                            priority: s.priority,
                         }
                     })
-                    .collect();
+                    .collect::<Vec<Server>>();
                 Pool {
+                    tiered: servers.iter().any(|s| s.priority != servers[0].priority),
                     name: p.name.clone(),
                     role: p.role,
                     pair: p.pair.as_deref().and_then(|n| index.get(n).copied()),
@@ -485,12 +492,28 @@ impl RoutingTable {
         &prefix[head..prefix.len() - tail]
     }
 
-    /// The server whose id is `name` (any case).
-    pub(crate) fn server_named(&self, name: &[u8]) -> Option<(usize, usize)> {
+    /// The server whose id is `name` (any case), or `name:port` — the id a server given by
+    /// host name has by default — with `port` (5060 when `None`).
+    pub(crate) fn server_named(&self, name: &[u8], port: Option<u16>) -> Option<(usize, usize)> {
+        let port = port.unwrap_or(5060);
+        let is = |id: &[u8]| {
+            if id.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            let (Some(host), Some(rest)) = (id.get(..name.len()), id.get(name.len()..)) else {
+                return false;
+            };
+            host.eq_ignore_ascii_case(name)
+                && rest.first() == Some(&b':')
+                && std::str::from_utf8(&rest[1..])
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(port)
+        };
         self.pools.iter().enumerate().find_map(|(p, pool)| {
             pool.servers
                 .iter()
-                .position(|s| s.id.as_bytes().eq_ignore_ascii_case(name))
+                .position(|s| is(s.id.as_bytes()))
                 .map(|s| (p, s))
         })
     }
@@ -551,12 +574,23 @@ impl RoutingTable {
     /// are not in `tried`: with `tried` empty the server [`RoutingTable::decide_pool`] chooses,
     /// and then, as servers are added to `tried`, the next ones in HRW order (a rendezvous
     /// ranking over fewer candidates keeps the others' order).
+    ///
+    /// Only the servers of the lowest SRV priority among the candidates compete (RFC 2782:
+    /// a higher priority value is a backup); without SRV servers every priority is 0.
     pub(crate) fn next_server(&self, pool: usize, key: u64, tried: &[usize]) -> Option<usize> {
-        let up = self.pools[pool]
-            .servers
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i))
+        let candidates = || {
+            self.pools[pool]
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.state.takes_traffic() && !tried.contains(i))
+        };
+        let priority = match self.pools[pool].tiered {
+            true => candidates().map(|(_, s)| s.priority).min()?,
+            false => 0,
+        };
+        let up = candidates()
+            .filter(|(_, s)| !self.pools[pool].tiered || s.priority == priority)
             .map(|(i, s)| (i, s.id_hash, s.weight));
         hrw::best(key, up)
     }
@@ -879,6 +913,12 @@ pools = ["a", "b"]
         assert!(!t.is_us(b"127.0.0.1", Some(5071)));
         assert_eq!(t.server_at("127.0.0.1:5082".parse().unwrap()), Some((1, 1)));
         assert_eq!(t.server_at("127.0.0.1:5083".parse().unwrap()), None);
+        // By id, or by host and port for a server whose id is `host:port` (a server given by
+        // host name: a Record-Route with its name finds it).
+        assert_eq!(t.server_named(b"127.0.0.1:5082", None), Some((1, 1)));
+        assert_eq!(t.server_named(b"127.0.0.1", Some(5082)), Some((1, 1)));
+        assert_eq!(t.server_named(b"127.0.0.1", Some(5083)), None);
+        assert_eq!(t.server_named(b"127.0.0.1", None), None);
         assert_eq!(parse_ip(b"[::1]"), parse_ip(b"::1"));
         assert_eq!(
             parse_ip(b"::1"),

@@ -24,6 +24,7 @@
 //! - [`ops`] reads `/status` and `/metrics` and drives the admin API;
 //! - [`reload`] hands siplb a new config the ways operators and platforms do (in place,
 //!   rename, ConfigMap symlink swap, SIGHUP);
+//! - [`dnsmasq`] runs a real DNS server on loopback whose records a test changes;
 //! - [`ports`] finds free loopback ports for the few things that must name one;
 //! - [`sipp`] runs sipp peers (the real-peer suites); [`chromium`] loads a page in headless
 //!   Chromium (the status page suite).
@@ -37,6 +38,7 @@ pub mod backend;
 pub mod chromium;
 pub mod client;
 pub mod config;
+pub mod dnsmasq;
 pub mod edits;
 pub mod farm;
 pub mod flood;

@@ -38,6 +38,8 @@ pub struct Config {
     pub(crate) log: Log,
     /// `[connections]`: limits and timeouts of TCP and TLS connections.
     pub(crate) connections: Connections,
+    /// `[dns]`: how the names servers and pools are given by are resolved.
+    pub(crate) dns: Dns,
     /// `[[pool]]` in file order.
     pub(crate) pools: Vec<PoolConfig>,
     /// `[[route]]` in file order; the first that matches wins.
@@ -111,6 +113,28 @@ impl Default for Connections {
             handshake_timeout: Duration::from_secs(5),
             max_header_bytes: 65_536,
             max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `[dns]`: how siplb resolves the names in server addresses and pools' `srv` and `dns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// How often every name is asked again (default 30 s). Only an answer that differs from
+    /// the last one changes the servers.
+    pub(crate) refresh: Duration,
+    /// How long one lookup may take before it counts as failed (default 5 s).
+    pub(crate) timeout: Duration,
+    /// DNS servers to ask (`IP:port`); empty: those of `/etc/resolv.conf`.
+    pub(crate) nameservers: Vec<SocketAddr>,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            refresh: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            nameservers: Vec::new(),
         }
     }
 }
@@ -309,8 +333,79 @@ pub struct PoolConfig {
     /// How siplb opens TLS to the pool's `transport = "tls"` servers (defaults when the file
     /// has no `tls = { ... }`).
     pub(crate) tls: PoolTls,
-    /// At least one server, in file order.
+    /// The servers given by IP address, in file order. With `named` and `dns` they are the
+    /// pool's servers; at least one of the three is given.
     pub(crate) servers: Vec<ServerConfig>,
+    /// The servers of `servers` given by host name, in file order: each becomes a server once
+    /// its name resolves.
+    pub(crate) named: Vec<NamedServer>,
+    /// `srv = ...` or `dns = ...`: servers that follow DNS records.
+    pub(crate) dns: Option<PoolDns>,
+}
+
+impl PoolConfig {
+    /// Whether some of the pool's servers come from DNS.
+    pub(crate) fn uses_dns(&self) -> bool {
+        !self.named.is_empty() || self.dns.is_some()
+    }
+
+    /// Whether some of the pool's servers, given or from DNS, are `transport = "tls"`.
+    pub(crate) fn has_tls_servers(&self) -> bool {
+        self.dns.as_ref().map(PoolDns::transport) == Some(Transport::Tls)
+            || self.servers.iter().any(|s| s.transport == Transport::Tls)
+            || self.named.iter().any(|s| s.transport == Transport::Tls)
+    }
+}
+
+/// A server whose `address` is `host:port`: its IP address is the name's, asked again every
+/// `[dns] refresh`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedServer {
+    /// The host name, lower-case, without a trailing dot.
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    /// HRW identity; defaults to the address as written (`name:port`), so a server whose
+    /// record changes keeps its users.
+    pub(crate) id: String,
+    pub(crate) transport: Transport,
+    pub(crate) weight: u32,
+    pub(crate) drained: bool,
+    /// The name its certificate must carry (`transport = "tls"`); `None`: the pool's
+    /// `tls.server_name`, else the host name.
+    pub(crate) server_name: Option<String>,
+}
+
+/// A pool whose server set follows DNS records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolDns {
+    /// `srv = "_sip._udp.fe.contoso.com"`: one server per SRV record, at its target's address
+    /// and port, id `target:port`, weight from the record; the records of the lowest
+    /// priority value take the users, higher values only while no lower one has a server up
+    /// (RFC 2782, RFC 3263).
+    Srv { name: String, transport: Transport },
+    /// `dns = "fe.contoso.com:5060"`: one server per address (A and AAAA) of the name, id
+    /// `IP:port` (an address record has no other identity), weight 1.
+    All {
+        name: String,
+        port: u16,
+        transport: Transport,
+    },
+}
+
+impl PoolDns {
+    /// The name as written in the file.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            PoolDns::Srv { name, .. } | PoolDns::All { name, .. } => name,
+        }
+    }
+
+    /// The transport of the servers the records give.
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            PoolDns::Srv { transport, .. } | PoolDns::All { transport, .. } => *transport,
+        }
+    }
 }
 
 /// The CA bundle a pool's TLS servers are verified against when its `tls` names no `ca`
@@ -375,7 +470,7 @@ impl Transport {
 pub struct ServerConfig {
     /// HRW identity; defaults to the address as written. Unique across all pools.
     pub(crate) id: String,
-    /// `IP:port` of the server; never a name, so every instance agrees without DNS.
+    /// `IP:port` of the server (a [`NamedServer`]'s or a DNS pool's once resolved).
     pub(crate) address: SocketAddr,
     /// Transport siplb uses towards the server.
     pub(crate) transport: Transport,
@@ -386,6 +481,9 @@ pub struct ServerConfig {
     /// `transport = "tls"` only: the name the server's certificate must carry, instead of the
     /// pool's `tls.server_name` (or the server's IP address).
     pub(crate) server_name: Option<String>,
+    /// SRV priority: a server takes users only while no server of its pool with a lower
+    /// value takes traffic. 0 for every server not given by an SRV record.
+    pub(crate) priority: u16,
 }
 
 /// Where a route's key comes from.

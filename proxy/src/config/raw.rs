@@ -27,6 +27,8 @@ pub(crate) struct RawConfig {
     pub(crate) routing: Option<RawRouting>,
     pub(crate) log: Option<RawLog>,
     pub(crate) connections: Option<RawConnections>,
+    /// `[dns]`: how names of servers and pools are resolved.
+    pub(crate) dns: Option<RawDns>,
     /// `[[pool]]` tables, in file order.
     #[serde(default)]
     pub(crate) pool: Vec<Spanned<RawPool>>,
@@ -84,6 +86,15 @@ pub(crate) struct RawConnections {
     pub(crate) max_body_bytes: Option<Int>,
 }
 
+/// `[dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub(crate) refresh: Option<Str>,
+    pub(crate) timeout: Option<Str>,
+    pub(crate) nameservers: Option<Spanned<Vec<Str>>>,
+}
+
 /// `[ops]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +145,13 @@ pub(crate) struct RawPool {
     pub(crate) health: Option<Spanned<RawHealth>>,
     /// How siplb opens TLS to the pool's `transport = "tls"` servers.
     pub(crate) tls: Option<Spanned<RawPoolTls>>,
+    /// `srv = "_sip._udp.fe.contoso.com"`: the pool's servers are the targets of these SRV
+    /// records.
+    pub(crate) srv: Option<Str>,
+    /// `dns = "fe.contoso.com:5060"`: one server per address the name resolves to.
+    pub(crate) dns: Option<Str>,
+    /// The transport of the servers `srv` or `dns` give.
+    pub(crate) transport: Option<Str>,
     /// Optional to serde so that a pool without servers gets our "empty pool" error, with the
     /// others, rather than a lone "missing field".
     pub(crate) servers: Option<Spanned<Vec<Spanned<RawServer>>>>,

@@ -14,6 +14,7 @@
 
 mod certs;
 mod connections;
+mod dns;
 mod pools;
 mod routes;
 mod summary;
@@ -173,6 +174,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let routing = routing(ctx, raw.routing.as_ref());
     let log = log(ctx, raw.log.as_ref());
     let connections = connections::connections(ctx, raw.connections.as_ref());
+    let dns = dns::dns(ctx, raw.dns.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
     // With no UDP listener written, a UDP server is unreachable; with UDP listeners written
     // but none valid, or no listener at all, the error is already the listeners'.
@@ -194,6 +196,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         routing,
         log,
         connections,
+        dns,
         pools,
         routes,
     }

@@ -398,12 +398,13 @@ impl Worker {
             }
             if let Some(hop) = hop {
                 // A server by address, or by its id: a Lync Front End record-routes with its
-                // FQDN, which an operator gives as the server's id.
+                // FQDN, which an operator gives as the server's id (or as its address, then
+                // the id is `FQDN:port`).
                 let server = route_hop(buf, hop).and_then(|u| {
                     let host = u.host.of(buf);
                     match parse_ip(host) {
                         Some(ip) => table.server_at(SocketAddr::new(ip, u.port.unwrap_or(5060))),
-                        None => table.server_named(host),
+                        None => table.server_named(host, u.port),
                     }
                 });
                 match server {

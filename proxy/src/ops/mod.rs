@@ -152,9 +152,12 @@ pub(crate) struct StatusDoc {
     pub(crate) advertise: String,
     /// `[listen] passthrough` listeners with their open connections.
     pub(crate) passthrough: Vec<crate::passthrough::ListenerStatus>,
+    /// The names servers and pools are given by: answer in use, last success, and the error
+    /// while a name does not resolve (its last addresses stay in use).
+    pub(crate) dns: Vec<crate::dns::NameStatus>,
     #[serde(flatten)]
     pub(crate) health: Status,
-    /// The last health, failover, drain and reload events, newest first.
+    /// The last health, failover, drain, reload and DNS events, newest first.
     pub(crate) events: Vec<Event>,
 }
 
@@ -178,6 +181,7 @@ async fn status_doc(endpoint: &Endpoint) -> Result<StatusDoc, Response> {
         connections: ops.proxy.connections(),
         advertise: table.advertise.to_string(),
         passthrough: ops.proxy.passthrough.status(),
+        dns: ops.proxy.dns_status(),
         health,
         events: ops.proxy.control.events().recent(),
     })

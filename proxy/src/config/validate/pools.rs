@@ -13,7 +13,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::{RawPool, RawServer};
-use super::super::{Health, Mode, PoolConfig, ProbeKind, Role, ServerConfig, Transport};
+use super::super::{
+    Health, Mode, NamedServer, PoolConfig, PoolDns, ProbeKind, Role, ServerConfig, Transport,
+};
+use super::dns::{host_name_port, srv_name};
 use super::values::{self, AddrUse, Seen};
 use super::Ctx;
 
@@ -148,17 +151,23 @@ fn pool_config(
         None => base_health.clone(),
     };
 
+    let dns = pool_dns(ctx, &prefix, p);
+    // A wrong srv or dns is reported alone, not as a pool without servers too.
+    let dns_written = p.srv.is_some() || p.dns.is_some();
     let mut servers = Vec::new();
+    let mut named = Vec::new();
     match &p.servers {
+        None if dns_written => {}
         None => ctx.error(
             pool.span(),
             format!("{prefix}.servers"),
             format!(
-                "pool \"{}\" has no servers; add servers = [{{ address = \"IP:port\" }}, ...]",
+                "pool \"{}\" has no servers; add servers = [{{ address = \"IP:port\" }}, ...], \
+                 or srv = \"_sip._udp.NAME\" or dns = \"NAME:port\"",
                 p.name.get_ref()
             ),
         ),
-        Some(list) if list.get_ref().is_empty() => ctx.error(
+        Some(list) if list.get_ref().is_empty() && !dns_written => ctx.error(
             list.span(),
             format!("{prefix}.servers"),
             "a pool needs at least one server; add { address = \"IP:port\" } entries",
@@ -166,18 +175,50 @@ fn pool_config(
         Some(list) => {
             for (j, server) in list.get_ref().iter().enumerate() {
                 let key = format!("{prefix}.servers[{j}]");
-                if let Some(s) = server_config(ctx, &key, server.get_ref(), seen) {
-                    if health.probe == ProbeKind::TlsConnect && s.transport != Transport::Tls {
-                        tls_connect_needs_tls(ctx, &key, p, server.get_ref(), s.transport);
-                    }
-                    servers.push(s);
+                let Some(s) = server_config(ctx, &key, server.get_ref(), seen) else {
+                    continue;
+                };
+                let transport = match &s {
+                    Given::Address(s) => s.transport,
+                    Given::Name(n) => n.transport,
+                };
+                if health.probe == ProbeKind::TlsConnect && transport != Transport::Tls {
+                    tls_connect_needs_tls(ctx, &key, p, server.get_ref(), transport);
+                }
+                match s {
+                    Given::Address(s) => servers.push(s),
+                    Given::Name(n) => named.push(n),
                 }
             }
         }
     }
+    if let (Some(d), ProbeKind::TlsConnect) = (&dns, health.probe) {
+        let transport = d.transport();
+        if transport != Transport::Tls {
+            ctx.error(
+                pool.span(),
+                format!("{prefix}.transport"),
+                format!(
+                    "pool \"{}\" is probed with tls-connect, a TLS handshake, but the servers \
+                     of {} use \"{}\"; set transport = \"tls\", or probe the pool another way",
+                    p.name.get_ref(),
+                    d.name(),
+                    transport.as_str()
+                ),
+            );
+        }
+    }
 
     let mut min_up = 1;
-    if let Some(m) = &p.min_up {
+    if let (Some(m), true) = (&p.min_up, dns.is_some()) {
+        // How many servers the records give is known only at run time.
+        let accepted = "use a whole number of 1 or more: the pool is down when fewer servers \
+                        than this are up";
+        let key = format!("{prefix}.min_up");
+        if let Some(n) = values::int_in(ctx, m, &key, 1, i64::from(u32::MAX), accepted) {
+            min_up = n as usize;
+        }
+    } else if let Some(m) = &p.min_up {
         let count = p.servers.as_ref().map_or(0, |l| l.get_ref().len());
         // An empty pool is already an error; do not add a range error that cannot be met.
         if count > 0 {
@@ -194,7 +235,10 @@ fn pool_config(
     }
 
     let name_line = ctx.line_of(p.name.span().start);
-    let tls = tls::pool_tls(ctx, &prefix, p.tls.as_ref(), name_line, &servers);
+    let uses_tls = servers.iter().any(|s| s.transport == Transport::Tls)
+        || named.iter().any(|s| s.transport == Transport::Tls)
+        || dns.as_ref().map(PoolDns::transport) == Some(Transport::Tls);
+    let tls = tls::pool_tls(ctx, &prefix, p.tls.as_ref(), name_line, uses_tls);
 
     PoolConfig {
         name: p.name.get_ref().clone(),
@@ -206,6 +250,96 @@ fn pool_config(
         health,
         tls,
         servers,
+        named,
+        dns,
+    }
+}
+
+/// A pool's `srv` or `dns`, with the transport of the servers they give: the pool's
+/// `transport`, else the one an SRV name's labels say, else UDP.
+fn pool_dns(ctx: &mut Ctx<'_>, prefix: &str, p: &RawPool) -> Option<PoolDns> {
+    let transports = [
+        ("udp", Transport::Udp),
+        ("tcp", Transport::Tcp),
+        ("tls", Transport::Tls),
+    ];
+    let transport = p.transport.as_ref().and_then(|t| {
+        values::choice(
+            ctx,
+            t,
+            &format!("{prefix}.transport"),
+            "transport",
+            &transports,
+        )
+    });
+    match (&p.srv, &p.dns) {
+        (Some(_), Some(dns)) => {
+            ctx.error(
+                dns.span(),
+                format!("{prefix}.dns"),
+                "a pool follows one kind of record: give srv = \"_sip._udp.NAME\" (SRV records) \
+                 or dns = \"NAME:port\" (every address of a name), not both",
+            );
+            None
+        }
+        (Some(srv), None) => match srv_name(srv.get_ref()) {
+            Ok((name, from_name)) => {
+                let transport = match (transport, from_name, &p.transport) {
+                    (Some(t), _, _) => t,
+                    (None, Some(t), None) => t,
+                    (None, None, None) => {
+                        ctx.error(
+                            srv.span(),
+                            format!("{prefix}.srv"),
+                            format!(
+                                "\"{}\" names no transport siplb knows (_udp, _tcp, _tls, or \
+                                 _sips._tcp); give the pool's transport = \"udp\", \"tcp\" or \
+                                 \"tls\"",
+                                srv.get_ref()
+                            ),
+                        );
+                        return None;
+                    }
+                    // The pool's transport was wrong: already reported.
+                    (None, _, Some(_)) => return None,
+                };
+                Some(PoolDns::Srv { name, transport })
+            }
+            Err(message) => {
+                ctx.error(srv.span(), format!("{prefix}.srv"), message);
+                None
+            }
+        },
+        (None, Some(dns)) => match host_name_port(dns.get_ref()) {
+            Some((name, port)) => Some(PoolDns::All {
+                name,
+                port,
+                transport: transport.unwrap_or(Transport::Udp),
+            }),
+            None => {
+                ctx.error(
+                    dns.span(),
+                    format!("{prefix}.dns"),
+                    format!(
+                        "\"{}\" is not a host name with a port; use NAME:port, e.g. \
+                         fe.contoso.com:5060 (one server per address of the name)",
+                        dns.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        (None, None) => {
+            if let Some(t) = &p.transport {
+                ctx.error(
+                    t.span(),
+                    format!("{prefix}.transport"),
+                    "a pool's transport applies to the servers its srv or dns records give; \
+                     this pool has neither: give transport = \"...\" on each server instead",
+                );
+            }
+            None
+        }
     }
 }
 
@@ -249,15 +383,28 @@ struct ServerChecks {
     ids: HashMap<String, (String, usize)>,
 }
 
+/// A server as the file gives it: by IP address, or by host name.
+enum Given {
+    Address(ServerConfig),
+    Name(NamedServer),
+}
+
 /// One server; `None` when its address is unusable (the error is recorded).
 fn server_config(
     ctx: &mut Ctx<'_>,
     prefix: &str,
     s: &RawServer,
     seen: &mut ServerChecks,
-) -> Option<ServerConfig> {
+) -> Option<Given> {
     let addr_key = format!("{prefix}.address");
-    let address = values::socket_addr(ctx, &s.address, &addr_key, AddrUse::Server);
+    let name = match s.address.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(_) => None,
+        Err(_) => host_name_port(s.address.get_ref()),
+    };
+    let address = match name {
+        Some(_) => None,
+        None => values::socket_addr(ctx, &s.address, &addr_key, AddrUse::Server),
+    };
     let address_is_new = match address {
         Some(a) => seen
             .addresses
@@ -315,14 +462,27 @@ fn server_config(
         s.server_name.as_ref().filter(|_| transport_known),
         transport,
     );
-    Some(ServerConfig {
+    let drained = s.drained.unwrap_or(false);
+    if let Some((name, port)) = name {
+        return Some(Given::Name(NamedServer {
+            name,
+            port,
+            id,
+            transport,
+            weight,
+            drained,
+            server_name,
+        }));
+    }
+    Some(Given::Address(ServerConfig {
         id,
         address: address?,
         transport,
         weight,
-        drained: s.drained.unwrap_or(false),
+        drained,
         server_name,
-    })
+        priority: 0,
+    }))
 }
 
 /// A server id is used in admin URLs (`/admin/servers/{id}/drain`) and must be unique.

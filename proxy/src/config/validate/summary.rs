@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::super::duration::format_duration;
-use super::super::{Config, Health, Mode, PoolConfig, PoolTls, Role, RouteConfig, Transport};
+use super::super::{Config, Health, Mode, PoolConfig, PoolDns, PoolTls, Role, RouteConfig};
 use super::certs;
 
 /// Describes `cfg` in a few lines: listeners (for a TLS listener, its certificate's subject,
@@ -134,6 +134,59 @@ pub(crate) fn summary(cfg: &Config) -> String {
                 if s.drained { "  drained" } else { "" },
             );
         }
+        for n in &pool.named {
+            let _ = writeln!(
+                out,
+                "    {}  {}:{} (by name)  {}  weight {}{}",
+                n.id,
+                n.name,
+                n.port,
+                n.transport.as_str(),
+                n.weight,
+                if n.drained { "  drained" } else { "" },
+            );
+        }
+        match &pool.dns {
+            Some(PoolDns::Srv { name, transport }) => {
+                let _ = writeln!(
+                    out,
+                    "    servers of SRV {name} ({}; ids target:port, weights and priorities \
+                     from the records)",
+                    transport.as_str()
+                );
+            }
+            Some(PoolDns::All {
+                name,
+                port,
+                transport,
+            }) => {
+                let _ = writeln!(
+                    out,
+                    "    one server per address of {name}, port {port} ({}; ids IP:port)",
+                    transport.as_str()
+                );
+            }
+            None => {}
+        }
+    }
+    if cfg.pools.iter().any(PoolConfig::uses_dns) {
+        let servers = if cfg.dns.nameservers.is_empty() {
+            "those of /etc/resolv.conf".to_string()
+        } else {
+            let list: Vec<String> = cfg
+                .dns
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            list.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "\ndns       names asked again every {}, timeout {}, nameservers {servers}",
+            format_duration(cfg.dns.refresh),
+            format_duration(cfg.dns.timeout)
+        );
     }
 
     let _ = writeln!(out, "\nroutes ({}, first match wins)", cfg.routes.len());
@@ -174,18 +227,18 @@ fn certificate(cert: &Path, now: SystemTime) -> String {
 /// with TLS servers or a `tls` table; `None` otherwise.
 fn tls_line(pool: &PoolConfig) -> Option<String> {
     let tls = &pool.tls;
-    let uses_tls = pool.servers.iter().any(|s| s.transport == Transport::Tls);
-    if !uses_tls && *tls == PoolTls::default() {
+    if !pool.has_tls_servers() && *tls == PoolTls::default() {
         return None;
     }
     let ca = match &tls.ca {
         Some(path) => path.display().to_string(),
         None => format!("{} (system bundle)", tls.ca_file().display()),
     };
-    let name = tls
-        .server_name
-        .as_deref()
-        .unwrap_or("each server's IP address");
+    let name = tls.server_name.as_deref().unwrap_or(if pool.uses_dns() {
+        "each server's IP address, or the name it was found by"
+    } else {
+        "each server's IP address"
+    });
     let client = match &tls.client_cert {
         Some(c) => format!("{} (key {})", c.cert.display(), c.key.display()),
         None => "none".to_string(),

@@ -5,6 +5,7 @@
 
 mod certs;
 mod connections;
+mod dns;
 mod passthrough;
 mod references;
 mod shape;
@@ -105,6 +106,7 @@ fn server(
         weight,
         drained,
         server_name: None,
+        priority: 0,
     }
 }
 
@@ -205,6 +207,7 @@ fn full_config_becomes_the_expected_config() {
             format: LogFormat::Json,
         },
         connections: Connections::default(),
+        dns: Dns::default(),
         pools: vec![
             PoolConfig {
                 name: "fe-dc1".into(),
@@ -224,6 +227,8 @@ fn full_config_becomes_the_expected_config() {
                     server("fe1-b", "127.0.0.1:5072", Transport::Tcp, 2, true),
                     server("[::1]:5073", "[::1]:5073", Transport::Tls, 1, false),
                 ],
+                named: vec![],
+                dns: None,
             },
             PoolConfig {
                 name: "fe-dc2".into(),
@@ -241,6 +246,8 @@ fn full_config_becomes_the_expected_config() {
                     1,
                     false,
                 )],
+                named: vec![],
+                dns: None,
             },
         ],
         routes: vec![

@@ -13,20 +13,20 @@ use rustls::pki_types::ServerName;
 use toml::Spanned;
 
 use super::super::super::raw::{RawPoolTls, Str};
-use super::super::super::{ClientCert, PoolTls, ServerConfig, Transport, SYSTEM_CA_BUNDLE};
+use super::super::super::{ClientCert, PoolTls, Transport, SYSTEM_CA_BUNDLE};
 use super::super::{certs, values, Ctx};
 
-/// The pool's TLS settings; `servers` are its validated servers, `name_line` the line of its
-/// `name` (where an error about a missing `tls` goes).
+/// The pool's TLS settings; `uses_tls` says whether any of its servers (given or from DNS) is
+/// a TLS server, `name_line` is the line of its `name` (where an error about a missing `tls`
+/// goes).
 pub(super) fn pool_tls(
     ctx: &mut Ctx<'_>,
     prefix: &str,
     raw: Option<&Spanned<RawPoolTls>>,
     name_line: usize,
-    servers: &[ServerConfig],
+    uses_tls: bool,
 ) -> PoolTls {
     let mut tls = PoolTls::default();
-    let uses_tls = servers.iter().any(|s| s.transport == Transport::Tls);
     let Some(raw) = raw else {
         if uses_tls {
             check_system_bundle(ctx, name_line, &format!("{prefix}.tls"));

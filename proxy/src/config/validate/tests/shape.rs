@@ -134,18 +134,20 @@ fn bad_socket_address_in_a_listener() {
 }
 
 #[test]
-fn server_address_must_be_an_ip_not_a_name() {
-    let e = only_error(&MINIMAL.replace("127.0.0.1:5071", "fe1.contoso.com:5061"));
-    assert_error(
-        &e,
-        6,
-        "pool[0].servers[0].address",
-        &[
-            "\"fe1.contoso.com:5061\" is a host name",
-            "does not resolve",
-            "use IP:port",
-        ],
+fn a_server_address_may_be_a_host_name_with_a_port() {
+    let cfg = ok(&MINIMAL.replace("127.0.0.1:5071", "FE1.contoso.com:5061"));
+    let pool = &cfg.pools[0];
+    assert!(pool.servers.is_empty(), "{pool:?}");
+    assert_eq!(pool.named.len(), 1);
+    assert_eq!(pool.named[0].name, "fe1.contoso.com");
+    assert_eq!(pool.named[0].port, 5061);
+    assert_eq!(
+        pool.named[0].id, "FE1.contoso.com:5061",
+        "the id is the address as written"
     );
+    // A name without a port is still an address error, naming the fix.
+    let e = only_error(&MINIMAL.replace("127.0.0.1:5071", "fe1.contoso.com"));
+    assert_error(&e, 6, "pool[0].servers[0].address", &["use IP:port"]);
 }
 
 #[test]
