@@ -143,7 +143,7 @@ impl ServerCells {
     }
 
     /// Requests waiting for an answer forwarded since the server's last response, and the
-    /// responses it sent in all, read together for [`crate::health`]'s silence watch.
+    /// responses it sent in all, read together for the supervisor's silence watch.
     pub(crate) fn silence(&self) -> (u64, u64) {
         let unanswered = self.unanswered.load(Ordering::Relaxed);
         let responses = self
