@@ -247,6 +247,16 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let ops_addr = crate::ops::start(ops).await?;
         let _watch = crate::reload::spawn_watchers(proxy.clone())?;
         let _dns = AbortOnDrop(crate::reload::start_dns(&proxy).await);
+        let _cluster = AbortOnDrop(tokio::spawn(crate::cluster::run(
+            {
+                let proxy = proxy.clone();
+                move || proxy.config()
+            },
+            {
+                let control = proxy.control.clone();
+                move |round| control.fleet(round)
+            },
+        )));
         let _gauge = AbortOnDrop(tokio::spawn(crate::shutdown::refresh_gauge(proxy.clone())));
         announce(&proxy, ops_addr);
         crate::shutdown::drain(&proxy, &mut signals).await;

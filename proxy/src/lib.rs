@@ -21,9 +21,14 @@
 //! - **Top, what a person or a program talks to.** `ops` (the HTTP endpoint), `reload` (file
 //!   watcher and SIGHUP), `shutdown` (SIGTERM's graceful stop), `demo`, and [`cli`] (the
 //!   command line; `main.rs` only calls it).
+//!
+//! `cluster` (the fleet's views of the pools, and the task that exchanges them with the other
+//! replicas) uses only the bottom layer: the supervisor counts its rounds, `ops` serves this
+//! replica's view, and `cli` starts the exchange with the proxy's config and supervisor.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+mod cluster;
 pub mod config;
 pub mod core;
 mod demo;

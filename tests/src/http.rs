@@ -77,3 +77,8 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
 pub fn post(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
     request(addr, "POST", path, token)
 }
+
+/// `GET path` with `Authorization: Bearer <token>` when given.
+pub fn get_with_token(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
+    request(addr, "GET", path, token)
+}

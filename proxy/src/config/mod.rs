@@ -40,6 +40,9 @@ pub struct Config {
     pub(crate) connections: Connections,
     /// `[dns]`: how the names servers and pools are given by are resolved.
     pub(crate) dns: Dns,
+    /// `[cluster]`: the replicas (and witness) whose views of the pools decide automatic
+    /// failover with this one's; `None`: this replica decides alone.
+    pub(crate) cluster: Option<Cluster>,
     /// `[[pool]]` in file order.
     pub(crate) pools: Vec<PoolConfig>,
     /// `[[route]]` in file order; the first that matches wins.
@@ -213,6 +216,45 @@ pub struct Ops {
     /// its directory). `None`: the token comes from `SIPLB_ADMIN_TOKEN`, or the admin API is
     /// off.
     pub(crate) admin_token_file: Option<PathBuf>,
+}
+
+/// `[cluster]`: the other replicas of this fleet, an optional witness, and the token they
+/// authenticate each other with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// The other replicas' ops endpoints, in file order.
+    pub(crate) peers: Vec<Observer>,
+    /// A third vantage point that breaks ties (its ops endpoint).
+    pub(crate) witness: Option<Observer>,
+    /// The shared bearer token: `token_file`'s content (trimmed), or `SIPLB_CLUSTER_TOKEN`.
+    pub(crate) token: ClusterToken,
+}
+
+impl Cluster {
+    /// Every other observer: the peers in file order, then the witness.
+    pub(crate) fn observers(&self) -> impl Iterator<Item = &Observer> {
+        self.peers.iter().chain(self.witness.as_ref())
+    }
+}
+
+/// Another observer's ops endpoint, `http://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observer {
+    /// The URL as written, without a trailing `/`: the name the observer goes by in logs,
+    /// metrics and `/status`.
+    pub(crate) url: String,
+    /// `HOST:PORT`, what is connected to.
+    pub(crate) authority: String,
+}
+
+/// The cluster token; never shown in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterToken(pub(crate) String);
+
+impl std::fmt::Debug for ClusterToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterToken({} bytes)", self.0.len())
+    }
 }
 
 /// Probe settings: `[health]`, or a pool's `health = { ... }` override merged over it.

@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub(crate) connections: Option<RawConnections>,
     /// `[dns]`: how names of servers and pools are resolved.
     pub(crate) dns: Option<RawDns>,
+    /// `[cluster]`: the other replicas and the witness whose views of the pools count.
+    pub(crate) cluster: Option<Spanned<RawCluster>>,
     /// `[[pool]]` tables, in file order.
     #[serde(default)]
     pub(crate) pool: Vec<Spanned<RawPool>>,
@@ -101,6 +103,19 @@ pub(crate) struct RawDns {
 pub(crate) struct RawOps {
     pub(crate) listen: Option<Str>,
     pub(crate) admin_token_file: Option<Str>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    /// The other replicas' ops endpoints, `http://HOST:PORT`.
+    #[serde(default)]
+    pub(crate) peers: Vec<Str>,
+    /// A third vantage point's ops endpoint, `http://HOST:PORT`.
+    pub(crate) witness: Option<Str>,
+    /// The file holding the token replicas authenticate each other with.
+    pub(crate) token_file: Option<Str>,
 }
 
 /// `[health]`, and a pool's `health = { ... }` override: every key optional.

@@ -13,6 +13,7 @@
 //! serde's errors into ours, and [`summary`] prints a validated config for humans.
 
 mod certs;
+mod cluster;
 mod connections;
 mod dns;
 mod pools;
@@ -175,6 +176,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     let log = log(ctx, raw.log.as_ref());
     let connections = connections::connections(ctx, raw.connections.as_ref());
     let dns = dns::dns(ctx, raw.dns.as_ref());
+    let cluster = cluster::cluster(ctx, raw.cluster.as_ref());
     let pools = pools::pools(ctx, &raw.pool, &health);
     // With no UDP listener written, a UDP server is unreachable; with UDP listeners written
     // but none valid, or no listener at all, the error is already the listeners'.
@@ -197,6 +199,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         log,
         connections,
         dns,
+        cluster,
         pools,
         routes,
     }

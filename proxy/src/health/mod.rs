@@ -2,9 +2,10 @@
 //! writer of the routing table.
 //!
 //! Probe results, passive signals from the wire path (a 503 from a server, an ICMP port
-//! unreachable on a forward), operator commands and config reloads arrive on three channels
-//! (see [`Inbox`]), so that a flood of passive signals can never crowd out a probe result. Each
-//! updates a server's fall/rise state machine or a pool's failover state; when anything
+//! unreachable on a forward), operator commands and config reloads, and the fleet's exchange
+//! rounds (`[cluster]`) arrive on four channels (see [`Inbox`]), so that a flood of passive
+//! signals can never crowd out a probe result. Each updates a server's fall/rise state machine
+//! or a pool's failover state (with `[cluster]`, as the fleet's verdict says); when anything
 //! routing depends on changed, the supervisor builds a new table aside and swaps it in. Because
 //! one task does all of it, swaps are serialised and every table is consistent; the wire path
 //! only ever loads a table and never waits for health.
@@ -23,6 +24,7 @@ use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, Target};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::cluster::{PoolView, Round};
 use crate::config::{Config, HostPort};
 use crate::events::Events;
 use crate::table::RoutingTable;
@@ -69,6 +71,8 @@ enum Command {
     Op(Op, oneshot::Sender<Result<String, OpError>>),
     Reload(Reload, oneshot::Sender<u64>),
     Status(oneshot::Sender<Status>),
+    /// This replica's own view of every pool, for `/cluster/view`.
+    View(oneshot::Sender<Vec<PoolView>>),
 }
 
 /// One probe result, for the server with this id.
@@ -88,13 +92,18 @@ struct Passive {
 /// than the first few, and the server's probes still run.
 const PASSIVE_QUEUE: usize = 4096;
 
-/// The supervisor's three inputs, each on its own channel so that none can crowd out another:
+/// Exchange rounds waiting for the supervisor, at most; one more is dropped (the next comes an
+/// interval later and says more).
+const FLEET_QUEUE: usize = 4;
+
+/// The supervisor's four inputs, each on its own channel so that none can crowd out another:
 /// commands (operators, reloads, status; bounded, senders wait), probe results (unbounded: at
-/// most a few per server per probe interval, and never dropped) and passive signals (bounded,
-/// shed when full).
+/// most a few per server per probe interval, and never dropped), the fleet's exchange rounds
+/// (bounded, one per interval) and passive signals (bounded, shed when full).
 struct Inbox {
     commands: mpsc::Receiver<Command>,
     probes: mpsc::UnboundedReceiver<ProbeResult>,
+    fleet: mpsc::Receiver<Round>,
     passive: mpsc::Receiver<Passive>,
 }
 
@@ -103,6 +112,9 @@ struct Inbox {
 pub(crate) struct Control {
     commands: mpsc::Sender<Command>,
     passive: mpsc::Sender<Passive>,
+    fleet: mpsc::Sender<Round>,
+    /// The pools this replica alone cannot reach while the fleet reaches them (`[cluster]`).
+    unreachable: Arc<ArcSwap<Vec<String>>>,
     /// Each routing table the supervisor swaps in, as it swaps it in.
     swapped: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
     /// The recent health, failover, drain and reload events.
@@ -153,6 +165,25 @@ impl Control {
         self.ask(Command::Status).await
     }
 
+    /// This replica's own view of every pool (its probes', not where users are served).
+    pub(crate) async fn view(&self) -> Option<Vec<PoolView>> {
+        self.ask(Command::View).await
+    }
+
+    /// Hands an exchange round to the supervisor; never waits (a round that finds
+    /// [`FLEET_QUEUE`] waiting is dropped).
+    pub(crate) fn fleet(&self, round: Round) {
+        if self.fleet.try_send(round).is_err() {
+            tracing::debug!("exchange round dropped: the supervisor has not taken the last ones");
+        }
+    }
+
+    /// The pools this replica alone sees down while the fleet's verdict is up: while there is
+    /// one, this replica is not ready.
+    pub(crate) fn unreachable(&self) -> Arc<Vec<String>> {
+        self.unreachable.load_full()
+    }
+
     /// A passive failure seen by the wire path. Never blocks: when [`PASSIVE_QUEUE`] signals
     /// already wait, this one is shed and counted; probe results travel apart and are never
     /// crowded out.
@@ -199,14 +230,18 @@ fn launch(
     let (commands, commands_rx) = mpsc::channel(64);
     let (passive, passive_rx) = mpsc::channel(PASSIVE_QUEUE);
     let (probes, probes_rx) = mpsc::unbounded_channel();
+    let (fleet, fleet_rx) = mpsc::channel(FLEET_QUEUE);
+    let unreachable = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let (swaps, swapped) = tokio::sync::watch::channel(tables.load_full());
     let events = Arc::new(Events::default());
     let sup = supervisor::Supervisor::new(cfg, tables, prober, probes)
         .announcing(swaps)
-        .recording(events.clone());
+        .recording(events.clone())
+        .publishing(unreachable.clone());
     let inbox = Inbox {
         commands: commands_rx,
         probes: probes_rx,
+        fleet: fleet_rx,
         passive: passive_rx,
     };
     let task = tokio::spawn(sup.run(inbox));
@@ -214,6 +249,8 @@ fn launch(
         Control {
             commands,
             passive,
+            fleet,
+            unreachable,
             swapped,
             events,
         },

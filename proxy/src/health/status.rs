@@ -14,6 +14,9 @@ pub(crate) struct Status {
     /// The version of the routing table in use.
     pub(crate) table_version: u64,
     pub(crate) pools: Vec<PoolStatus>,
+    /// With `[cluster]`: the peers, their answers and the fleet's verdict on each pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<super::supervisor::fleet::ClusterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,5 +128,6 @@ pub(super) fn build(sup: &Supervisor, now: Instant) -> Status {
     Status {
         table_version: sup.version(),
         pools,
+        cluster: sup.cluster_status(),
     }
 }

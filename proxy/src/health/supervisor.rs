@@ -1,5 +1,7 @@
 //! The supervisor task: server and pool state, probe tasks, and the table it swaps in.
 
+pub(super) mod fleet;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,6 +201,8 @@ pub(super) struct Supervisor {
     swaps: Option<tokio::sync::watch::Sender<Arc<RoutingTable>>>,
     /// Where health, failover, drain and reload events are recorded for `/status`.
     events: Arc<Events>,
+    /// With `[cluster]`: the last exchange round and the fleet's verdicts.
+    fleet: fleet::Fleet,
 }
 
 impl HealthView for Supervisor {
@@ -232,6 +236,7 @@ impl Supervisor {
             probes,
             swaps: None,
             events: Arc::default(),
+            fleet: fleet::Fleet::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -253,6 +258,12 @@ impl Supervisor {
         self
     }
 
+    /// Publishes the pools this replica alone cannot reach in `unreachable`.
+    pub(crate) fn publishing(mut self, unreachable: Arc<ArcSwap<Vec<String>>>) -> Self {
+        self.fleet.shared = unreachable;
+        self
+    }
+
     pub(crate) async fn run(mut self, mut inbox: Inbox) {
         // Gauges are published on every change and refreshed on this tick; the exporter drops
         // a gauge nobody refreshed for a while, which is how a server or pool removed by a
@@ -262,7 +273,14 @@ impl Supervisor {
         let mut silence = tokio::time::interval(SILENCE_TICK);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.pools.iter().filter_map(PoolFailover::deadline).min();
+            // A pool the fleet holds (no verdict) is not evaluated, so its timer cannot fire.
+            let deadline = self
+                .pools
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| !self.fleet.holds(i))
+                .filter_map(|(_, p)| p.deadline())
+                .min();
             let wake = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -282,6 +300,11 @@ impl Supervisor {
                 },
                 Some(ProbeResult { id, outcome }) = inbox.probes.recv() => {
                     self.record(&id, outcome, now())
+                }
+                Some(round) = inbox.fleet.recv() => {
+                    self.fleet.take(round, now());
+                    due = true;
+                    false
                 }
                 _ = wake => {
                     due = true;
@@ -358,6 +381,10 @@ impl Supervisor {
             }
             Command::Status(reply) => {
                 let _ = reply.send(status::build(self, now));
+                false
+            }
+            Command::View(reply) => {
+                let _ = reply.send(self.own_view(now));
                 false
             }
         }
@@ -659,6 +686,11 @@ impl Supervisor {
     /// Re-evaluates every pool's failover; true when any pool moved.
     fn evaluate_pools(&mut self, now: Instant) -> bool {
         let up: Vec<bool> = (0..self.cfg.pools.len()).map(|i| self.pool_up(i)).collect();
+        self.fleet.track_own(&self.cfg, &up, now);
+        if let Some(cluster) = self.cfg.cluster.clone() {
+            return self.evaluate_with_fleet(&cluster, &up, now);
+        }
+        self.fleet.forget();
         let mut changed = false;
         for i in 0..self.pools.len() {
             let pair_up = self.pair_of(i).is_some_and(|j| up[j]);
@@ -718,8 +750,10 @@ impl Supervisor {
         self.publish_gauges();
     }
 
-    /// Server up, pool up and failover gauges, labelled by configured names only.
+    /// Server up, pool up and failover gauges (and with `[cluster]`, the pools this replica
+    /// alone cannot reach), labelled by configured names only.
     fn publish_gauges(&self) {
+        self.publish_fleet_gauges();
         for (i, p) in self.cfg.pools.iter().enumerate() {
             let up = if self.pool_up(i) { 1.0 } else { 0.0 };
             metrics::gauge!("siplb_pool_up", "pool" => p.name.clone()).set(up);

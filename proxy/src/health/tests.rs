@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
+mod fleet;
+
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
 use crate::config::{self, Config, HostPort};
 use crate::table::{ConfigHealth, RoutingTable};

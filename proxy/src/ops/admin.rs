@@ -13,7 +13,12 @@ use crate::token::Token;
 
 /// Whether the request carries `Authorization: Bearer <token>` with the configured token.
 fn admits(token: &Token, headers: &HeaderMap) -> bool {
-    let given = headers
+    token.admits(bearer(headers))
+}
+
+/// The token of an `Authorization: Bearer <token>` header; empty when there is none.
+pub(super) fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -22,8 +27,7 @@ fn admits(token: &Token, headers: &HeaderMap) -> bool {
             scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .map(str::trim)
-        .unwrap_or_default();
-    token.admits(given)
+        .unwrap_or_default()
 }
 
 fn unauthorized() -> Response {

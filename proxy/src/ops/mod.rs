@@ -6,6 +6,7 @@
 //! configured token the admin API does not exist.
 
 mod admin;
+mod cluster;
 mod page;
 mod traffic;
 
@@ -54,7 +55,8 @@ fn router(ops: Ops, traffic: Arc<traffic::Window>) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/route", get(route));
+        .route("/route", get(route))
+        .route("/cluster/view", get(cluster::view));
     if ops.proxy.token().is_configured() {
         r = r
             .route("/admin/pools/{name}/failover", post(admin::failover))
@@ -100,11 +102,17 @@ pub(crate) async fn start(ops: Ops) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(bound))
 }
 
-/// Why siplb is not ready, or `None` when it is: siplb is not shutting down, and every pool a
-/// route can choose has a server up in the pool serving its users, or in its pair.
+/// Why siplb is not ready, or `None` when it is: siplb is not shutting down, no pool is
+/// unreachable from this replica alone while its fleet reaches it (`[cluster]`), and every
+/// pool a route can choose has a server up in the pool serving its users, or in its pair.
 pub(crate) fn not_ready(proxy: &Proxy) -> Option<String> {
     if proxy.shutting_down() {
         return Some(SHUTTING_DOWN.into());
+    }
+    if let Some(pool) = proxy.control.unreachable().first() {
+        return Some(format!(
+            "pool {pool} unreachable from this replica while the fleet reaches it"
+        ));
     }
     let t = proxy.tables.load();
     let has_up = |p: usize| t.pools[p].up_count() > 0;

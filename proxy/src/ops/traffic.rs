@@ -190,6 +190,7 @@ pool = "fe"
             .collect();
         Status {
             table_version: table.version,
+            cluster: None,
             pools,
         }
     }

@@ -72,6 +72,22 @@ pub(crate) fn summary(cfg: &Config) -> String {
         .as_ref()
         .map_or("none".to_string(), |p| p.display().to_string());
     let _ = writeln!(out, "ops       {ops_listen} | admin token file: {token}");
+    if let Some(c) = &cfg.cluster {
+        let peers: Vec<&str> = c.peers.iter().map(|p| p.url.as_str()).collect();
+        let witness = c.witness.as_ref().map_or("none", |w| w.url.as_str());
+        let observers = 1 + c.observers().count();
+        let _ = writeln!(
+            out,
+            "cluster   peers {} | witness {witness} | failover by a majority of {observers} \
+             observers ({} must answer)",
+            if peers.is_empty() {
+                "-".to_string()
+            } else {
+                peers.join(", ")
+            },
+            observers / 2 + 1
+        );
+    }
     let _ = writeln!(out, "health    {}", health(&cfg.health));
     let _ = writeln!(
         out,

@@ -4,6 +4,7 @@
 //! that the message says what is accepted.
 
 mod certs;
+mod cluster;
 mod connections;
 mod dns;
 mod passthrough;
@@ -208,6 +209,7 @@ fn full_config_becomes_the_expected_config() {
         },
         connections: Connections::default(),
         dns: Dns::default(),
+        cluster: None,
         pools: vec![
             PoolConfig {
                 name: "fe-dc1".into(),

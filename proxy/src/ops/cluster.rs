@@ -1,0 +1,47 @@
+//! `GET /cluster/view`: this replica's own view of every pool, for the other replicas of its
+//! fleet and the witness, behind the `[cluster]` token. A missing or wrong token is `401` and
+//! counted (`siplb_cluster_auth_failures_total`); it changes nothing else. Without `[cluster]`
+//! the view does not exist (`404`).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::admin::bearer;
+use super::Ops;
+use crate::cluster::{digest, View};
+use crate::token::constant_time_eq;
+
+pub(super) async fn view(State(ops): State<Ops>, headers: HeaderMap) -> Response {
+    let cfg = ops.proxy.config();
+    let Some(cluster) = &cfg.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no [cluster] in this replica's config\n",
+        )
+            .into_response();
+    };
+    if !constant_time_eq(bearer(&headers).as_bytes(), cluster.token.0.as_bytes()) {
+        metrics::counter!("siplb_cluster_auth_failures_total").increment(1);
+        tracing::debug!("cluster view refused: missing or wrong cluster token");
+        let body = Json(json!({ "ok": false, "error": "missing or wrong cluster token" }));
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"siplb-cluster\"")],
+            body,
+        )
+            .into_response();
+    }
+    let Some(pools) = ops.proxy.control.view().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "siplb is stopping\n").into_response();
+    };
+    Json(View {
+        replica: cfg.ops.listen.map(|a| a.to_string()).unwrap_or_default(),
+        config_digest: digest(&cfg),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pools,
+    })
+    .into_response()
+}
