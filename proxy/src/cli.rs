@@ -1,5 +1,5 @@
-//! The `siplb` command line (DESIGN.md "Command line contract"): run, `check`, `route` and
-//! `demo`. The top of the crate: it wires the proxy, the ops endpoint and the reload watchers
+//! The `siplb` command line (DESIGN.md "Command line contract"): run, `check`, `route`,
+//! `demo`, `healthcheck` and `witness`. The top of the crate: it wires the proxy, the ops endpoint and the reload watchers
 //! together, and nothing imports it.
 
 use std::io::Write as _;
@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::core::explain;
 use crate::dns;
 use crate::server::{Listeners, Proxy};
-use crate::table::{Local, RoutingTable};
+use crate::table::RoutingTable;
 use crate::token::Token;
 use clap::{Parser, Subcommand};
 
@@ -55,6 +55,14 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Run as the fleet's witness in a third site: probe every server of every pool and serve
+    /// this view at /cluster/view (the same config file as the replicas, [cluster] required);
+    /// no SIP listener, no failover, no admin API.
+    Witness {
+        /// Where to serve the ops endpoint instead of the config's [ops] listen.
+        #[arg(long)]
+        ops_listen: Option<SocketAddr>,
+    },
 }
 
 /// Parses the command line and runs it; the process exit code.
@@ -70,6 +78,7 @@ pub fn main() -> ExitCode {
         }) => route(&cli.config, &method, &aor, source),
         Some(Command::Demo) => crate::demo::run(),
         Some(Command::Healthcheck { url, timeout }) => healthcheck(&cli.config, url, timeout),
+        Some(Command::Witness { ops_listen }) => crate::witness::run(&cli.config, ops_listen),
     };
     match result {
         Ok(code) => code,
@@ -108,6 +117,14 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     for line in resolve_once(&cfg)?.1 {
         println!("{line}");
     }
+    if let Some(w) = cfg.cluster.as_ref().and_then(|c| c.witness.as_ref()) {
+        println!(
+            "witness   at {}: run `siplb witness --config {}` there (this file; \
+             --ops-listen ADDR when its ops endpoint is elsewhere than [ops] listen)",
+            w.url,
+            path.display()
+        );
+    }
     println!("{}: ok", path.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -144,11 +161,7 @@ fn resolve_once(cfg: &Config) -> anyhow::Result<(Config, Vec<String>)> {
     let mut answers = dns::Answers::default();
     // Nothing runs to show the events: the lines above say it all.
     let _ = answers.record(results, std::time::SystemTime::now());
-    let local = Local {
-        udp: cfg.listen.udp.clone(),
-        tcp: cfg.listen.tcp.clone(),
-        tls: cfg.listen.tls.iter().map(|t| t.address).collect(),
-    };
+    let local = crate::witness::configured_listeners(cfg);
     Ok((dns::expand::expand(cfg, &answers, &local), lines))
 }
 

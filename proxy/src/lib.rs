@@ -25,6 +25,8 @@
 //! `cluster` (the fleet's views of the pools, and the task that exchanges them with the other
 //! replicas) uses only the bottom layer: the supervisor counts its rounds, `ops` serves this
 //! replica's view, and `cli` starts the exchange with the proxy's config and supervisor.
+//! `witness` (`siplb witness`) sits at the top beside `cli`: a supervisor and an ops endpoint
+//! of its own, no listener, kept up to date by `reload`.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -55,6 +57,7 @@ mod test_dir;
 pub(crate) mod tls;
 mod token;
 mod udp;
+mod witness;
 
 /// A multi-threaded tokio runtime with `workers` threads. UDP does not run on it (each UDP
 /// socket has a thread of its own, `udp::serve`): its workers carry TCP and TLS connections,

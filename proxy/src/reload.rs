@@ -9,31 +9,78 @@
 //! the files) and each TLS listener loads its pair again. Events are debounced, and a reload
 //! runs only when the content of one of these files changed. After each reload the running
 //! config says which files (and so which directories) to watch next.
+//!
+//! What they keep up to date is a [`Reloadable`]: the running proxy, or a witness
+//! (`siplb witness`), which probes the servers of the same file with no SIP listener.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{self, Config};
-use crate::dns::{self, Resolver};
-use crate::events::{Event, Kind};
+use crate::config::{self, Config, ConfigError};
+use crate::dns::{self, Answer, Lookup, Resolver};
+use crate::events::{Event, Events, Kind};
 use crate::server::Proxy;
+
+/// What a config reload and the DNS refresh act on.
+pub(crate) trait Reloadable: Send + Sync + 'static {
+    /// The config in effect, as its file declares it.
+    fn config(&self) -> Arc<Config>;
+    /// Reads the config file again: the new config version, or every error (the running
+    /// config stays).
+    fn reload(&self) -> impl Future<Output = Result<u64, Vec<ConfigError>>> + Send;
+    /// Where a refused reload is recorded for `/status`.
+    fn events(&self) -> &Events;
+    /// Records one round of DNS lookups; true when the servers were rebuilt from it.
+    fn apply_dns(
+        &self,
+        results: Vec<(Lookup, Result<Answer, String>)>,
+    ) -> impl Future<Output = bool> + Send;
+    /// What wakes the DNS refresh before its time.
+    fn dns_wake(&self) -> Arc<Notify>;
+    /// Whether it has stopped (the DNS refresh ends then).
+    fn has_stopped(&self) -> bool;
+}
+
+impl Reloadable for Proxy {
+    fn config(&self) -> Arc<Config> {
+        Proxy::config(self)
+    }
+    async fn reload(&self) -> Result<u64, Vec<ConfigError>> {
+        Proxy::reload(self).await
+    }
+    fn events(&self) -> &Events {
+        self.control.events()
+    }
+    async fn apply_dns(&self, results: Vec<(Lookup, Result<Answer, String>)>) -> bool {
+        Proxy::apply_dns(self, results).await
+    }
+    fn dns_wake(&self) -> Arc<Notify> {
+        Proxy::dns_wake(self)
+    }
+    fn has_stopped(&self) -> bool {
+        Proxy::has_stopped(self)
+    }
+}
 
 /// Reloads the config file (and with it the admin token). Returns the new config version, or
 /// every error (the running config stays).
 pub(crate) async fn reload(proxy: &Proxy) -> Result<u64, Vec<String>> {
-    proxy.reload().await.map_err(|errors| {
+    reload_recorded(proxy).await
+}
+
+/// Reloads `target`'s config file; a refusal is recorded as an event with its errors.
+async fn reload_recorded<R: Reloadable>(target: &R) -> Result<u64, Vec<String>> {
+    target.reload().await.map_err(|errors| {
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let message = format!("reload refused: {}", errors.join("; "));
-        proxy
-            .control
-            .events()
-            .record(Event::now(Kind::Reload, message));
+        target.events().record(Event::now(Kind::Reload, message));
         errors
     })
 }
@@ -122,7 +169,9 @@ fn watch_dirs(
 
 /// Watches the config file's directory and the directories of the TLS listeners' files, and
 /// reloads on SIGHUP, until the task is dropped.
-pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn_watchers<R: Reloadable>(
+    proxy: Arc<R>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path: PathBuf = proxy.config().path.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let file_tx = tx.clone();
@@ -181,7 +230,7 @@ pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::J
                 continue; // unrelated file, or the config file is between rename steps
             }
             last = now;
-            let _ = reload(&proxy).await;
+            let _ = reload_recorded(&*proxy).await;
             // The config in effect (new, or the old one after a refusal) names the files.
             let next = watched_files(&proxy.config());
             if next != files {
@@ -196,10 +245,10 @@ pub(crate) fn spawn_watchers(proxy: Arc<Proxy>) -> anyhow::Result<tokio::task::J
 /// Asks DNS for every name of the running config once (so that the servers they give are in
 /// the table before siplb says it is ready), then again every `[dns] refresh` and at once after
 /// a reload, in a task that ends when the proxy stops or is dropped. The proxy's servers follow
-/// a changed answer ([`Proxy::apply_dns`]); a config without names asks nothing.
-pub(crate) async fn start_dns(proxy: &Arc<Proxy>) -> tokio::task::JoinHandle<()> {
+/// a changed answer ([`Reloadable::apply_dns`]); a config without names asks nothing.
+pub(crate) async fn start_dns<R: Reloadable>(proxy: &Arc<R>) -> tokio::task::JoinHandle<()> {
     let mut resolver = None;
-    refresh_dns(proxy, &mut resolver).await;
+    refresh_dns(&**proxy, &mut resolver).await;
     let weak = Arc::downgrade(proxy);
     let wake = proxy.dns_wake();
     tokio::spawn(async move {
@@ -213,7 +262,7 @@ pub(crate) async fn start_dns(proxy: &Arc<Proxy>) -> tokio::task::JoinHandle<()>
                 _ = wake.notified() => {}
             }
             match weak.upgrade() {
-                Some(proxy) if !proxy.has_stopped() => refresh_dns(&proxy, &mut resolver).await,
+                Some(proxy) if !proxy.has_stopped() => refresh_dns(&*proxy, &mut resolver).await,
                 _ => return,
             }
         }
@@ -222,7 +271,7 @@ pub(crate) async fn start_dns(proxy: &Arc<Proxy>) -> tokio::task::JoinHandle<()>
 
 /// One round: every lookup of the running config, asked at once, handed to the proxy. The
 /// resolver is made again when `[dns]` changed.
-async fn refresh_dns(proxy: &Proxy, resolver: &mut Option<Resolver>) {
+async fn refresh_dns<R: Reloadable>(proxy: &R, resolver: &mut Option<Resolver>) {
     let cfg = proxy.config();
     let lookups = dns::lookups(&cfg);
     if lookups.is_empty() {

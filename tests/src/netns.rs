@@ -81,6 +81,44 @@ pub fn udp_rx_queue(ns: &str, port: u16) -> Option<u64> {
     (!queues.is_empty()).then(|| queues.iter().sum())
 }
 
+/// GETs `url` from inside namespace `ns` (the test runs outside every namespace) with
+/// `siplb healthcheck --url`, which needs no client but the binary under test: the status code
+/// and the first line of the body (all of a JSON document), or why there is none.
+pub fn get_in(ns: &str, url: &str) -> Result<(u16, String), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(crate::process::siplb_bin())
+        .args(["healthcheck", "--timeout", "2s", "--url", url])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run siplb healthcheck in {ns}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answer = text
+        .trim_end()
+        .strip_prefix(url)
+        .and_then(|t| t.strip_prefix(": "));
+    let Some(answer) = answer else {
+        return Err(format!(
+            "GET {url} in {ns}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    };
+    let (code, body) = answer.split_once(' ').unwrap_or((answer, ""));
+    match code.parse() {
+        Ok(code) => Ok((code, body.to_string())),
+        Err(_) => Err(format!("GET {url} in {ns}: no status code in {text:?}")),
+    }
+}
+
+/// [`get_in`] of a JSON document, which must come with `200`.
+pub fn json_in(ns: &str, url: &str) -> Result<serde_json::Value, String> {
+    match get_in(ns, url)? {
+        (200, body) => serde_json::from_str(&body)
+            .map_err(|e| format!("GET {url} in {ns}: not JSON ({e}): {body}")),
+        (code, body) => Err(format!("GET {url} in {ns}: {code} {body}")),
+    }
+}
+
 /// A set of namespaces and the processes running in them, removed on drop.
 pub struct Lab {
     prefix: String,
@@ -115,6 +153,22 @@ impl Lab {
         ip(&["-n", b, "addr", "add", b_addr, "dev", b_if]);
         ip(&["-n", a, "link", "set", a_if, "up"]);
         ip(&["-n", b, "link", "set", b_if, "up"]);
+    }
+
+    /// Makes namespace `ns` a router: it forwards IPv4 between the hosts linked to it, so that
+    /// hosts on different links reach each other through it.
+    pub fn forward(&self, ns: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot turn on forwarding in {ns}: {e}"));
+        assert!(
+            out.status.success(),
+            "turning on forwarding in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
 
     /// Runs `program ARGS` inside namespace `ns`; its stdout lines are collected, its stderr

@@ -29,9 +29,10 @@ use crate::config::{Config, HostPort};
 use crate::events::Events;
 use crate::table::RoutingTable;
 
-pub(crate) use status::Status;
 #[cfg(test)]
-pub(crate) use status::{PoolStatus, ServerStatus};
+pub(crate) use status::PoolStatus;
+pub(crate) use status::ServerStatus;
+pub(crate) use status::Status;
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,10 +12,25 @@ use serde_json::json;
 use super::admin::bearer;
 use super::Ops;
 use crate::cluster::{digest, View};
+use crate::config::Config;
+use crate::health::Control;
 use crate::token::constant_time_eq;
 
 pub(super) async fn view(State(ops): State<Ops>, headers: HeaderMap) -> Response {
     let cfg = ops.proxy.config();
+    let replica = cfg.ops.listen.map(|a| a.to_string()).unwrap_or_default();
+    answer(&cfg, replica, &ops.proxy.control, &headers).await
+}
+
+/// The answer to `GET /cluster/view` of an observer that runs `cfg` with its ops endpoint at
+/// `replica`, its own view asked of `control`'s supervisor: a replica's, or a witness's (the
+/// same document, so that replicas count both alike).
+pub(crate) async fn answer(
+    cfg: &Config,
+    replica: String,
+    control: &Control,
+    headers: &HeaderMap,
+) -> Response {
     let Some(cluster) = &cfg.cluster else {
         return (
             StatusCode::NOT_FOUND,
@@ -23,7 +38,7 @@ pub(super) async fn view(State(ops): State<Ops>, headers: HeaderMap) -> Response
         )
             .into_response();
     };
-    if !constant_time_eq(bearer(&headers).as_bytes(), cluster.token.0.as_bytes()) {
+    if !constant_time_eq(bearer(headers).as_bytes(), cluster.token.0.as_bytes()) {
         metrics::counter!("siplb_cluster_auth_failures_total").increment(1);
         tracing::debug!("cluster view refused: missing or wrong cluster token");
         let body = Json(json!({ "ok": false, "error": "missing or wrong cluster token" }));
@@ -34,12 +49,12 @@ pub(super) async fn view(State(ops): State<Ops>, headers: HeaderMap) -> Response
         )
             .into_response();
     }
-    let Some(pools) = ops.proxy.control.view().await else {
+    let Some(pools) = control.view().await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "siplb is stopping\n").into_response();
     };
     Json(View {
-        replica: cfg.ops.listen.map(|a| a.to_string()).unwrap_or_default(),
-        config_digest: digest(&cfg),
+        replica,
+        config_digest: digest(cfg),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pools,
     })

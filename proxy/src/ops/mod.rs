@@ -10,6 +10,8 @@ mod cluster;
 mod page;
 mod traffic;
 
+pub(crate) use cluster::answer as cluster_view;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
