@@ -1,5 +1,6 @@
 //! The supervisor task: server and pool state, probe tasks, and the table it swaps in.
 
+mod damping;
 pub(super) mod fleet;
 
 use std::collections::HashMap;
@@ -203,6 +204,8 @@ pub(super) struct Supervisor {
     events: Arc<Events>,
     /// With `[cluster]`: the last exchange round and the fleet's verdicts.
     fleet: fleet::Fleet,
+    /// When servers' backoffs and holds run out ([`damping`]).
+    out_timers: damping::Timers,
 }
 
 impl HealthView for Supervisor {
@@ -237,6 +240,7 @@ impl Supervisor {
             swaps: None,
             events: Arc::default(),
             fleet: fleet::Fleet::default(),
+            out_timers: damping::Timers::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -280,6 +284,7 @@ impl Supervisor {
                 .enumerate()
                 .filter(|&(i, _)| !self.fleet.holds(i))
                 .filter_map(|(_, p)| p.deadline())
+                .chain(self.out_timers.next())
                 .min();
             let wake = async {
                 match deadline {
@@ -299,7 +304,7 @@ impl Supervisor {
                     None => break,
                 },
                 Some(ProbeResult { id, outcome }) = inbox.probes.recv() => {
-                    self.record(&id, outcome, now())
+                    self.on_probe(&id, outcome, now())
                 }
                 Some(round) = inbox.fleet.recv() => {
                     self.fleet.take(round, now());
@@ -308,7 +313,7 @@ impl Supervisor {
                 }
                 _ = wake => {
                     due = true;
-                    false
+                    self.end_outs(now())
                 }
                 _ = gauges.tick() => {
                     self.publish_gauges();
@@ -459,6 +464,7 @@ impl Supervisor {
                 };
                 let stale =
                     entry.address != s.address || entry.plan != plan || !entry.link.same_as(&link);
+                entry.health.set_damping(p.health.damping);
                 entry.pool = pi;
                 entry.address = s.address;
                 entry.plan = plan;
@@ -510,17 +516,23 @@ impl Supervisor {
     /// failed probe does, but only while the server's pool keeps at least half of its servers
     /// out of `down` — past that, only probes take servers down, so that a burst of signals
     /// cannot empty a pool onto its survivors. A 503 never counts: a busy server is not a dead
-    /// one (its answer was relayed and counted by the wire path). Silence (requests unanswered,
+    /// one (its answer was relayed and counted by the wire path). A 503 with `Retry-After`
+    /// backs the server off if the probe asked for fails too, under the same half-the-pool
+    /// rule ([`Self::on_probe`]). Silence (requests unanswered,
     /// [`SilenceWatch`]) is a suspicion: it counts towards `fall` but never completes it, so only
     /// a failed probe takes the server down. True when a state changed.
     fn on_passive(&mut self, id: &Arc<str>, failure: Failure, now: Instant) -> bool {
-        let Some(entry) = self.servers.get(id) else {
+        let Some(entry) = self.servers.get_mut(id) else {
             return false;
         };
         entry.probe_now.ask();
+        if let Failure::Passive503RetryAfter(seconds) = failure {
+            // Backs the server off only if the probe just asked for fails ([`Self::on_probe`]).
+            entry.health.busy(Duration::from_secs(u64::from(seconds)));
+        }
         let pool = entry.pool;
         let (signal, effect) = match failure {
-            Failure::Passive503 => ("503", "probe_asked"),
+            Failure::Passive503 | Failure::Passive503RetryAfter(_) => ("503", "probe_asked"),
             Failure::Silent => ("silence", "suspected"),
             _ if self.passive_may_take_down(pool, id) => ("icmp", "counted"),
             _ => ("icmp", "probe_asked"),
@@ -569,8 +581,9 @@ impl Supervisor {
         }
     }
 
-    /// Whether a passive signal may take server `id` of pool `pool` down: it is down already,
-    /// or the pool would then have at most half of its servers down.
+    /// Whether a passive signal may take server `id` of pool `pool` down (or back it off): it
+    /// is out already, or the pool would then have at most half of its servers out (down,
+    /// backing off or held).
     fn passive_may_take_down(&self, pool: usize, id: &str) -> bool {
         let servers = &self.cfg.pools[pool].servers;
         let state = |sid: &str| self.servers.get(sid).map(|e| e.health.state());
@@ -579,7 +592,7 @@ impl Supervisor {
         }
         let down = servers
             .iter()
-            .filter(|s| state(&s.id) == Some(ServerState::Down))
+            .filter(|s| state(&s.id).is_some_and(ServerState::is_out))
             .count();
         (down + 1) * 2 <= servers.len()
     }
@@ -596,11 +609,27 @@ impl Supervisor {
         let Some(t) = entry.health.record(outcome, entry.plan.thresholds, now) else {
             return false;
         };
+        self.note(id, t);
+        true
+    }
+
+    /// Logs, records as an event and counts a change of server `id`'s state, and times the end
+    /// of a backoff or hold it began.
+    fn note(&mut self, id: &Arc<str>, t: Transition) {
+        let Some(entry) = self.servers.get(id) else {
+            return;
+        };
+        let pool = &self.cfg.pools[entry.pool].name;
         tracing::warn!(server = %id, pool = %pool, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
         let message = health_message(&t, entry.plan.thresholds);
         self.events
             .record(Event::now(Kind::Health, message).pool(pool).server(id));
-        true
+        if t.to == ServerState::Held {
+            metrics::counter!("siplb_flap_holds_total", "pool" => pool.clone()).increment(1);
+        }
+        if let Some(at) = entry.health.deadline() {
+            self.out_timers.at(at, id.clone());
+        }
     }
 
     fn operate(&mut self, op: Op, now: Instant) -> Result<String, OpError> {
