@@ -154,10 +154,10 @@ impl fmt::Display for Reason {
                 hold,
             } => write!(
                 f,
-                "held {}: flapping (down the {} time in {})",
-                Short(*hold),
+                "flapping (down the {} time in {}): held {}",
                 Ordinal(*downs),
-                Short(*window)
+                Short(*window),
+                Short(*hold)
             ),
             Reason::OutOver => f.write_str("backoff or hold over, probes pass"),
         }
@@ -643,7 +643,7 @@ mod tests {
         assert_eq!((held.from, held.to), (ServerState::Down, ServerState::Held));
         assert_eq!(
             held.reason.to_string(),
-            "held 10s: flapping (down the 2nd time in 60s)"
+            "flapping (down the 2nd time in 60s): held 10s"
         );
         assert_eq!(h.held_until(), Some(secs(t0, 16)));
         assert_eq!(h.tick(th, secs(t0, 15)), None);

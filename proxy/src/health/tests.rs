@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
+mod damping;
 mod fleet;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
