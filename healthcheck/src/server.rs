@@ -179,6 +179,13 @@ pub struct Thresholds {
     pub rise: u32,
 }
 
+/// `d` after `now`, or as far as the clock goes (a `max_backoff` of centuries is no panic).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
 /// Why a server that its probes call up is kept out of hashing, until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Out {
@@ -345,7 +352,7 @@ impl ServerHealth {
     /// lengthened); it returns once that has run out and `rise` probes in a row pass. A server
     /// down, held or drained is left as it is.
     pub fn back_off(&mut self, backoff: Duration, now: Instant) -> Option<Transition> {
-        let until = now + backoff;
+        let until = later(now, backoff);
         match self.state() {
             ServerState::Up => {
                 self.out = Some(Out::Backoff(until));
@@ -395,7 +402,7 @@ impl ServerHealth {
             self.out = None;
         }
         let hold = self.damping.hold(self.downs)?;
-        let until = now + hold;
+        let until = later(now, hold);
         if self.out.is_none_or(|o| o.until() < until) {
             self.out = Some(Out::Held(until));
         }
@@ -693,5 +700,30 @@ mod tests {
             let back = cycle(&mut h, secs(t0, 2 * s), secs(t0, 2 * s + 1));
             assert_eq!(back.to, ServerState::Up);
         }
+    }
+    #[test]
+    fn an_endless_backoff_or_hold_is_no_panic() {
+        let t0 = Instant::now();
+        let mut h = ServerHealth::new(t0, false);
+        h.set_damping(Damping {
+            flap_window: Duration::MAX,
+            flap_hold: Duration::MAX,
+            max_backoff: Duration::MAX,
+        });
+        h.busy(Duration::MAX);
+        let backoff = h.take_busy(&TIMEOUT).unwrap();
+        h.record(TIMEOUT, TH, t0);
+        assert_eq!(h.back_off(backoff, t0).unwrap().to, ServerState::Backoff);
+        let mut h = ServerHealth::new(t0, false);
+        h.set_damping(Damping {
+            flap_window: Duration::from_secs(60),
+            flap_hold: Duration::MAX,
+            max_backoff: Duration::MAX,
+        });
+        cycle(&mut h, secs(t0, 1), secs(t0, 2));
+        assert_eq!(
+            cycle(&mut h, secs(t0, 3), secs(t0, 4)).to,
+            ServerState::Held
+        );
     }
 }

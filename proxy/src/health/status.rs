@@ -81,9 +81,10 @@ pub(crate) fn wall_clock(at: Instant, now: Instant) -> String {
 
 /// An `Instant` to come (or past) as an RFC 3339 UTC timestamp with milliseconds.
 fn wall_clock_millis(at: Instant, now: Instant) -> String {
+    let wall = SystemTime::now();
     let t = match at.checked_duration_since(now) {
-        Some(ahead) => SystemTime::now() + ahead,
-        None => SystemTime::now() - now.saturating_duration_since(at),
+        Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
+        None => wall - now.saturating_duration_since(at),
     };
     humantime::format_rfc3339_millis(t).to_string()
 }
