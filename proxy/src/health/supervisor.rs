@@ -1,6 +1,7 @@
 //! The supervisor task: server and pool state, probe tasks, and the table it swaps in.
 
 pub(super) mod fleet;
+mod operator;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
+use crate::cluster::operator::Ledger;
 use crate::config::{Config, HostPort, PoolConfig, ServerConfig, Transport};
 use crate::events::{Event, Events, Kind};
 use crate::table::{HealthView, RoutingTable};
@@ -203,6 +205,8 @@ pub(super) struct Supervisor {
     events: Arc<Events>,
     /// With `[cluster]`: the last exchange round and the fleet's verdicts.
     fleet: fleet::Fleet,
+    /// The stamp of the last operator command on each pool and server.
+    ledger: Ledger,
 }
 
 impl HealthView for Supervisor {
@@ -237,6 +241,7 @@ impl Supervisor {
             swaps: None,
             events: Arc::default(),
             fleet: fleet::Fleet::default(),
+            ledger: Ledger::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -302,9 +307,12 @@ impl Supervisor {
                     self.record(&id, outcome, now())
                 }
                 Some(round) = inbox.fleet.recv() => {
+                    // A command a peer holds and this replica missed is applied first, so
+                    // that the pools are evaluated with it.
+                    let adopted = self.adopt(&round, now());
                     self.fleet.take(round, now());
                     due = true;
-                    false
+                    adopted
                 }
                 _ = wake => {
                     due = true;
@@ -339,8 +347,8 @@ impl Supervisor {
     fn on_command(&mut self, command: Command) -> bool {
         let now = now();
         match command {
-            Command::Op(op, reply) => {
-                let result = self.operate(op, now);
+            Command::Op(op, source, reply) => {
+                let result = self.command(op, source, now);
                 // The table is swapped before the answer goes out: an operator (or a script)
                 // that sends a request once the command is answered finds it routed the new way.
                 if result.is_ok() {
@@ -384,7 +392,7 @@ impl Supervisor {
                 false
             }
             Command::View(reply) => {
-                let _ = reply.send(self.own_view(now));
+                let _ = reply.send((self.own_view(now), self.operator_view()));
                 false
             }
         }
@@ -603,7 +611,9 @@ impl Supervisor {
         true
     }
 
-    fn operate(&mut self, op: Op, now: Instant) -> Result<String, OpError> {
+    /// Applies an operator command; `note` (empty, or e.g. ` (adopted from URL)`) follows the
+    /// command's name in its event and log line.
+    fn operate(&mut self, op: Op, now: Instant, note: &str) -> Result<String, OpError> {
         let pool_index = |name: &str| {
             self.cfg
                 .pools
@@ -619,23 +629,29 @@ impl Supervisor {
                     .clone()
                     .ok_or_else(|| OpError::NoPair(name.clone()))?;
                 let change = self.pools[i].operator_failover(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served by {pair}")
             }
             Op::Failback(name) => {
                 let i = pool_index(&name)?;
                 let change = self.pools[i].operator_failback(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served at home")
             }
-            Op::Drain(id) => self.set_drained(&id, true, now)?,
-            Op::Undrain(id) => self.set_drained(&id, false, now)?,
+            Op::Drain(id) => self.set_drained(&id, true, now, note)?,
+            Op::Undrain(id) => self.set_drained(&id, false, now, note)?,
         };
-        tracing::info!(answer = %answer, "operator command");
+        tracing::info!(answer = %answer, source = note.trim(), "operator command");
         Ok(answer)
     }
 
-    fn set_drained(&mut self, id: &str, drained: bool, now: Instant) -> Result<String, OpError> {
+    fn set_drained(
+        &mut self,
+        id: &str,
+        drained: bool,
+        now: Instant,
+        note: &str,
+    ) -> Result<String, OpError> {
         let entry = self
             .servers
             .get_mut(id)
@@ -651,7 +667,11 @@ impl Supervisor {
             self.events.record(
                 Event::now(
                     kind,
-                    format!("operator {what}: {} → {}", t.from.as_str(), t.to.as_str()),
+                    format!(
+                        "operator {what}{note}: {} → {}",
+                        t.from.as_str(),
+                        t.to.as_str()
+                    ),
                 )
                 .pool(pool)
                 .server(id),
@@ -702,6 +722,11 @@ impl Supervisor {
     }
 
     fn log_failover(&self, i: usize, change: Option<FailoverChange>) {
+        self.log_failover_noted(i, change, "");
+    }
+
+    /// [`Supervisor::log_failover`], with `note` after an operator command's name.
+    fn log_failover_noted(&self, i: usize, change: Option<FailoverChange>, note: &str) {
         let Some(c) = change else { return };
         let pool = &self.cfg.pools[i];
         let serving = if c.failed_over {
@@ -717,9 +742,9 @@ impl Supervisor {
         };
         let message = match c.reason {
             FailoverReason::Operator if c.failed_over => {
-                format!("operator failover: users served by {serving}")
+                format!("operator failover{note}: users served by {serving}")
             }
-            FailoverReason::Operator => "operator failback: users served at home".to_string(),
+            FailoverReason::Operator => format!("operator failback{note}: users served at home"),
             reason if c.failed_over => format!("{reason}: users served by {serving}"),
             reason => format!("{reason}: users served at home"),
         };

@@ -13,6 +13,7 @@ use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
 mod fleet;
+mod operator;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
 use crate::config::{self, Config, HostPort};
