@@ -34,6 +34,8 @@ pub(crate) use status::Status;
 #[cfg(test)]
 pub(crate) use status::{PoolStatus, ServerStatus};
 pub(crate) use supervisor::fleet::ClusterStatus;
+#[cfg(test)]
+pub(crate) use supervisor::fleet::{ObserverView, PeerStatus, PoolVerdict};
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]

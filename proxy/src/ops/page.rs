@@ -311,3 +311,85 @@ fn events(h: &mut String, doc: &StatusDoc) {
     }
     h.push_str("</table>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::OperatorView;
+    use crate::health::{ClusterStatus, ObserverView, PeerStatus, PoolVerdict};
+
+    fn peer(url: &str, witness: bool) -> PeerStatus {
+        PeerStatus {
+            url: url.into(),
+            result: "ok",
+            last_ok: None,
+            config_matches: Some(true),
+            witness,
+            operator_seq: Some(2),
+        }
+    }
+
+    fn pool(name: &str, own: &'static str, views: [&'static str; 2]) -> PoolVerdict {
+        let urls = ["http://p1:9060", "http://w:9060"];
+        PoolVerdict {
+            name: name.into(),
+            verdict: "up",
+            answered: 3,
+            down: usize::from(own == "down"),
+            own,
+            views: urls
+                .iter()
+                .zip(views)
+                .map(|(u, view)| ObserverView {
+                    observer: (*u).into(),
+                    view,
+                })
+                .collect(),
+            disagree: views.iter().any(|&v| v != "no_answer" && v != own),
+        }
+    }
+
+    #[test]
+    fn the_fleet_table_puts_observers_side_by_side_and_marks_a_disagreement() {
+        let c = ClusterStatus {
+            observers: 3,
+            quorum: 2,
+            peers: vec![peer("http://p1:9060", false), peer("http://w:9060", true)],
+            pools: vec![
+                pool("fe-dc1", "down", ["up", "up"]),
+                pool("fe-dc2", "up", ["up", "no_answer"]),
+            ],
+            unreachable: vec!["fe-dc1".into()],
+            operator: OperatorView {
+                seq: 2,
+                origin: "http://p1:9060".into(),
+                failed_over: vec!["med".into()],
+                ..OperatorView::default()
+            },
+        };
+        let mut h = String::new();
+        fleet(&mut h, &c);
+        assert!(h.contains("<th>http://w:9060 (witness)<br>"), "{h}");
+        assert!(
+            h.contains(
+                "<tr class=\"pool disagree\"><td>fe-dc1</td><td class=\"down\">down</td>\
+                 <td class=\"up\">up</td><td class=\"up\">up</td>"
+            ),
+            "{h}"
+        );
+        assert!(h.contains("≠ views differ"), "{h}");
+        assert!(
+            h.contains(
+                "<tr class=\"pool\"><td>fe-dc2</td><td class=\"up\">up</td><td class=\"up\">up</td>\
+                 <td class=\"no_answer\">no answer</td>"
+            ),
+            "{h}"
+        );
+        assert!(
+            h.contains(
+                "operator commands: seq 2 from http://p1:9060 · failed over: med · drained: none"
+            ),
+            "{h}"
+        );
+    }
+}
