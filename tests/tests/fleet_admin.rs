@@ -477,3 +477,42 @@ fn a_forwarded_command_needs_the_cluster_token_and_is_not_forwarded_again() {
     let (code, _) = forwarded(&Ops::of(&alone), path, CLUSTER, &r1.url(), Some(1));
     assert_eq!(code, 404, "no [cluster]: no forwarded command");
 }
+
+#[test]
+fn a_peer_that_does_not_answer_in_time_or_is_not_there_is_named_with_why() {
+    let f = farm();
+    // A peer that takes the connection and never answers (the kernel accepts it into the
+    // backlog), and one where nothing listens.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let me = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let text = replica_text(&config(&f), me, &[hung.local_addr().unwrap(), gone]);
+    let r = Replica::start(&text, true);
+
+    // Were the peers not bounded, the hung one would hold the answer past the harness's
+    // 10 s read timeout and the request would fail.
+    let answer = command(&r, "/admin/pools/a/failover");
+    let (applied, mut not_applied) = fleet_of(&answer);
+    not_applied.sort();
+    assert!(applied.is_empty(), "{answer}");
+    let mut expected = vec![
+        (
+            format!("http://{}", hung.local_addr().unwrap()),
+            "timeout".to_string(),
+        ),
+        (format!("http://{gone}"), "refused".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(not_applied, expected, "{answer}");
+    assert_eq!(
+        r.ops.status().serving("a"),
+        "b",
+        "applied here all the same"
+    );
+    register_reaches(&r.siplb, &[&f.a1, &f.a2, &f.b1], "frank");
+    let m = r.ops.metrics();
+    assert!(
+        m.sum("siplb_cluster_forwards_total", &[("result", "timeout")]) >= 1.0,
+        "the timeout is counted"
+    );
+}
