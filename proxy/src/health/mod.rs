@@ -153,6 +153,9 @@ pub(crate) struct Control {
     fleet: mpsc::Sender<Round>,
     /// The pools this replica alone cannot reach while the fleet reaches them (`[cluster]`).
     unreachable: Arc<ArcSwap<Vec<String>>>,
+    /// Notified when this replica's own view of a pool changes (`[cluster]`): the exchange
+    /// asks the peers at once rather than at its next interval.
+    hurry: Arc<tokio::sync::Notify>,
     /// Each routing table the supervisor swaps in, as it swaps it in.
     swapped: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
     /// The recent health, failover, drain and reload events.
@@ -224,6 +227,12 @@ impl Control {
         }
     }
 
+    /// What the exchange waits on besides its interval: notified when this replica's own view
+    /// of a pool changes.
+    pub(crate) fn hurry(&self) -> Arc<tokio::sync::Notify> {
+        self.hurry.clone()
+    }
+
     /// The pools this replica alone sees down while the fleet's verdict is up: while there is
     /// one, this replica is not ready.
     pub(crate) fn unreachable(&self) -> Arc<Vec<String>> {
@@ -278,12 +287,13 @@ fn launch(
     let (probes, probes_rx) = mpsc::unbounded_channel();
     let (fleet, fleet_rx) = mpsc::channel(FLEET_QUEUE);
     let unreachable = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let hurry = Arc::new(tokio::sync::Notify::new());
     let (swaps, swapped) = tokio::sync::watch::channel(tables.load_full());
     let events = Arc::new(Events::default());
     let sup = supervisor::Supervisor::new(cfg, tables, prober, probes)
         .announcing(swaps)
         .recording(events.clone())
-        .publishing(unreachable.clone());
+        .publishing(unreachable.clone(), hurry.clone());
     let inbox = Inbox {
         commands: commands_rx,
         probes: probes_rx,
@@ -297,6 +307,7 @@ fn launch(
             passive,
             fleet,
             unreachable,
+            hurry,
             swapped,
             events,
         },

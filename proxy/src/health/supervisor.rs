@@ -263,9 +263,15 @@ impl Supervisor {
         self
     }
 
-    /// Publishes the pools this replica alone cannot reach in `unreachable`.
-    pub(crate) fn publishing(mut self, unreachable: Arc<ArcSwap<Vec<String>>>) -> Self {
+    /// Publishes the pools this replica alone cannot reach in `unreachable`, and notifies
+    /// `hurry` when its own view of a pool changes.
+    pub(crate) fn publishing(
+        mut self,
+        unreachable: Arc<ArcSwap<Vec<String>>>,
+        hurry: Arc<tokio::sync::Notify>,
+    ) -> Self {
         self.fleet.shared = unreachable;
+        self.fleet.hurry = hurry;
         self
     }
 

@@ -42,6 +42,10 @@ pub(crate) struct Fleet {
     unreachable: Vec<String>,
     /// Where `unreachable` is published for `/readyz`.
     pub(super) shared: Arc<ArcSwap<Vec<String>>>,
+    /// Notified when this replica's own view of a pool changes, so that the exchange asks the
+    /// peers at once: the fleet's verdict then waits for the peers' probes, not for the next
+    /// exchange interval as well.
+    pub(super) hurry: Arc<tokio::sync::Notify>,
 }
 
 impl Fleet {
@@ -59,14 +63,21 @@ impl Fleet {
     pub(super) fn track_own(&mut self, cfg: &Config, up: &[bool], now: Instant) {
         self.own
             .retain(|name, _| cfg.pools.iter().any(|p| p.name == *name));
+        let mut changed = false;
         for (p, &up) in cfg.pools.iter().zip(up) {
             match self.own.get_mut(&p.name) {
                 Some(seen) if seen.0 == up => {}
-                Some(seen) => *seen = (up, now),
+                Some(seen) => {
+                    *seen = (up, now);
+                    changed = true;
+                }
                 None => {
                     self.own.insert(p.name.clone(), (up, now));
                 }
             }
+        }
+        if changed && cfg.cluster.is_some() {
+            self.hurry.notify_one();
         }
     }
 
