@@ -3,7 +3,9 @@
 //!
 //! It reads the same routing table the wire path uses and sends operator commands to the health
 //! supervisor; it never touches a message. Admin requests need the bearer token; without a
-//! configured token the admin API does not exist.
+//! configured token the admin API does not exist. With `[cluster]`, operator commands are
+//! forwarded to the peers, and the peers' forwarded commands come in with the cluster token
+//! (`admin.rs`).
 
 mod admin;
 mod cluster;
