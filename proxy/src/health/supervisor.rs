@@ -2,6 +2,7 @@
 
 mod damping;
 pub(super) mod fleet;
+mod operator;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
+use crate::cluster::operator::Ledger;
 use crate::config::{Config, HostPort, PoolConfig, ServerConfig, Transport};
 use crate::events::{Event, Events, Kind};
 use crate::table::{HealthView, RoutingTable};
@@ -206,6 +208,8 @@ pub(super) struct Supervisor {
     fleet: fleet::Fleet,
     /// When servers' backoffs and holds run out ([`damping`]).
     out_timers: damping::Timers,
+    /// The stamp of the last operator command on each pool and server.
+    ledger: Ledger,
 }
 
 impl HealthView for Supervisor {
@@ -241,6 +245,7 @@ impl Supervisor {
             events: Arc::default(),
             fleet: fleet::Fleet::default(),
             out_timers: damping::Timers::default(),
+            ledger: Ledger::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -313,9 +318,12 @@ impl Supervisor {
                     self.on_probe(&id, outcome, now())
                 }
                 Some(round) = inbox.fleet.recv() => {
+                    // A command a peer holds and this replica missed is applied first, so
+                    // that the pools are evaluated with it.
+                    let adopted = self.adopt(&round, now());
                     self.fleet.take(round, now());
                     due = true;
-                    false
+                    adopted
                 }
                 _ = wake => {
                     due = true;
@@ -350,8 +358,8 @@ impl Supervisor {
     fn on_command(&mut self, command: Command) -> bool {
         let now = now();
         match command {
-            Command::Op(op, reply) => {
-                let result = self.operate(op, now);
+            Command::Op(op, source, reply) => {
+                let result = self.command(op, source, now);
                 // The table is swapped before the answer goes out: an operator (or a script)
                 // that sends a request once the command is answered finds it routed the new way.
                 if result.is_ok() {
@@ -395,7 +403,7 @@ impl Supervisor {
                 false
             }
             Command::View(reply) => {
-                let _ = reply.send(self.own_view(now));
+                let _ = reply.send((self.own_view(now), self.operator_view()));
                 false
             }
         }
@@ -638,7 +646,9 @@ impl Supervisor {
         }
     }
 
-    fn operate(&mut self, op: Op, now: Instant) -> Result<String, OpError> {
+    /// Applies an operator command; `note` (empty, or e.g. ` (adopted from URL)`) follows the
+    /// command's name in its event and log line.
+    fn operate(&mut self, op: Op, now: Instant, note: &str) -> Result<String, OpError> {
         let pool_index = |name: &str| {
             self.cfg
                 .pools
@@ -654,23 +664,29 @@ impl Supervisor {
                     .clone()
                     .ok_or_else(|| OpError::NoPair(name.clone()))?;
                 let change = self.pools[i].operator_failover(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served by {pair}")
             }
             Op::Failback(name) => {
                 let i = pool_index(&name)?;
                 let change = self.pools[i].operator_failback(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served at home")
             }
-            Op::Drain(id) => self.set_drained(&id, true, now)?,
-            Op::Undrain(id) => self.set_drained(&id, false, now)?,
+            Op::Drain(id) => self.set_drained(&id, true, now, note)?,
+            Op::Undrain(id) => self.set_drained(&id, false, now, note)?,
         };
-        tracing::info!(answer = %answer, "operator command");
+        tracing::info!(answer = %answer, source = note.trim(), "operator command");
         Ok(answer)
     }
 
-    fn set_drained(&mut self, id: &str, drained: bool, now: Instant) -> Result<String, OpError> {
+    fn set_drained(
+        &mut self,
+        id: &str,
+        drained: bool,
+        now: Instant,
+        note: &str,
+    ) -> Result<String, OpError> {
         let entry = self
             .servers
             .get_mut(id)
@@ -686,7 +702,11 @@ impl Supervisor {
             self.events.record(
                 Event::now(
                     kind,
-                    format!("operator {what}: {} → {}", t.from.as_str(), t.to.as_str()),
+                    format!(
+                        "operator {what}{note}: {} → {}",
+                        t.from.as_str(),
+                        t.to.as_str()
+                    ),
                 )
                 .pool(pool)
                 .server(id),
@@ -737,6 +757,11 @@ impl Supervisor {
     }
 
     fn log_failover(&self, i: usize, change: Option<FailoverChange>) {
+        self.log_failover_noted(i, change, "");
+    }
+
+    /// [`Supervisor::log_failover`], with `note` after an operator command's name.
+    fn log_failover_noted(&self, i: usize, change: Option<FailoverChange>, note: &str) {
         let Some(c) = change else { return };
         let pool = &self.cfg.pools[i];
         let serving = if c.failed_over {
@@ -752,9 +777,9 @@ impl Supervisor {
         };
         let message = match c.reason {
             FailoverReason::Operator if c.failed_over => {
-                format!("operator failover: users served by {serving}")
+                format!("operator failover{note}: users served by {serving}")
             }
-            FailoverReason::Operator => "operator failback: users served at home".to_string(),
+            FailoverReason::Operator => format!("operator failback{note}: users served at home"),
             reason if c.failed_over => format!("{reason}: users served by {serving}"),
             reason => format!("{reason}: users served at home"),
         };

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 mod damping;
 mod fleet;
+mod operator;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
 use crate::config::{self, Config, HostPort};
