@@ -353,6 +353,8 @@ summary() { # summary VALUES... → "median (min–max)"
         printf "%.0f (%s–%s)", m, v[1], v[NR] }'
 }
 
+# bench/fleet-failover.sh writes its section at the end of the report, from its mark on: kept.
+fleet_section=$(awk '$0 == "<!-- fleet-failover.sh -->" { f = 1 } f { print }' "$report" 2>/dev/null || true)
 machine=$(machine_description)
 versions="$(sipp_version), $(kamailio_version)"
 commit=$(source_commit)
@@ -427,5 +429,9 @@ commit=$(source_commit)
     echo
     echo "Every run starts fresh backends and a fresh proxy; the death runs alternate siplb and Kamailio."
     echo "The machine is shared and noisy: compare rows of one run. Raw logs of this run were in target/failover/$stamp/."
+    if [[ -n $fleet_section ]]; then
+        echo
+        echo "$fleet_section"
+    fi
 } >"$report"
 cat "$report"

@@ -269,6 +269,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 let control = proxy.control.clone();
                 move |round| control.fleet(round)
             },
+            proxy.control.hurry(),
         )));
         let _gauge = AbortOnDrop(tokio::spawn(crate::shutdown::refresh_gauge(proxy.clone())));
         announce(&proxy, ops_addr);

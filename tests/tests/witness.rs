@@ -547,6 +547,11 @@ fn two_replicas_count_the_witness_as_their_third_observer() {
         "the same file, the same digest"
     );
     assert_eq!(witness_view["replica"], w_ops.to_string());
+    assert!(replica_view.get("operator").is_some(), "{replica_view}");
+    assert!(
+        witness_view.get("operator").is_none(),
+        "a witness holds no operator state for replicas to adopt: {witness_view}"
+    );
     // The witness asks no one.
     let m = w.metrics();
     assert_eq!(

@@ -1,6 +1,7 @@
-//! A GET over plain HTTP/1.1 on tokio, written out by hand as `siplb healthcheck`'s is: the
-//! exchange asks one small JSON document of a known endpoint, which needs no HTTP client
-//! crate. The caller bounds the time; this bounds the size.
+//! A GET or a bodiless POST over plain HTTP/1.1 on tokio, written out by hand as `siplb
+//! healthcheck`'s is: the exchange asks one small JSON document of a known endpoint, and a
+//! forwarded operator command is one POST with a few headers, which need no HTTP client crate.
+//! The caller bounds the time; this bounds the size.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -8,7 +9,7 @@ use tokio::net::TcpStream;
 /// The largest answer read; a view of thousands of pools fits many times over.
 const MAX_ANSWER: u64 = 4 * 1024 * 1024;
 
-/// Why a GET brought no answer to look at.
+/// Why a request brought no answer to look at.
 #[derive(Debug)]
 pub(super) enum GetError {
     /// No connection, or it broke before the answer was complete.
@@ -24,12 +25,41 @@ pub(super) async fn get(
     path: &str,
     token: &str,
 ) -> Result<(u16, Vec<u8>), GetError> {
+    request("GET", authority, path, token, &[]).await
+}
+
+/// POSTs to `path` at `authority` with no body, `Authorization: Bearer <token>` and the extra
+/// `headers` (names and values the caller made: no CR or LF in them); the status code and the
+/// body.
+pub(super) async fn post(
+    authority: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>), GetError> {
+    request("POST", authority, path, token, headers).await
+}
+
+async fn request(
+    method: &str,
+    authority: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>), GetError> {
     let mut stream = TcpStream::connect(authority)
         .await
         .map_err(GetError::Unreachable)?;
+    let mut extra = String::new();
+    for (name, value) in headers {
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST" {
+        extra.push_str("Content-Length: 0\r\n");
+    }
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
-         Accept: application/json\r\nUser-Agent: siplb-cluster\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
+         {extra}Accept: application/json\r\nUser-Agent: siplb-cluster\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

@@ -1,11 +1,17 @@
 //! The exchange task: once per `[health] interval`, every peer and the witness are asked for
 //! their view at the same time, each within the interval, and the round goes to the
 //! supervisor. Each exchange is counted; an observer's change of result is logged once.
+//!
+//! When this replica's own view of a pool changes, the supervisor says so (`hurry`) and the
+//! task asks at once, then every [`HURRY_GAP`] for [`HURRY_ROUNDS`] intervals: the peers' probes
+//! see a lost pool at their own moments within an interval, and each replica's verdict should
+//! follow theirs as they come, not one exchange interval later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::client::{self, GetError};
@@ -14,6 +20,14 @@ use crate::config::{Config, Observer};
 
 /// How long the task waits before looking at the config again when it has no `[cluster]`.
 const IDLE: Duration = Duration::from_secs(1);
+
+/// After a change of this replica's own view, rounds follow one another this far apart
+/// (at least: a round lasts as long as its slowest answer), or a tenth of the interval when
+/// that is longer...
+const HURRY_GAP: Duration = Duration::from_millis(100);
+
+/// ...for this many intervals after the change.
+const HURRY_ROUNDS: u32 = 2;
 
 /// What the task remembers of an observer between rounds.
 #[derive(Default)]
@@ -29,8 +43,11 @@ struct Memory {
 pub(crate) async fn run(
     config: impl Fn() -> Arc<Config> + Send + 'static,
     deliver: impl Fn(Round) + Send + 'static,
+    hurry: Arc<Notify>,
 ) {
     let mut memory: HashMap<String, Memory> = HashMap::new();
+    // Until when rounds follow one another HURRY_GAP apart.
+    let mut hurried_until: Option<tokio::time::Instant> = None;
     loop {
         let cfg = config();
         let Some(cluster) = &cfg.cluster else {
@@ -81,7 +98,24 @@ pub(crate) async fn run(
             });
         }
         deliver(round);
-        tokio::time::sleep_until(next).await;
+        // Within a hurry, the next round comes a gap later; otherwise at the interval. Either
+        // way a change of this replica's own view starts one at once, and a hurry.
+        let wake = match hurried_until {
+            Some(until) if tokio::time::Instant::now() < until => {
+                tokio::time::Instant::now() + HURRY_GAP.max(interval / 10)
+            }
+            _ => {
+                hurried_until = None;
+                next
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = hurry.notified() => {
+                tracing::debug!("own view of a pool changed: asking the cluster peers now");
+                hurried_until = Some(tokio::time::Instant::now() + interval * HURRY_ROUNDS);
+            }
+        }
     }
 }
 
@@ -126,5 +160,79 @@ async fn ask(o: &Observer, token: &str, timeout: Duration, ours: &str) -> (Excha
         Ok(view) if view.config_digest == ours => (Exchange::Ok, Some(view)),
         Ok(_) => (Exchange::OtherConfig, None),
         Err(_) => (Exchange::Garbled, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cluster, ClusterToken};
+    use std::sync::Mutex;
+
+    /// A config with a 10 s interval and one peer that refuses (nothing listens on port 9).
+    fn config() -> Arc<Config> {
+        let text = "[listen]\nudp = [\"127.0.0.1:5060\"]\n[health]\ninterval = \"10s\"\ntimeout = \"1s\"\n[[pool]]\nname = \"a\"\n\
+                    servers = [{ address = \"127.0.0.1:5071\" }]\n[[route]]\npool = \"a\"\n";
+        let mut cfg = crate::config::parse(std::path::Path::new("x.toml"), text).expect("valid");
+        cfg.cluster = Some(Cluster {
+            peers: vec![Observer {
+                url: "http://127.0.0.1:9".into(),
+                authority: "127.0.0.1:9".into(),
+            }],
+            witness: None,
+            token: ClusterToken("t".into()),
+        });
+        Arc::new(cfg)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_of_the_own_view_asks_at_once_then_often_for_two_intervals_then_at_the_interval(
+    ) {
+        let cfg = config();
+        let start = tokio::time::Instant::now();
+        let rounds: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let hurry = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            move || cfg.clone(),
+            {
+                let rounds = rounds.clone();
+                move |_| rounds.lock().unwrap().push(start.elapsed())
+            },
+            hurry.clone(),
+        ));
+        let count_until = |secs: u64| {
+            let rounds = rounds.clone();
+            async move {
+                tokio::time::sleep_until(start + Duration::from_secs(secs)).await;
+                rounds.lock().unwrap().len()
+            }
+        };
+        // Unhurried: one round at once, the next 10 s later.
+        assert_eq!(
+            count_until(3).await,
+            1,
+            "one round in the first 3 s of a 10 s interval"
+        );
+        hurry.notify_one();
+        let before = count_until(4).await;
+        assert!(
+            before >= 2,
+            "the change asked at once: {:?}",
+            rounds.lock().unwrap()
+        );
+        let hurried = count_until(22).await;
+        // A tenth of the 10 s interval apart, for two intervals from the change at 3 s.
+        assert!(
+            (18..=23).contains(&(hurried - before)),
+            "rounds 1 s apart for two intervals after the change: {} between 4 s and 22 s",
+            hurried - before
+        );
+        let later = count_until(50).await;
+        assert!(
+            later - hurried <= 4,
+            "back to one round an interval: {} rounds between 22 s and 50 s",
+            later - hurried
+        );
+        task.abort();
     }
 }

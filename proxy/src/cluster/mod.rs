@@ -11,9 +11,16 @@
 //!
 //! An observer whose answer is missing (timeout, refused, wrong token, garbled) or that runs
 //! another config ([`digest`]) has no vote in the round; without a quorum nothing moves.
+//!
+//! Operator commands reach the fleet two ways: the replica an operator asked forwards the
+//! command to every peer at once ([`forward`]), and each view carries the operator state with
+//! its stamps ([`OperatorView`]), which a replica that missed a command adopts at its next
+//! exchange ([`operator`]).
 
 mod client;
 mod exchange;
+mod forward;
+pub(crate) mod operator;
 
 use std::time::SystemTime;
 
@@ -23,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Cluster, Config};
 
 pub(crate) use exchange::run;
+pub(crate) use forward::{forward, segment, FORWARDED, OPERATOR_SEQ};
+pub(crate) use operator::OperatorView;
 
 /// What `GET /cluster/view` answers: this replica's own view of every pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +43,19 @@ pub(crate) struct View {
     /// The siplb version the replica runs.
     pub(crate) version: String,
     pub(crate) pools: Vec<PoolView>,
+    /// The operator's commands as this replica holds them; absent from an observer that
+    /// routes nothing (a witness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) operator: Option<OperatorView>,
+}
+
+/// The URL this replica goes by among its peers: `http://` and its `[ops] listen` (what its
+/// peers name in their `peers`). Empty without an ops endpoint.
+pub(crate) fn self_url(cfg: &Config) -> String {
+    cfg.ops
+        .listen
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default()
 }
 
 /// One pool as one replica's own probes see it (not where its users are served).
@@ -154,6 +176,7 @@ mod tests {
                 up,
                 since: String::new(),
             }],
+            operator: None,
         })
     }
 

@@ -20,7 +20,7 @@ pub(crate) use validate::{load, summary};
 /// How a server is probed, and who moves a pool's users to its pair: the config speaks
 /// healthcheck's own vocabulary (`probe = "options" | "tcp-connect" | "tls-connect"`,
 /// `failover = "auto" | "manual"`), so nothing maps one enum onto another.
-pub use healthcheck::{Mode, ProbeKind};
+pub use healthcheck::{Damping, Mode, ProbeKind};
 
 /// A validated configuration: what the routing table and the probers are built from.
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +272,9 @@ pub struct Health {
     pub(crate) fall: u32,
     /// Good probes in a row that bring a server back up (>= 1).
     pub(crate) rise: u32,
+    /// `flap_window`, `flap_hold` and `max_backoff`: how long a flapping server is held out and
+    /// a busy one (503 with `Retry-After`, its probe failing too) backs off.
+    pub(crate) damping: Damping,
 }
 
 /// `[routing]`: answers siplb gives when it cannot route.

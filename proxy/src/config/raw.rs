@@ -127,6 +127,9 @@ pub(crate) struct RawHealth {
     pub(crate) timeout: Option<Str>,
     pub(crate) fall: Option<Int>,
     pub(crate) rise: Option<Int>,
+    pub(crate) flap_window: Option<Str>,
+    pub(crate) flap_hold: Option<Str>,
+    pub(crate) max_backoff: Option<Str>,
 }
 
 /// `[routing]`.

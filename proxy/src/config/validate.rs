@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use super::raw::{RawConfig, RawHealth, RawListen, RawLog, RawOps, RawRouting};
 use super::{
-    BranchSecret, Config, ConfigError, Health, Listen, Log, LogFormat, Ops, Passthrough,
+    BranchSecret, Config, ConfigError, Damping, Health, Listen, Log, LogFormat, Ops, Passthrough,
     PoolConfig, ProbeKind, Routing,
 };
 
@@ -45,6 +45,7 @@ const DEFAULT_HEALTH: Health = Health {
     timeout: Duration::from_millis(500),
     fall: 2,
     rise: 2,
+    damping: Damping::DEFAULT,
 };
 
 /// `[routing]` when the file leaves a key out.
@@ -469,6 +470,22 @@ fn health(
         if let Some(n) = values::int_in(ctx, v, &key, 1, i64::from(u32::MAX), &accepted) {
             // In 1..=u32::MAX by the check above.
             *slot = n as u32;
+        }
+    }
+    // Zero turns flap holds off; a backoff cap of zero would make Retry-After meaningless.
+    for (raw_value, name, slot) in [
+        (&raw.flap_window, "flap_window", &mut h.damping.flap_window),
+        (&raw.flap_hold, "flap_hold", &mut h.damping.flap_hold),
+    ] {
+        let Some(v) = raw_value else { continue };
+        if let Some(d) = values::duration(ctx, v, &format!("{prefix}.{name}")) {
+            *slot = d;
+        }
+    }
+    if let Some(v) = &raw.max_backoff {
+        let key = format!("{prefix}.max_backoff");
+        if let Some(d) = values::positive_duration(ctx, v, &key, "max_backoff", "60s, 5m") {
+            h.damping.max_backoff = d;
         }
     }
     if h.timeout > h.interval {

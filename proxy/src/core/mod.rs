@@ -770,7 +770,15 @@ impl Worker {
         if !verifies(src) && !on_conn_unaddressed() {
             return Outcome::drop(DropReason::NotOurs);
         }
-        let passive = (code == 503 && from_server).then_some((src, Failure::Passive503));
+        // A 503 from a server asks for a probe; with a Retry-After, for a backoff if the probe
+        // fails too (the supervisor decides).
+        let passive = (code == 503 && from_server).then(|| {
+            let failure = match scan::retry_after(buf, msg) {
+                Some(s) if s > 0 => Failure::Passive503RetryAfter(s),
+                _ => Failure::Passive503,
+            };
+            (src, failure)
+        });
         if let Some(conn) = conn {
             edits.apply(buf, msg.end(), &[], &mut self.out);
             return Outcome {

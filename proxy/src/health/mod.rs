@@ -24,7 +24,8 @@ use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, Target};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::cluster::{PoolView, Round};
+use crate::cluster::operator::{Stamp, Subject};
+use crate::cluster::{OperatorView, PoolView, Round};
 use crate::config::{Config, HostPort};
 use crate::events::Events;
 use crate::table::RoutingTable;
@@ -33,6 +34,9 @@ use crate::table::RoutingTable;
 pub(crate) use status::PoolStatus;
 pub(crate) use status::ServerStatus;
 pub(crate) use status::Status;
+pub(crate) use supervisor::fleet::ClusterStatus;
+#[cfg(test)]
+pub(crate) use supervisor::fleet::{ObserverView, PeerStatus, PoolVerdict};
 
 /// What an operator can do (DESIGN.md "Ops HTTP contract"; the library form of the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +51,34 @@ pub(crate) enum Op {
     Undrain(String),
 }
 
+impl Op {
+    /// The pool or server the command is about.
+    pub(crate) fn target(&self) -> Subject {
+        match self {
+            Op::Failover(p) | Op::Failback(p) => Subject::Pool(p.clone()),
+            Op::Drain(id) | Op::Undrain(id) => Subject::Server(id.clone()),
+        }
+    }
+}
+
+/// Where an operator command comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// An operator on this replica (the admin API, the demo): stamped here.
+    Local,
+    /// A peer that forwarded its operator's command, with the command's stamp.
+    Forwarded(Stamp),
+}
+
+/// An operator command applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// What changed, in words.
+    pub(crate) message: String,
+    /// The command's stamp ([`crate::cluster::operator`]).
+    pub(crate) stamp: Stamp,
+}
+
 /// Why an operator command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum OpError {
@@ -56,6 +88,12 @@ pub(crate) enum OpError {
     UnknownServer(String),
     #[error("pool {0:?} has no pair to fail over to")]
     NoPair(String),
+    #[error("a newer operator command on {what} stands (seq {seq} from {origin})")]
+    Superseded {
+        what: String,
+        seq: u64,
+        origin: String,
+    },
     #[error("siplb is stopping")]
     Stopped,
 }
@@ -69,11 +107,11 @@ pub(crate) struct Reload {
 
 /// What operators and reloads ask of the supervisor; each waits for its answer.
 enum Command {
-    Op(Op, oneshot::Sender<Result<String, OpError>>),
+    Op(Op, Source, oneshot::Sender<Result<Applied, OpError>>),
     Reload(Reload, oneshot::Sender<u64>),
     Status(oneshot::Sender<Status>),
-    /// This replica's own view of every pool, for `/cluster/view`.
-    View(oneshot::Sender<Vec<PoolView>>),
+    /// This replica's own view of every pool and its operator state, for `/cluster/view`.
+    View(oneshot::Sender<(Vec<PoolView>, OperatorView)>),
 }
 
 /// One probe result, for the server with this id.
@@ -116,6 +154,9 @@ pub(crate) struct Control {
     fleet: mpsc::Sender<Round>,
     /// The pools this replica alone cannot reach while the fleet reaches them (`[cluster]`).
     unreachable: Arc<ArcSwap<Vec<String>>>,
+    /// Notified when this replica's own view of a pool changes (`[cluster]`): the exchange
+    /// asks the peers at once rather than at its next interval.
+    hurry: Arc<tokio::sync::Notify>,
     /// Each routing table the supervisor swaps in, as it swaps it in.
     swapped: tokio::sync::watch::Receiver<Arc<RoutingTable>>,
     /// The recent health, failover, drain and reload events.
@@ -148,9 +189,16 @@ impl Control {
         rx.await.ok()
     }
 
-    /// Runs an operator command; the answer says what changed.
+    /// Runs an operator command given on this replica; the answer says what changed.
     pub(crate) async fn op(&self, op: Op) -> Result<String, OpError> {
-        self.ask(|tx| Command::Op(op, tx))
+        self.command(op, Source::Local).await.map(|a| a.message)
+    }
+
+    /// Runs an operator command from `source`; the answer says what changed and how the
+    /// command is stamped. A forwarded command older than the last one on its pool or server
+    /// is refused ([`OpError::Superseded`]).
+    pub(crate) async fn command(&self, op: Op, source: Source) -> Result<Applied, OpError> {
+        self.ask(|tx| Command::Op(op, source, tx))
             .await
             .unwrap_or(Err(OpError::Stopped))
     }
@@ -166,8 +214,9 @@ impl Control {
         self.ask(Command::Status).await
     }
 
-    /// This replica's own view of every pool (its probes', not where users are served).
-    pub(crate) async fn view(&self) -> Option<Vec<PoolView>> {
+    /// This replica's own view of every pool (its probes', not where users are served) and
+    /// the operator state it holds.
+    pub(crate) async fn view(&self) -> Option<(Vec<PoolView>, OperatorView)> {
         self.ask(Command::View).await
     }
 
@@ -177,6 +226,12 @@ impl Control {
         if self.fleet.try_send(round).is_err() {
             tracing::debug!("exchange round dropped: the supervisor has not taken the last ones");
         }
+    }
+
+    /// What the exchange waits on besides its interval: notified when this replica's own view
+    /// of a pool changes.
+    pub(crate) fn hurry(&self) -> Arc<tokio::sync::Notify> {
+        self.hurry.clone()
     }
 
     /// The pools this replica alone sees down while the fleet's verdict is up: while there is
@@ -233,12 +288,13 @@ fn launch(
     let (probes, probes_rx) = mpsc::unbounded_channel();
     let (fleet, fleet_rx) = mpsc::channel(FLEET_QUEUE);
     let unreachable = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let hurry = Arc::new(tokio::sync::Notify::new());
     let (swaps, swapped) = tokio::sync::watch::channel(tables.load_full());
     let events = Arc::new(Events::default());
     let sup = supervisor::Supervisor::new(cfg, tables, prober, probes)
         .announcing(swaps)
         .recording(events.clone())
-        .publishing(unreachable.clone());
+        .publishing(unreachable.clone(), hurry.clone());
     let inbox = Inbox {
         commands: commands_rx,
         probes: probes_rx,
@@ -252,6 +308,7 @@ fn launch(
             passive,
             fleet,
             unreachable,
+            hurry,
             swapped,
             events,
         },

@@ -46,7 +46,7 @@ pub(crate) struct ServerStatus {
     pub(crate) address: String,
     pub(crate) transport: &'static str,
     pub(crate) weight: u32,
-    /// `up`, `down` or `drained`.
+    /// `up`, `down`, `backoff`, `held` or `drained`.
     pub(crate) state: &'static str,
     pub(crate) since: String,
     /// Why the server is in its state.
@@ -58,12 +58,35 @@ pub(crate) struct ServerStatus {
     /// Traffic counts, rate and share; the ops endpoint fills them in.
     #[serde(flatten)]
     pub(crate) traffic: Option<crate::stats::TrafficStatus>,
+    /// When a backoff or hold under way runs out.
+    #[serde(flatten)]
+    pub(crate) out: OutStatus,
+}
+
+/// When a server backing off or held returns at the earliest (it also needs its last `rise`
+/// probes to pass), as RFC 3339 UTC timestamps with milliseconds; absent when none runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct OutStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backoff_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) held_until: Option<String>,
 }
 
 /// An `Instant` as an RFC 3339 UTC timestamp.
 pub(crate) fn wall_clock(at: Instant, now: Instant) -> String {
     let t = SystemTime::now() - now.saturating_duration_since(at);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// An `Instant` to come (or past) as an RFC 3339 UTC timestamp with milliseconds.
+fn wall_clock_millis(at: Instant, now: Instant) -> String {
+    let wall = SystemTime::now();
+    let t = match at.checked_duration_since(now) {
+        Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
+        None => wall - now.saturating_duration_since(at),
+    };
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn probe_text(o: &Outcome) -> String {
@@ -98,6 +121,13 @@ pub(super) fn build(sup: &Supervisor, now: Instant) -> Status {
                         last_rtt_ms: e.health.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
                         last_probe: e.health.last_outcome.as_ref().map(probe_text),
                         traffic: None,
+                        out: OutStatus {
+                            backoff_until: e
+                                .health
+                                .backoff_until()
+                                .map(|at| wall_clock_millis(at, now)),
+                            held_until: e.health.held_until().map(|at| wall_clock_millis(at, now)),
+                        },
                     })
                 })
                 .collect();

@@ -1,6 +1,8 @@
 //! The supervisor task: server and pool state, probe tasks, and the table it swaps in.
 
+mod damping;
 pub(super) mod fleet;
+mod operator;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{status, Command, Inbox, Op, OpError, Passive, ProbeResult, Prober, Reload};
+use crate::cluster::operator::Ledger;
 use crate::config::{Config, HostPort, PoolConfig, ServerConfig, Transport};
 use crate::events::{Event, Events, Kind};
 use crate::table::{HealthView, RoutingTable};
@@ -203,6 +206,10 @@ pub(super) struct Supervisor {
     events: Arc<Events>,
     /// With `[cluster]`: the last exchange round and the fleet's verdicts.
     fleet: fleet::Fleet,
+    /// When servers' backoffs and holds run out ([`damping`]).
+    out_timers: damping::Timers,
+    /// The stamp of the last operator command on each pool and server.
+    ledger: Ledger,
 }
 
 impl HealthView for Supervisor {
@@ -237,6 +244,8 @@ impl Supervisor {
             swaps: None,
             events: Arc::default(),
             fleet: fleet::Fleet::default(),
+            out_timers: damping::Timers::default(),
+            ledger: Ledger::default(),
         };
         sup.reconcile(cfg, now());
         sup
@@ -258,9 +267,15 @@ impl Supervisor {
         self
     }
 
-    /// Publishes the pools this replica alone cannot reach in `unreachable`.
-    pub(crate) fn publishing(mut self, unreachable: Arc<ArcSwap<Vec<String>>>) -> Self {
+    /// Publishes the pools this replica alone cannot reach in `unreachable`, and notifies
+    /// `hurry` when its own view of a pool changes.
+    pub(crate) fn publishing(
+        mut self,
+        unreachable: Arc<ArcSwap<Vec<String>>>,
+        hurry: Arc<tokio::sync::Notify>,
+    ) -> Self {
         self.fleet.shared = unreachable;
+        self.fleet.hurry = hurry;
         self
     }
 
@@ -280,6 +295,7 @@ impl Supervisor {
                 .enumerate()
                 .filter(|&(i, _)| !self.fleet.holds(i))
                 .filter_map(|(_, p)| p.deadline())
+                .chain(self.out_timers.next())
                 .min();
             let wake = async {
                 match deadline {
@@ -299,16 +315,19 @@ impl Supervisor {
                     None => break,
                 },
                 Some(ProbeResult { id, outcome }) = inbox.probes.recv() => {
-                    self.record(&id, outcome, now())
+                    self.on_probe(&id, outcome, now())
                 }
                 Some(round) = inbox.fleet.recv() => {
+                    // A command a peer holds and this replica missed is applied first, so
+                    // that the pools are evaluated with it.
+                    let adopted = self.adopt(&round, now());
                     self.fleet.take(round, now());
                     due = true;
-                    false
+                    adopted
                 }
                 _ = wake => {
                     due = true;
-                    false
+                    self.end_outs(now())
                 }
                 _ = gauges.tick() => {
                     self.publish_gauges();
@@ -339,8 +358,8 @@ impl Supervisor {
     fn on_command(&mut self, command: Command) -> bool {
         let now = now();
         match command {
-            Command::Op(op, reply) => {
-                let result = self.operate(op, now);
+            Command::Op(op, source, reply) => {
+                let result = self.command(op, source, now);
                 // The table is swapped before the answer goes out: an operator (or a script)
                 // that sends a request once the command is answered finds it routed the new way.
                 if result.is_ok() {
@@ -384,7 +403,7 @@ impl Supervisor {
                 false
             }
             Command::View(reply) => {
-                let _ = reply.send(self.own_view(now));
+                let _ = reply.send((self.own_view(now), self.operator_view()));
                 false
             }
         }
@@ -459,6 +478,7 @@ impl Supervisor {
                 };
                 let stale =
                     entry.address != s.address || entry.plan != plan || !entry.link.same_as(&link);
+                entry.health.set_damping(p.health.damping);
                 entry.pool = pi;
                 entry.address = s.address;
                 entry.plan = plan;
@@ -510,17 +530,23 @@ impl Supervisor {
     /// failed probe does, but only while the server's pool keeps at least half of its servers
     /// out of `down` — past that, only probes take servers down, so that a burst of signals
     /// cannot empty a pool onto its survivors. A 503 never counts: a busy server is not a dead
-    /// one (its answer was relayed and counted by the wire path). Silence (requests unanswered,
+    /// one (its answer was relayed and counted by the wire path). A 503 with `Retry-After`
+    /// backs the server off if the probe asked for fails too, under the same half-the-pool
+    /// rule ([`Self::on_probe`]). Silence (requests unanswered,
     /// [`SilenceWatch`]) is a suspicion: it counts towards `fall` but never completes it, so only
     /// a failed probe takes the server down. True when a state changed.
     fn on_passive(&mut self, id: &Arc<str>, failure: Failure, now: Instant) -> bool {
-        let Some(entry) = self.servers.get(id) else {
+        let Some(entry) = self.servers.get_mut(id) else {
             return false;
         };
         entry.probe_now.ask();
+        if let Failure::Passive503RetryAfter(seconds) = failure {
+            // Backs the server off only if the probe just asked for fails ([`Self::on_probe`]).
+            entry.health.busy(Duration::from_secs(u64::from(seconds)));
+        }
         let pool = entry.pool;
         let (signal, effect) = match failure {
-            Failure::Passive503 => ("503", "probe_asked"),
+            Failure::Passive503 | Failure::Passive503RetryAfter(_) => ("503", "probe_asked"),
             Failure::Silent => ("silence", "suspected"),
             _ if self.passive_may_take_down(pool, id) => ("icmp", "counted"),
             _ => ("icmp", "probe_asked"),
@@ -569,8 +595,9 @@ impl Supervisor {
         }
     }
 
-    /// Whether a passive signal may take server `id` of pool `pool` down: it is down already,
-    /// or the pool would then have at most half of its servers down.
+    /// Whether a passive signal may take server `id` of pool `pool` down (or back it off): it
+    /// is out already, or the pool would then have at most half of its servers out (down,
+    /// backing off or held).
     fn passive_may_take_down(&self, pool: usize, id: &str) -> bool {
         let servers = &self.cfg.pools[pool].servers;
         let state = |sid: &str| self.servers.get(sid).map(|e| e.health.state());
@@ -579,7 +606,7 @@ impl Supervisor {
         }
         let down = servers
             .iter()
-            .filter(|s| state(&s.id) == Some(ServerState::Down))
+            .filter(|s| state(&s.id).is_some_and(ServerState::is_out))
             .count();
         (down + 1) * 2 <= servers.len()
     }
@@ -596,14 +623,32 @@ impl Supervisor {
         let Some(t) = entry.health.record(outcome, entry.plan.thresholds, now) else {
             return false;
         };
+        self.note(id, t);
+        true
+    }
+
+    /// Logs, records as an event and counts a change of server `id`'s state, and times the end
+    /// of a backoff or hold it began.
+    fn note(&mut self, id: &Arc<str>, t: Transition) {
+        let Some(entry) = self.servers.get(id) else {
+            return;
+        };
+        let pool = &self.cfg.pools[entry.pool].name;
         tracing::warn!(server = %id, pool = %pool, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "server state changed");
         let message = health_message(&t, entry.plan.thresholds);
         self.events
             .record(Event::now(Kind::Health, message).pool(pool).server(id));
-        true
+        if t.to == ServerState::Held {
+            metrics::counter!("siplb_flap_holds_total", "pool" => pool.clone()).increment(1);
+        }
+        if let Some(at) = entry.health.deadline() {
+            self.out_timers.at(at, id.clone());
+        }
     }
 
-    fn operate(&mut self, op: Op, now: Instant) -> Result<String, OpError> {
+    /// Applies an operator command; `note` (empty, or e.g. ` (adopted from URL)`) follows the
+    /// command's name in its event and log line.
+    fn operate(&mut self, op: Op, now: Instant, note: &str) -> Result<String, OpError> {
         let pool_index = |name: &str| {
             self.cfg
                 .pools
@@ -619,23 +664,29 @@ impl Supervisor {
                     .clone()
                     .ok_or_else(|| OpError::NoPair(name.clone()))?;
                 let change = self.pools[i].operator_failover(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served by {pair}")
             }
             Op::Failback(name) => {
                 let i = pool_index(&name)?;
                 let change = self.pools[i].operator_failback(now);
-                self.log_failover(i, change);
+                self.log_failover_noted(i, change, note);
                 format!("pool {name} is served at home")
             }
-            Op::Drain(id) => self.set_drained(&id, true, now)?,
-            Op::Undrain(id) => self.set_drained(&id, false, now)?,
+            Op::Drain(id) => self.set_drained(&id, true, now, note)?,
+            Op::Undrain(id) => self.set_drained(&id, false, now, note)?,
         };
-        tracing::info!(answer = %answer, "operator command");
+        tracing::info!(answer = %answer, source = note.trim(), "operator command");
         Ok(answer)
     }
 
-    fn set_drained(&mut self, id: &str, drained: bool, now: Instant) -> Result<String, OpError> {
+    fn set_drained(
+        &mut self,
+        id: &str,
+        drained: bool,
+        now: Instant,
+        note: &str,
+    ) -> Result<String, OpError> {
         let entry = self
             .servers
             .get_mut(id)
@@ -651,7 +702,11 @@ impl Supervisor {
             self.events.record(
                 Event::now(
                     kind,
-                    format!("operator {what}: {} → {}", t.from.as_str(), t.to.as_str()),
+                    format!(
+                        "operator {what}{note}: {} → {}",
+                        t.from.as_str(),
+                        t.to.as_str()
+                    ),
                 )
                 .pool(pool)
                 .server(id),
@@ -702,6 +757,11 @@ impl Supervisor {
     }
 
     fn log_failover(&self, i: usize, change: Option<FailoverChange>) {
+        self.log_failover_noted(i, change, "");
+    }
+
+    /// [`Supervisor::log_failover`], with `note` after an operator command's name.
+    fn log_failover_noted(&self, i: usize, change: Option<FailoverChange>, note: &str) {
         let Some(c) = change else { return };
         let pool = &self.cfg.pools[i];
         let serving = if c.failed_over {
@@ -717,9 +777,9 @@ impl Supervisor {
         };
         let message = match c.reason {
             FailoverReason::Operator if c.failed_over => {
-                format!("operator failover: users served by {serving}")
+                format!("operator failover{note}: users served by {serving}")
             }
-            FailoverReason::Operator => "operator failback: users served at home".to_string(),
+            FailoverReason::Operator => format!("operator failback{note}: users served at home"),
             reason if c.failed_over => format!("{reason}: users served by {serving}"),
             reason => format!("{reason}: users served at home"),
         };

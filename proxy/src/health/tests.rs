@@ -12,7 +12,9 @@ use arc_swap::ArcSwap;
 use healthcheck::{Failure, Outcome, ProbeNow, ProbeSettings, ServerState};
 use tokio::task::JoinHandle;
 
+mod damping;
 mod fleet;
+mod operator;
 
 use super::{launch, Control, Op, Prober, Reload, Report, Status};
 use crate::config::{self, Config, HostPort};

@@ -3,7 +3,9 @@
 //!
 //! It reads the same routing table the wire path uses and sends operator commands to the health
 //! supervisor; it never touches a message. Admin requests need the bearer token; without a
-//! configured token the admin API does not exist.
+//! configured token the admin API does not exist. With `[cluster]`, operator commands are
+//! forwarded to the peers, and the peers' forwarded commands come in with the cluster token
+//! (`admin.rs`).
 
 mod admin;
 mod cluster;
@@ -48,7 +50,8 @@ impl FromRef<Endpoint> for Ops {
     }
 }
 
-/// The router; the admin routes exist only when a token is configured. `traffic` holds the
+/// The router; the admin routes exist only when an admin token is configured, the operator
+/// commands also with `[cluster]` (a peer forwards its operator's commands to them). `traffic` holds the
 /// samples rates are computed from ([`sample_traffic`] keeps them coming).
 fn router(ops: Ops, traffic: Arc<traffic::Window>) -> Router {
     let mut r = Router::new()
@@ -59,13 +62,16 @@ fn router(ops: Ops, traffic: Arc<traffic::Window>) -> Router {
         .route("/metrics", get(metrics))
         .route("/route", get(route))
         .route("/cluster/view", get(cluster::view));
-    if ops.proxy.token().is_configured() {
+    let admin = ops.proxy.token().is_configured();
+    if admin || ops.proxy.config().cluster.is_some() {
         r = r
             .route("/admin/pools/{name}/failover", post(admin::failover))
             .route("/admin/pools/{name}/failback", post(admin::failback))
             .route("/admin/servers/{id}/drain", post(admin::drain))
-            .route("/admin/servers/{id}/undrain", post(admin::undrain))
-            .route("/admin/reload", post(admin::reload));
+            .route("/admin/servers/{id}/undrain", post(admin::undrain));
+    }
+    if admin {
+        r = r.route("/admin/reload", post(admin::reload));
     }
     r.with_state(Endpoint { ops, traffic })
 }

@@ -1,6 +1,6 @@
 //! `GET /`: pools and servers at a glance, for a person: health, each server's traffic (rate,
 //! share of its pool next to the share its weight asks for, responses by class) and the last
-//! events. Plain HTML and CSS, self-contained. A few lines of script fetch the page again every
+//! events; with `[cluster]`, the fleet's views of every pool side by side. Plain HTML and CSS, self-contained. A few lines of script fetch the page again every
 //! [`REFRESH_SECS`] and swap its body in place (no flicker, the scroll position stays); without
 //! script, a `<noscript>` meta refresh reloads it every five seconds.
 
@@ -45,7 +45,8 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
          .bar{position:relative;display:inline-block;width:7em;height:.8em;background:#eee;\
          vertical-align:middle;margin-right:.4em}.bar .got{position:absolute;left:0;top:0;bottom:0;background:#4a8}\
          .bar .want{position:absolute;top:-.2em;bottom:-.2em;width:2px;background:#222}\
-         .ev td{font-size:.92em}.ev td:last-child{white-space:normal;min-width:24em}</style>",
+         .ev td{font-size:.92em}.ev td:last-child{white-space:normal;min-width:24em}\
+         .no_answer{color:#888}tr.disagree{background:#fde2e2}</style>",
     );
     h.push_str(&REFRESH_SCRIPT.replace("PERIOD", &(REFRESH_SECS * 1000).to_string()));
     h.push_str("</head><body><h1>siplb</h1>");
@@ -103,6 +104,9 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
             "<p class=\"down\">last reload refused: <pre>{}</pre></p>",
             esc(err)
         );
+    }
+    if let Some(cluster) = &doc.health.cluster {
+        fleet(&mut h, cluster);
     }
     for p in &doc.health.pools {
         let failed_over = p.serving != p.name;
@@ -179,6 +183,70 @@ pub(crate) fn render(doc: &StatusDoc) -> String {
     h
 }
 
+/// The fleet table (`[cluster]`): a row per pool, this replica's view and every other
+/// observer's side by side, the fleet's verdict, a mark where the views that answered differ;
+/// then the operator's commands as this replica holds them.
+fn fleet(h: &mut String, c: &crate::health::ClusterStatus) {
+    let _ = write!(
+        h,
+        "<h2 id=\"fleet\">Fleet</h2><p class=\"meta\">{} observers · quorum {}</p>\
+         <table class=\"fleet\"><tr><th>pool</th><th>this replica</th>",
+        c.observers, c.quorum
+    );
+    for peer in &c.peers {
+        let role = if peer.witness { " (witness)" } else { "" };
+        let _ = write!(
+            h,
+            "<th>{}{role}<br><span class=\"meta\">{}</span></th>",
+            esc(&peer.url),
+            esc(peer.result)
+        );
+    }
+    h.push_str("<th>verdict</th><th></th></tr>");
+    for p in &c.pools {
+        let row = if p.disagree { " disagree" } else { "" };
+        let _ = write!(
+            h,
+            "<tr class=\"pool{row}\"><td>{}</td><td class=\"{own}\">{own}</td>",
+            esc(&p.name),
+            own = p.own
+        );
+        for v in &p.views {
+            let text = if v.view == "no_answer" {
+                "no answer"
+            } else {
+                v.view
+            };
+            let _ = write!(h, "<td class=\"{}\">{text}</td>", v.view);
+        }
+        let mark = if p.disagree { "≠ views differ" } else { "" };
+        let _ = write!(
+            h,
+            "<td class=\"{v}\">{v} ({}/{} down)</td><td class=\"mark\">{mark}</td></tr>",
+            p.down,
+            p.answered,
+            v = p.verdict
+        );
+    }
+    h.push_str("</table>");
+    let op = &c.operator;
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            esc(&l.join(", "))
+        }
+    };
+    let _ = write!(
+        h,
+        "<p class=\"meta operator\">operator commands: seq {} from {} · failed over: {} · drained: {}</p>",
+        op.seq,
+        esc(&op.origin),
+        list(&op.failed_over),
+        list(&op.drained)
+    );
+}
+
 /// A percentage of a share.
 fn percent(share: f64) -> String {
     format!("{:.0}%", share * 100.0)
@@ -242,4 +310,86 @@ fn events(h: &mut String, doc: &StatusDoc) {
         );
     }
     h.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::OperatorView;
+    use crate::health::{ClusterStatus, ObserverView, PeerStatus, PoolVerdict};
+
+    fn peer(url: &str, witness: bool) -> PeerStatus {
+        PeerStatus {
+            url: url.into(),
+            result: "ok",
+            last_ok: None,
+            config_matches: Some(true),
+            witness,
+            operator_seq: Some(2),
+        }
+    }
+
+    fn pool(name: &str, own: &'static str, views: [&'static str; 2]) -> PoolVerdict {
+        let urls = ["http://p1:9060", "http://w:9060"];
+        PoolVerdict {
+            name: name.into(),
+            verdict: "up",
+            answered: 3,
+            down: usize::from(own == "down"),
+            own,
+            views: urls
+                .iter()
+                .zip(views)
+                .map(|(u, view)| ObserverView {
+                    observer: (*u).into(),
+                    view,
+                })
+                .collect(),
+            disagree: views.iter().any(|&v| v != "no_answer" && v != own),
+        }
+    }
+
+    #[test]
+    fn the_fleet_table_puts_observers_side_by_side_and_marks_a_disagreement() {
+        let c = ClusterStatus {
+            observers: 3,
+            quorum: 2,
+            peers: vec![peer("http://p1:9060", false), peer("http://w:9060", true)],
+            pools: vec![
+                pool("fe-dc1", "down", ["up", "up"]),
+                pool("fe-dc2", "up", ["up", "no_answer"]),
+            ],
+            unreachable: vec!["fe-dc1".into()],
+            operator: OperatorView {
+                seq: 2,
+                origin: "http://p1:9060".into(),
+                failed_over: vec!["med".into()],
+                ..OperatorView::default()
+            },
+        };
+        let mut h = String::new();
+        fleet(&mut h, &c);
+        assert!(h.contains("<th>http://w:9060 (witness)<br>"), "{h}");
+        assert!(
+            h.contains(
+                "<tr class=\"pool disagree\"><td>fe-dc1</td><td class=\"down\">down</td>\
+                 <td class=\"up\">up</td><td class=\"up\">up</td>"
+            ),
+            "{h}"
+        );
+        assert!(h.contains("≠ views differ"), "{h}");
+        assert!(
+            h.contains(
+                "<tr class=\"pool\"><td>fe-dc2</td><td class=\"up\">up</td><td class=\"up\">up</td>\
+                 <td class=\"no_answer\">no answer</td>"
+            ),
+            "{h}"
+        );
+        assert!(
+            h.contains(
+                "operator commands: seq 2 from http://p1:9060 · failed over: med · drained: none"
+            ),
+            "{h}"
+        );
+    }
 }

@@ -184,6 +184,7 @@ pool = "fe"
                         last_rtt_ms: None,
                         last_probe: None,
                         traffic: None,
+                        out: Default::default(),
                     })
                     .collect(),
             })

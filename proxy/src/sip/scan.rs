@@ -430,6 +430,47 @@ pub(crate) fn supports(buf: &[u8], m: &Message, tag: &[u8]) -> bool {
     false
 }
 
+/// The delta-seconds of the first `Retry-After` header (RFC 3261 §20.33:
+/// `delta-seconds [ comment ] *( SEMI retry-param )`), `None` when there is none or it does not
+/// start with a number; a number too large for 32 bits reads as `u32::MAX`. Not kept by the
+/// scan: only a 503 from a server asks, so the header lines are read again then, without
+/// allocating.
+pub(crate) fn retry_after(buf: &[u8], m: &Message) -> Option<u32> {
+    let mut at = m.headers_start;
+    while at < m.headers_end {
+        let (line, next) = next_line(buf, at)?;
+        let bytes = line.of(buf);
+        if let Some(colon) = memchr(b':', bytes) {
+            if bytes[..colon]
+                .trim_ascii_end()
+                .eq_ignore_ascii_case(b"retry-after")
+            {
+                return delta_seconds(bytes[colon + 1..].trim_ascii_start());
+            }
+        }
+        at = next;
+    }
+    None
+}
+
+/// The leading delta-seconds of a Retry-After value, followed by nothing, white space, a
+/// comment or a parameter.
+fn delta_seconds(value: &[u8]) -> Option<u32> {
+    let digits = value.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0
+        || !matches!(
+            value.get(digits),
+            None | Some(b' ' | b'\t' | b'\r' | b'\n' | b'(' | b';')
+        )
+    {
+        return None;
+    }
+    let n = value[..digits].iter().try_fold(0u32, |n, &d| {
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    });
+    Some(n.unwrap_or(u32::MAX))
+}
+
 /// Whether `name` (as written) is the Via header, in full or compact form.
 pub(crate) fn is_via(name: &[u8]) -> bool {
     classify(name) == Name::Via
@@ -728,5 +769,27 @@ Content-Length: 0\r\n\
         assert!(asks("Supported: gruu\r\nk: outbound,path\r\n"));
         assert!(asks("Supported: gruu,\r\n path\r\n"), "a folded line");
         assert!(!asks("Supported: pathology\r\nRequire: path\r\n"));
+    }
+    #[test]
+    fn retry_after_reads_delta_seconds_with_or_without_a_comment_or_params() {
+        let read = |header: &str| {
+            let text = format!(
+                "SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\
+                 {header}Content-Length: 0\r\n\r\n"
+            );
+            let m = scan(text.as_bytes()).unwrap();
+            retry_after(text.as_bytes(), &m)
+        };
+        assert_eq!(read(""), None);
+        assert_eq!(read("Retry-After: 5\r\n"), Some(5));
+        assert_eq!(
+            read("retry-after:120 (overloaded);duration=30\r\n"),
+            Some(120)
+        );
+        assert_eq!(read("Retry-After: 18000;duration=3600\r\n"), Some(18000));
+        assert_eq!(read("Retry-After: 99999999999\r\n"), Some(u32::MAX));
+        assert_eq!(read("Retry-After: soon\r\n"), None);
+        assert_eq!(read("Retry-After: 5x\r\n"), None);
+        assert_eq!(read("Retry-Afterwards: 5\r\n"), None);
     }
 }

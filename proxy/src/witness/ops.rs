@@ -77,7 +77,8 @@ async fn admin() -> Response {
 async fn view(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
     let cfg = e.witness.config();
     let replica = e.witness.ops().to_string();
-    crate::ops::cluster_view(&cfg, replica, e.witness.control(), &headers).await
+    // No operator state: a witness takes no commands, so it has none a replica should adopt.
+    crate::ops::cluster_view(&cfg, replica, e.witness.control(), &headers, false).await
 }
 
 async fn metrics(State(e): State<Endpoint>) -> Response {
@@ -124,7 +125,7 @@ struct PoolView {
 
 async fn status(State(e): State<Endpoint>) -> Response {
     let control = e.witness.control();
-    let (Some(health), Some(view)) = (control.status().await, control.view().await) else {
+    let (Some(health), Some((view, _))) = (control.status().await, control.view().await) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "siplb is stopping\n").into_response();
     };
     let pools = health

@@ -6,6 +6,7 @@
 mod certs;
 mod cluster;
 mod connections;
+mod damping;
 mod dns;
 mod passthrough;
 mod references;
@@ -176,6 +177,7 @@ fn full_config_becomes_the_expected_config() {
         timeout: Duration::from_millis(1500),
         fall: 3,
         rise: 4,
+        damping: Damping::DEFAULT,
     };
     let expected = Config {
         path: PathBuf::from(PATH),
@@ -294,6 +296,7 @@ fn defaults_apply() {
         timeout: Duration::from_millis(500),
         fall: 2,
         rise: 2,
+        damping: Damping::DEFAULT,
     };
     assert_eq!(cfg.health, health);
     assert_eq!(
@@ -354,6 +357,7 @@ servers = [{{ address = \"127.0.0.1:5081\" }}]
         timeout: Duration::from_millis(500),
         fall: 5,
         rise: 2,
+        damping: Damping::DEFAULT,
     };
     assert_eq!(cfg.health, global);
     assert_eq!(
@@ -368,6 +372,7 @@ servers = [{{ address = \"127.0.0.1:5081\" }}]
             timeout: Duration::from_secs(2),
             fall: 5,
             rise: 7,
+            damping: Damping::DEFAULT,
         }
     );
 }

@@ -42,6 +42,10 @@ pub(crate) struct Fleet {
     unreachable: Vec<String>,
     /// Where `unreachable` is published for `/readyz`.
     pub(super) shared: Arc<ArcSwap<Vec<String>>>,
+    /// Notified when this replica's own view of a pool changes, so that the exchange asks the
+    /// peers at once: the fleet's verdict then waits for the peers' probes, not for the next
+    /// exchange interval as well.
+    pub(super) hurry: Arc<tokio::sync::Notify>,
 }
 
 impl Fleet {
@@ -59,14 +63,21 @@ impl Fleet {
     pub(super) fn track_own(&mut self, cfg: &Config, up: &[bool], now: Instant) {
         self.own
             .retain(|name, _| cfg.pools.iter().any(|p| p.name == *name));
+        let mut changed = false;
         for (p, &up) in cfg.pools.iter().zip(up) {
             match self.own.get_mut(&p.name) {
                 Some(seen) if seen.0 == up => {}
-                Some(seen) => *seen = (up, now),
+                Some(seen) => {
+                    *seen = (up, now);
+                    changed = true;
+                }
                 None => {
                     self.own.insert(p.name.clone(), (up, now));
                 }
             }
+        }
+        if changed && cfg.cluster.is_some() {
+            self.hurry.notify_one();
         }
     }
 
@@ -112,6 +123,8 @@ pub(crate) struct ClusterStatus {
     pub(crate) pools: Vec<PoolVerdict>,
     /// Pools this replica alone cannot reach (it is not ready while there is one).
     pub(crate) unreachable: Vec<String>,
+    /// The operator's commands as this replica holds them (what its view publishes).
+    pub(crate) operator: cluster::OperatorView,
 }
 
 /// One peer (or the witness) in `/status`.
@@ -124,6 +137,8 @@ pub(crate) struct PeerStatus {
     pub(crate) last_ok: Option<String>,
     pub(crate) config_matches: Option<bool>,
     pub(crate) witness: bool,
+    /// The newest operator command's seq in its last view (`None`: no view, or a witness).
+    pub(crate) operator_seq: Option<u64>,
 }
 
 /// The fleet's verdict on one pool in `/status`.
@@ -134,6 +149,28 @@ pub(crate) struct PoolVerdict {
     pub(crate) verdict: &'static str,
     pub(crate) answered: usize,
     pub(crate) down: usize,
+    /// This replica's own view of the pool: `up` or `down`.
+    pub(crate) own: &'static str,
+    /// Every other observer's view of it in the last round, peers then witness.
+    pub(crate) views: Vec<ObserverView>,
+    /// The views that answered (this replica's included) do not all say the same.
+    pub(crate) disagree: bool,
+}
+
+/// One observer's view of one pool in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ObserverView {
+    pub(crate) observer: String,
+    /// `up`, `down`, or `no_answer` (no view this round, another config, or no such pool).
+    pub(crate) view: &'static str,
+}
+
+fn up_str(up: bool) -> &'static str {
+    if up {
+        "up"
+    } else {
+        "down"
+    }
 }
 
 fn verdict_str(v: Verdict) -> &'static str {
@@ -247,6 +284,10 @@ impl Supervisor {
                     last_ok: answer.and_then(|a| a.last_ok).map(wall),
                     config_matches: answer.and_then(|a| a.config_matches),
                     witness: cluster.witness.as_ref() == Some(o),
+                    operator_seq: answer
+                        .and_then(|a| a.view.as_ref())
+                        .and_then(|v| v.operator.as_ref())
+                        .map(|op| op.seq),
                 }
             })
             .collect();
@@ -258,11 +299,27 @@ impl Supervisor {
             .enumerate()
             .map(|(i, p)| {
                 let t = self.fleet.tallies.get(i);
+                let own = self.pool_up(i);
+                let said: Vec<Option<bool>> = cluster
+                    .observers()
+                    .map(|o| round.and_then(|r| r.says(&o.url, &p.name)))
+                    .collect();
+                let views = cluster
+                    .observers()
+                    .zip(&said)
+                    .map(|(o, v)| ObserverView {
+                        observer: o.url.clone(),
+                        view: v.map_or("no_answer", up_str),
+                    })
+                    .collect();
                 PoolVerdict {
                     name: p.name.clone(),
                     verdict: verdict_str(t.map_or(Verdict::Undecided, Tally::verdict)),
                     answered: t.map_or(0, |t| t.answered),
                     down: t.map_or(0, |t| t.down),
+                    own: up_str(own),
+                    views,
+                    disagree: said.iter().flatten().any(|&v| v != own),
                 }
             })
             .collect();
@@ -272,6 +329,7 @@ impl Supervisor {
             peers,
             pools,
             unreachable: self.fleet.unreachable.clone(),
+            operator: self.operator_view(),
         })
     }
 }

@@ -7,11 +7,11 @@ use super::*;
 use crate::cluster::{Answer, Exchange, PoolView, Round, View};
 use crate::test_dir::TestDir;
 
-const P1: &str = "http://10.0.0.2:9060";
-const P2: &str = "http://10.0.0.3:9060";
+pub(super) const P1: &str = "http://10.0.0.2:9060";
+pub(super) const P2: &str = "http://10.0.0.3:9060";
 
 /// [`config_text`] with a `[cluster]` of two peers (three observers).
-fn fleet_config(dir: &TestDir, failback: &str) -> String {
+pub(super) fn fleet_config(dir: &TestDir, failback: &str) -> String {
     let token = dir.write("cluster-token", "fleet-secret");
     format!(
         "{}\n[cluster]\npeers = [\"{P1}\", \"{P2}\"]\ntoken_file = \"{}\"\n",
@@ -21,7 +21,7 @@ fn fleet_config(dir: &TestDir, failback: &str) -> String {
 }
 
 /// A peer's answer: its view of pools `a` and `b`, or `result` without a view.
-fn answer(url: &str, result: Exchange, a_b: Option<(bool, bool)>) -> Answer {
+pub(super) fn answer(url: &str, result: Exchange, a_b: Option<(bool, bool)>) -> Answer {
     let view = a_b.map(|(a, b)| View {
         replica: url.into(),
         config_digest: "same".into(),
@@ -34,6 +34,7 @@ fn answer(url: &str, result: Exchange, a_b: Option<(bool, bool)>) -> Answer {
                 since: String::new(),
             })
             .collect(),
+        operator: None,
     });
     Answer {
         url: url.into(),
@@ -45,7 +46,7 @@ fn answer(url: &str, result: Exchange, a_b: Option<(bool, bool)>) -> Answer {
 }
 
 /// Both peers answer: p1 sees pool a `p1_a`, p2 sees it `p2_a`; both see b up.
-fn views(p1_a: bool, p2_a: bool) -> Round {
+pub(super) fn views(p1_a: bool, p2_a: bool) -> Round {
     Round {
         answers: vec![
             answer(P1, Exchange::Ok, Some((p1_a, true))),
@@ -55,13 +56,13 @@ fn views(p1_a: bool, p2_a: bool) -> Round {
 }
 
 impl Harness {
-    async fn round(&self, round: Round) {
+    pub(super) async fn round(&self, round: Round) {
         self.control.fleet(round);
         settle().await;
     }
 
     /// Takes pool a down (both servers) or up in this replica's own probes.
-    async fn own_a(&self, up: bool) {
+    pub(super) async fn own_a(&self, up: bool) {
         let outcome = if up { OK } else { TIMEOUT };
         self.report("127.0.0.1:5071", outcome, 2);
         self.report("127.0.0.1:5072", outcome, 2);
