@@ -4,6 +4,9 @@
 //!   interval and shows them in `/status` (answering, same config); when a pool's server stops
 //!   answering probes, every replica sees it down, the fleet's verdict is down, and each of
 //!   them fails the pool over to its pair; when it is back, they fail it back;
+//! - with three servers in each pool, sixty users reach the same server through each of the
+//!   three replicas: at home, on the pair while the fleet has failed their pool over, and at
+//!   home again, each on the server it had before;
 //! - `/cluster/view` answers only the cluster token: no token or a wrong one is `401`, counted
 //!   in `siplb_cluster_auth_failures_total`; two replicas with different tokens show each
 //!   other as `unauthorized` and keep routing; a siplb without `[cluster]` has no view (`404`).
@@ -439,4 +442,108 @@ fn a_replica_cut_off_alone_from_a_pool_turns_not_ready_and_moves_no_user() {
     let s = status_in(&r3, r3_ops).unwrap();
     assert_eq!(s["cluster"]["unreachable"], serde_json::json!([]), "{s}");
     drop(procs);
+}
+
+/// Which of `servers` received the request with `call_id` (exactly one must have).
+fn receiver<'a>(servers: &'a [Backend], call_id: &str) -> &'a str {
+    let got: Vec<&str> = servers
+        .iter()
+        .filter(|s| !s.with_call_id(call_id).is_empty())
+        .map(Backend::id)
+        .collect();
+    assert_eq!(
+        got.len(),
+        1,
+        "{call_id} reached exactly one server: {got:?}"
+    );
+    got[0]
+}
+
+/// Registers each of `users` through every replica; returns, per user, the server it reached,
+/// after checking that every replica sent it to the same one.
+fn placement(replicas: &[(Siplb, Ops)], servers: &[Backend], users: &[String]) -> Vec<String> {
+    users
+        .iter()
+        .map(|user| {
+            let reached: Vec<&str> = replicas
+                .iter()
+                .map(|(siplb, _)| {
+                    let mut client = Client::new();
+                    let req = Request::register(&format!("{user}@contoso.com"));
+                    let answer = client.transact(siplb.addr(), &req);
+                    assert_eq!(answer.status(), Some(200), "REGISTER {user}");
+                    receiver(servers, &req.call_id())
+                })
+                .collect();
+            assert!(
+                reached.iter().all(|r| *r == reached[0]),
+                "{user} reached {reached:?} through the three replicas"
+            );
+            reached[0].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_user_reaches_the_same_server_through_any_replica_before_during_and_after_a_fleet_failover()
+{
+    let a: Vec<Backend> = (1..=3)
+        .map(|i| Backend::start(&format!("a{i}"), Behaviour::Accept))
+        .collect();
+    let b: Vec<Backend> = (1..=3)
+        .map(|i| Backend::start(&format!("b{i}"), Behaviour::Accept))
+        .collect();
+    let config = Config::new()
+        .ops()
+        .health(Health::options("200ms", "150ms", 2, 1))
+        .pool_with(
+            Pool::new("a", a.iter().map(Server::of).collect())
+                .pair("b")
+                .failback_after("1s"),
+        )
+        .pool_with(Pool::new("b", b.iter().map(Server::of).collect()).pair("a"))
+        .route(Route::to("a"));
+    let replicas = fleet(&config, &[TOKEN, TOKEN, TOKEN]);
+    for (_, ops) in &replicas {
+        wait_peers(ops, "ok");
+    }
+    let users: Vec<String> = (0..60).map(|i| format!("user{i}")).collect();
+
+    let home = placement(&replicas, &a, &users);
+    for s in &a {
+        let n = home.iter().filter(|h| *h == s.id()).count();
+        assert!(
+            n > 0,
+            "HRW spreads 60 users over the three servers of a: {home:?}"
+        );
+    }
+
+    // Every server of a stops answering probes: the fleet fails a over, every replica serves
+    // its users from b, and they agree on each user's server there.
+    for s in &a {
+        s.set_probe_answer(ProbeAnswer::Ignore);
+    }
+    for (_, ops) in &replicas {
+        wait_serving(ops, "a", "b");
+    }
+    let away = placement(&replicas, &b, &users);
+    for s in &b {
+        assert!(
+            away.iter().any(|h| h == s.id()),
+            "b's servers all take users: {away:?}"
+        );
+    }
+
+    // a is back: every replica sends the users home, each to the server it had before.
+    for s in &a {
+        s.set_probe_answer(ProbeAnswer::Ok);
+    }
+    for (_, ops) in &replicas {
+        wait_serving(ops, "a", "a");
+    }
+    assert_eq!(
+        placement(&replicas, &a, &users),
+        home,
+        "home again, each to its own server"
+    );
 }
