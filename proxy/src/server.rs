@@ -35,6 +35,34 @@ pub(crate) struct ConfigMeta {
     pub(crate) last_error: Option<String>,
 }
 
+impl ConfigMeta {
+    /// Records a reload of the file at `path`: its new version, or its errors (the running
+    /// config stays), each logged and counted in `siplb_config_reloads_total`.
+    pub(crate) fn record(
+        &mut self,
+        path: &std::path::Path,
+        result: &Result<u64, Vec<ConfigError>>,
+    ) {
+        match result {
+            Ok(version) => {
+                self.version = *version;
+                self.loaded_at = now_rfc3339();
+                self.last_error = None;
+                metrics::counter!("siplb_config_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(path = %path.display(), version, "config reloaded");
+            }
+            Err(errors) => {
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for e in &text {
+                    tracing::error!(error = %e, "config reload refused; the running config stays");
+                }
+                self.last_error = Some(text.join("\n"));
+                metrics::counter!("siplb_config_reloads_total", "result" => "error").increment(1);
+            }
+        }
+    }
+}
+
 /// The sockets bound for one configured UDP address: one per worker, all on one port
 /// (`SO_REUSEPORT`), not yet served.
 pub(crate) struct UdpBinding {
@@ -441,27 +469,15 @@ impl Proxy {
             Ok(cfg) => self.apply(cfg).await,
             Err(errors) => Err(errors),
         };
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        match &result {
-            Ok(version) => {
-                if let Err(e) = self.token.refresh(&self.config()) {
-                    tracing::error!(error = %e, "admin token not refreshed; the previous one stays");
-                }
-                meta.version = *version;
-                meta.loaded_at = now_rfc3339();
-                meta.last_error = None;
-                metrics::counter!("siplb_config_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(path = %path.display(), version, "config reloaded");
-            }
-            Err(errors) => {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                for e in &text {
-                    tracing::error!(error = %e, "config reload refused; the running config stays");
-                }
-                meta.last_error = Some(text.join("\n"));
-                metrics::counter!("siplb_config_reloads_total", "result" => "error").increment(1);
+        if result.is_ok() {
+            if let Err(e) = self.token.refresh(&self.config()) {
+                tracing::error!(error = %e, "admin token not refreshed; the previous one stays");
             }
         }
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&path, &result);
         result
     }
 

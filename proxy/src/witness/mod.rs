@@ -162,24 +162,10 @@ impl Witness {
             Ok(cfg) => self.apply(cfg).await,
             Err(errors) => Err(errors),
         };
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        match &result {
-            Ok(version) => {
-                meta.version = *version;
-                meta.loaded_at = now_rfc3339();
-                meta.last_error = None;
-                metrics::counter!("siplb_config_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(path = %path.display(), version, "config reloaded");
-            }
-            Err(errors) => {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                for e in &text {
-                    tracing::error!(error = %e, "config reload refused; the running config stays");
-                }
-                meta.last_error = Some(text.join("\n"));
-                metrics::counter!("siplb_config_reloads_total", "result" => "error").increment(1);
-            }
-        }
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&path, &result);
         result
     }
 
