@@ -95,20 +95,6 @@ start_backends() { # start_backends TAG: fresh backends, with their statistics e
     start_uas_backends "$out/$1-uas" 600s 1
 }
 
-# warm_up ADDR WHAT: a run of 200 REGISTERs (retransmitted as usual) must all succeed; tries
-# for about 10 s. Proves the proxy forwards to every backend before a measured run.
-warm_up() {
-    local addr=$1 what=$2 i ok port
-    for ((i = 0; i < 10; i++)); do
-        free_udp_port port
-        timeout 30 sipp "$addr" -sf "$warm_xml" -inf "$users" -i 127.0.0.1 -p "$port" \
-            -m 200 -r 400 -nostdin -timeout 20s -timeout_error -trace_stat \
-            -stf "$out/warm-$what-$i.csv" >"$out/warm-$what-$i.out" 2>&1 && return 0
-        sleep 1
-    done
-    die "$what at $addr does not answer every REGISTER (see $out/warm-$what-*.out)"
-}
-
 # uac NAME ADDR CALLS: the measured client, in the background; sets uac_pid.
 uac_pid=
 uac() {
@@ -199,12 +185,6 @@ EOF
         die "siplb not ready (see $out/$name.stderr)"
     proxy_addr=127.0.0.1:$port
     ops_addr=127.0.0.1:$ops
-}
-
-servers_toml() { # servers_toml INDEX... → a TOML servers list of those backends
-    local i s=""
-    for i in "$@"; do s+="{ id = \"uas$i\", address = \"${uas_addrs[$i]}\", transport = \"udp\" }, "; done
-    echo "[ ${s%, } ]"
 }
 
 start_kamailio() { # start_kamailio NAME

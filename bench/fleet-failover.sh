@@ -84,12 +84,6 @@ trap 'exit 130' INT TERM
 uas_pids=()
 uas_addrs=()
 
-servers_toml() { # servers_toml INDEX... → a TOML servers list of those backends
-    local i s=""
-    for i in "$@"; do s+="{ id = \"uas$i\", address = \"${uas_addrs[$i]}\", transport = \"udp\" }, "; done
-    echo "[ ${s%, } ]"
-}
-
 # pools_toml → the pools and the route every replica shares (one config: one digest).
 pools_toml() {
     cat <<EOF
@@ -156,20 +150,6 @@ start_replicas() {
         proxy_addrs+=("127.0.0.1:${sip[$i]}")
         ops_addrs+=("127.0.0.1:${ops[$i]}")
     done
-}
-
-# warm_up ADDR WHAT: a run of 200 REGISTERs (retransmitted as usual) must all succeed; tries
-# for about 10 s. Proves the proxy forwards to every backend before a measured run.
-warm_up() {
-    local addr=$1 what=$2 i port
-    for ((i = 0; i < 10; i++)); do
-        free_udp_port port
-        timeout 30 sipp "$addr" -sf "$warm_xml" -inf "$users" -i 127.0.0.1 -p "$port" \
-            -m 200 -r 400 -nostdin -timeout 20s -timeout_error -trace_stat \
-            -stf "$out/warm-$what-$i.csv" >"$out/warm-$what-$i.out" 2>&1 && return 0
-        sleep 1
-    done
-    die "$what at $addr does not answer every REGISTER (see $out/warm-$what-*.out)"
 }
 
 # uac NAME ADDR CALLS RATE: a measured client, in the background; appends to uac_pids.

@@ -136,6 +136,28 @@ start_uas_backends() {
     done
 }
 
+# servers_toml INDEX... → a TOML servers list of those backends of uas_addrs, ids uasINDEX.
+servers_toml() {
+    local i s=""
+    for i in "$@"; do s+="{ id = \"uas$i\", address = \"${uas_addrs[$i]}\", transport = \"udp\" }, "; done
+    echo "[ ${s%, } ]"
+}
+
+# warm_up ADDR WHAT: a run of 200 REGISTERs (retransmitted as usual, the scenario $warm_xml
+# with the users of $users) must all succeed; tries for about 10 s. Proves the proxy forwards
+# to every backend before a measured run. Logs go to $out/warm-WHAT-*.
+warm_up() {
+    local addr=$1 what=$2 i port
+    for ((i = 0; i < 10; i++)); do
+        free_udp_port port
+        timeout 30 sipp "$addr" -sf "$warm_xml" -inf "$users" -i 127.0.0.1 -p "$port" \
+            -m 200 -r 400 -nostdin -timeout 20s -timeout_error -trace_stat \
+            -stf "$out/warm-$what-$i.csv" >"$out/warm-$what-$i.out" 2>&1 && return 0
+        sleep 1
+    done
+    die "$what at $addr does not answer every REGISTER (see $out/warm-$what-*.out)"
+}
+
 # PIN_CORES="P G": the proxy under test runs on core P only and the load generator on core G
 # only (taskset), as they would on machines of their own, so that neither preempts the other;
 # empty (the default): every process may run on every core.

@@ -272,6 +272,21 @@ impl Config {
         self
     }
 
+    /// The TOML text of one replica of a fleet (`[cluster]`, README "Fleet"): its ops endpoint
+    /// at `ops` (every replica must name the others before they start, so it cannot be port 0)
+    /// and a `[cluster]` naming `peers`' ops endpoints; the token and witness lines, if any, go
+    /// after it.
+    pub fn render_replica(&self, ops: SocketAddr, peers: &[SocketAddr]) -> String {
+        let text = self.render();
+        let fixed = text.replace(
+            "[ops]\nlisten = \"127.0.0.1:0\"",
+            &format!("[ops]\nlisten = \"{ops}\""),
+        );
+        assert_ne!(fixed, text, "the ops line is where the harness writes it");
+        let peers: Vec<String> = peers.iter().map(|p| format!("\"http://{p}\"")).collect();
+        format!("{fixed}\n[cluster]\npeers = [{}]\n", peers.join(", "))
+    }
+
     /// The TOML text.
     pub fn render(&self) -> String {
         let mut t = String::new();

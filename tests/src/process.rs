@@ -139,6 +139,21 @@ pub struct Siplb {
     stderr_path: PathBuf,
 }
 
+/// The lines a child prints on its piped stdout, read on a thread so that waiting for one (its
+/// `ready`) can have a deadline; the thread goes on draining stdout for as long as the child
+/// runs, so the child never blocks on a full pipe.
+pub fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 impl Siplb {
     /// Starts `siplb --config <file with config_text>` and waits for `ready`.
     pub fn start(config_text: &str) -> Siplb {
@@ -167,16 +182,7 @@ impl Siplb {
             .spawn()
             .expect("spawn siplb");
 
-        // Lines are read on a thread, so waiting for `ready` has a deadline; the thread goes on
-        // draining stdout so siplb never blocks on a full pipe.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(&mut child);
 
         let mut siplb = Siplb {
             child,

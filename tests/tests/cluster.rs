@@ -22,7 +22,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -51,18 +50,6 @@ fn config(a: &Backend, b: &Backend) -> Config {
         .route(Route::to("a"))
 }
 
-/// `config` with its ops endpoint at `ops` and a `[cluster]` naming `peers`.
-fn replica_text(config: &Config, ops: SocketAddr, peers: &[SocketAddr]) -> String {
-    let text = config.render();
-    let fixed = text.replace(
-        "[ops]\nlisten = \"127.0.0.1:0\"",
-        &format!("[ops]\nlisten = \"{ops}\""),
-    );
-    assert_ne!(fixed, text, "the ops line is where the harness writes it");
-    let peers: Vec<String> = peers.iter().map(|p| format!("\"http://{p}\"")).collect();
-    format!("{fixed}\n[cluster]\npeers = [{}]\n", peers.join(", "))
-}
-
 fn free_ops() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_tcp_port()))
 }
@@ -75,7 +62,7 @@ fn fleet(config: &Config, tokens: &[&str]) -> Vec<(Siplb, Ops)> {
         .zip(tokens)
         .map(|(&me, token)| {
             let peers: Vec<SocketAddr> = addrs.iter().copied().filter(|&a| a != me).collect();
-            let text = replica_text(config, me, &peers);
+            let text = config.render_replica(me, &peers);
             let siplb = Siplb::start_with_env(&text, &[("SIPLB_CLUSTER_TOKEN", token)]);
             let ops = Ops::of(&siplb);
             assert_eq!(ops.addr(), me);
@@ -265,35 +252,9 @@ fn the_view_needs_the_cluster_token_and_a_wrong_one_changes_no_routing() {
 /// How long a phase of the namespace test may take to show.
 const PHASE_WITHIN: Duration = Duration::from_secs(15);
 
-/// Asks `url` from inside namespace `ns` with `siplb healthcheck` (the test runs outside the
-/// namespaces): the status code and the body's first line (all of a JSON document).
-fn ask_in(ns: &str, url: &str) -> Result<(u16, String), String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(siplb_bin())
-        .args(["healthcheck", "--timeout", "2s", "--url", url])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run siplb healthcheck in {ns}: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rest = text
-        .strip_prefix(&format!("{url}: "))
-        .ok_or_else(|| format!("{url}: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let (code, body) = rest
-        .trim_end()
-        .split_once(' ')
-        .unwrap_or((rest.trim_end(), ""));
-    let code = code.parse().map_err(|_| format!("{url}: {text}"))?;
-    Ok((code, body.to_string()))
-}
-
 /// `/status` of the replica whose ops endpoint is `ops`, asked inside `ns`.
 fn status_in(ns: &str, ops: &str) -> Result<Value, String> {
-    let (code, body) = ask_in(ns, &format!("http://{ops}/status"))?;
-    if code != 200 {
-        return Err(format!("/status answered {code}: {body}"));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("/status is not JSON ({e}): {body}"))
+    netns::json_in(ns, &format!("http://{ops}/status"))
 }
 
 /// The pool serving pool `a`'s users in `status`.
@@ -368,7 +329,7 @@ fn a_replica_cut_off_alone_from_a_pool_turns_not_ready_and_moves_no_user() {
             .filter(|(_, o)| *o != ops)
             .map(|(_, o)| o.parse().unwrap())
             .collect();
-        let text = replica_text(&config, ops.parse().unwrap(), &others)
+        let text = config.render_replica(ops.parse().unwrap(), &others)
             + &format!("token_file = \"{}\"\n", token.display());
         let path = work.dir().join(format!("r{}.toml", i + 1));
         std::fs::write(&path, text).unwrap();
@@ -391,12 +352,12 @@ fn a_replica_cut_off_alone_from_a_pool_turns_not_ready_and_moves_no_user() {
             Err(s["cluster"].to_string())
         }
     });
-    assert_eq!(ask_in(&r3, r3_ready).map(|r| r.0), Ok(200));
+    assert_eq!(netns::get_in(&r3, r3_ready).map(|r| r.0), Ok(200));
 
     // r3 alone loses its route to a1.
     ip(&["-n", &r3, "route", "add", "blackhole", "198.18.9.3/32"]);
     let (_, why) = wait_until("r3 not ready", PHASE_WITHIN, || {
-        match ask_in(&r3, r3_ready)? {
+        match netns::get_in(&r3, r3_ready)? {
             (503, why) => Ok((503, why)),
             other => Err(format!("{other:?}")),
         }
@@ -420,7 +381,7 @@ fn a_replica_cut_off_alone_from_a_pool_turns_not_ready_and_moves_no_user() {
         let s = status_in(&lan, ops).unwrap();
         assert_eq!(serving_a(&s), "a", "{ops} keeps pool a home");
         assert_eq!(
-            ask_in(&lan, &format!("http://{ops}/readyz")).map(|r| r.0),
+            netns::get_in(&lan, &format!("http://{ops}/readyz")).map(|r| r.0),
             Ok(200)
         );
     }
@@ -434,7 +395,7 @@ fn a_replica_cut_off_alone_from_a_pool_turns_not_ready_and_moves_no_user() {
     // The route returns: r3 is ready again.
     ip(&["-n", &r3, "route", "del", "blackhole", "198.18.9.3/32"]);
     wait_until("r3 ready again", PHASE_WITHIN, || {
-        match ask_in(&r3, r3_ready)? {
+        match netns::get_in(&r3, r3_ready)? {
             (200, _) => Ok(()),
             other => Err(format!("{other:?}")),
         }

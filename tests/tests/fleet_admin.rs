@@ -62,18 +62,6 @@ fn config(f: &Farm) -> Config {
         .route(Route::to("a"))
 }
 
-/// `config` with its ops endpoint at `ops` and a `[cluster]` naming `peers`.
-fn replica_text(config: &Config, ops: SocketAddr, peers: &[SocketAddr]) -> String {
-    let text = config.render();
-    let fixed = text.replace(
-        "[ops]\nlisten = \"127.0.0.1:0\"",
-        &format!("[ops]\nlisten = \"{ops}\""),
-    );
-    assert_ne!(fixed, text, "the ops line is where the harness writes it");
-    let peers: Vec<String> = peers.iter().map(|p| format!("\"http://{p}\"")).collect();
-    format!("{fixed}\n[cluster]\npeers = [{}]\n", peers.join(", "))
-}
-
 /// One replica of a fleet: its config text (to start it again) and its process.
 struct Replica {
     text: String,
@@ -115,7 +103,7 @@ fn fleet(config: &Config, admin: &[bool]) -> Vec<Replica> {
         .zip(admin)
         .map(|(&me, &admin)| {
             let peers: Vec<SocketAddr> = addrs.iter().copied().filter(|&a| a != me).collect();
-            let r = Replica::start(&replica_text(config, me, &peers), admin);
+            let r = Replica::start(&config.render_replica(me, &peers), admin);
             assert_eq!(r.ops.addr(), me);
             r
         })
@@ -486,7 +474,7 @@ fn a_peer_that_does_not_answer_in_time_or_is_not_there_is_named_with_why() {
     let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let gone = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     let me = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let text = replica_text(&config(&f), me, &[hung.local_addr().unwrap(), gone]);
+    let text = config(&f).render_replica(me, &[hung.local_addr().unwrap(), gone]);
     let r = Replica::start(&text, true);
 
     // Were the peers not bounded, the hung one would hold the answer past the harness's

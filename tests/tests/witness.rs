@@ -26,11 +26,9 @@
 //! port 0. Every wait has a deadline; every process is stopped by its own PID.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -39,7 +37,7 @@ use siplb_e2e::http::{get, get_with_token, post, Reply};
 use siplb_e2e::netns::{self, ip, json_in, Lab, Proc};
 use siplb_e2e::ops::{wait_until, Metrics, Ops, SHOWS_WITHIN};
 use siplb_e2e::ports::{free_tcp_port, free_udp_port};
-use siplb_e2e::process::{run_cli, siplb_bin, ConfigFile};
+use siplb_e2e::process::{run_cli, siplb_bin, stdout_lines, ConfigFile};
 use siplb_e2e::{Backend, Behaviour, Config, Route, Server, Siplb};
 
 const TOKEN: &str = "witness-e2e-token-51d2";
@@ -76,17 +74,8 @@ fn replica_text(
     witness: SocketAddr,
     token_file: Option<&Path>,
 ) -> String {
-    let text = config.render();
-    let fixed = text.replace(
-        "[ops]\nlisten = \"127.0.0.1:0\"",
-        &format!("[ops]\nlisten = \"{ops}\""),
-    );
-    assert_ne!(fixed, text, "the ops line is where the harness writes it");
-    let peers: Vec<String> = peers.iter().map(|p| format!("\"http://{p}\"")).collect();
-    let mut out = format!(
-        "{fixed}\n[cluster]\npeers = [{}]\nwitness = \"http://{witness}\"\n",
-        peers.join(", ")
-    );
+    let mut out = config.render_replica(ops, peers);
+    out.push_str(&format!("witness = \"http://{witness}\"\n"));
     if let Some(file) = token_file {
         out.push_str(&format!("token_file = \"{}\"\n", file.display()));
     }
@@ -123,15 +112,7 @@ impl Witness {
             .stderr(file)
             .spawn()
             .expect("spawn siplb witness");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        // Drains stdout for as long as the witness runs, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let w = Witness {
             child,
             ops,
