@@ -558,16 +558,10 @@ impl Proxy {
         let _one_at_a_time = self.reloading.lock().await;
         let cfg = self.config();
         let bound = self.local();
-        let resolved = {
-            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-            let recorded = answers.record(results, SystemTime::now());
-            for event in recorded.events {
-                self.control.events().record(event);
-            }
-            if !recorded.changed {
-                return false;
-            }
-            dns::expand::expand(&cfg, &answers, &bound)
+        let Some(resolved) =
+            dns::expand::record_round(&self.answers, self.control.events(), results, &cfg, &bound)
+        else {
+            return false;
         };
         let Some(first) = bound.first() else {
             return false;

@@ -21,6 +21,24 @@ pub(crate) fn srv_weight(w: u16) -> u32 {
     }
 }
 
+/// Records one round of lookups in `answers` (its events go to `events`) and, when an answer
+/// in use changed, gives `cfg` expanded with the new answers ([`expand`]); `None` when nothing
+/// changed.
+pub(crate) fn record_round(
+    answers: &std::sync::Mutex<Answers>,
+    events: &crate::events::Events,
+    results: Vec<(Lookup, Result<Answer, String>)>,
+    cfg: &Config,
+    local: &Local,
+) -> Option<Config> {
+    let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
+    let recorded = answers.record(results, std::time::SystemTime::now());
+    for event in recorded.events {
+        events.record(event);
+    }
+    recorded.changed.then(|| expand(cfg, &answers, local))
+}
+
 /// `cfg` with the servers its names resolve to added to each pool after the servers given by
 /// address: named servers in file order, then SRV records (by priority, target, port) or a
 /// name's addresses (ascending, IPv4 first). A name never resolved adds nothing yet. A UDP

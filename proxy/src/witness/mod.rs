@@ -206,16 +206,10 @@ impl Witness {
         let _one_at_a_time = self.reloading.lock().await;
         let cfg = self.config.load_full();
         let local = configured_listeners(&cfg);
-        let resolved = {
-            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-            let recorded = answers.record(results, SystemTime::now());
-            for event in recorded.events {
-                self.control.events().record(event);
-            }
-            if !recorded.changed {
-                return false;
-            }
-            dns::expand::expand(&cfg, &answers, &local)
+        let Some(resolved) =
+            dns::expand::record_round(&self.answers, self.control.events(), results, &cfg, &local)
+        else {
+            return false;
         };
         let reload = Reload {
             config: Arc::new(resolved),
