@@ -582,6 +582,12 @@ fn a_server_that_refuses_before_probes_notice_is_passed_over_in_hrw_order() {
         .clone()
         .find(|&x| hrw::pick(client_ip(x), &all) == dead)
         .expect("a client of fe-c");
+    // The first probes go out at once (an hour is longer than the start-up spread): the server
+    // stops accepting only after its first probe passed, so that the next probe is an hour away.
+    rig.ops.wait_status("fe-c's first probe answered", |s| {
+        let server = s.server(dead);
+        server["last_probe"].is_string() && server["state"] == "up"
+    });
     rig.server(dead).stop_accepting();
     let c = rig.open(client);
     assert_eq!(
