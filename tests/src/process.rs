@@ -154,6 +154,25 @@ pub fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Waits up to `within` for `child` to exit; its exit status, or `None` if it is still running
+/// then.
+pub fn wait_child_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Polling the child's exit under a deadline.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Siplb {
     /// Starts `siplb --config <file with config_text>` and waits for `ready`.
     pub fn start(config_text: &str) -> Siplb {
@@ -321,17 +340,7 @@ impl Siplb {
     /// Waits up to `within` for the process to exit; its exit status, or `None` if it is still
     /// running then.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Polling the child's exit under a deadline.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child_exit(&mut self.child, within)
     }
 
     /// siplb's log output so far.

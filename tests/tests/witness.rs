@@ -37,7 +37,7 @@ use siplb_e2e::http::{get, get_with_token, post, Reply};
 use siplb_e2e::netns::{self, ip, json_in, Lab, Proc};
 use siplb_e2e::ops::{wait_until, Metrics, Ops, SHOWS_WITHIN};
 use siplb_e2e::ports::{free_tcp_port, free_udp_port};
-use siplb_e2e::process::{run_cli, siplb_bin, stdout_lines, ConfigFile};
+use siplb_e2e::process::{run_cli, siplb_bin, stdout_lines, wait_child_exit, ConfigFile};
 use siplb_e2e::{Backend, Behaviour, Config, Route, Server, Siplb};
 
 const TOKEN: &str = "witness-e2e-token-51d2";
@@ -194,17 +194,7 @@ impl Witness {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {}", self.pid());
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Polling the child's exit under a deadline.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_child_exit(&mut self.child, within)
     }
 }
 

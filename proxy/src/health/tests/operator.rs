@@ -116,14 +116,14 @@ async fn a_newer_command_in_a_peers_view_is_adopted_with_an_event_naming_the_pee
     let h = Harness::start(&fleet_config(&dir, "30s"));
     settle().await;
     // p1 holds pool a failed over by an operator and server a2 drained.
-    h.round(round_with(OperatorView {
+    let held = OperatorView {
         seq: 3,
         origin: P1.into(),
         failed_over: vec!["a".into()],
         drained: vec!["a2".into()],
         stamps: vec![stamped("pool", "a", 2, P1), stamped("server", "a2", 3, P2)],
-    }))
-    .await;
+    };
+    h.round(round_with(held.clone())).await;
     assert!(h.a_failed_over(), "adopted at this round");
     assert_eq!(h.server_state("a2").await, Some("drained"));
     let events = h.control.events().recent();
@@ -143,14 +143,7 @@ async fn a_newer_command_in_a_peers_view_is_adopted_with_an_event_naming_the_pee
 
     // The same view again changes nothing; a newer failback is adopted.
     let before = h.control.events().recent().len();
-    h.round(round_with(OperatorView {
-        seq: 3,
-        origin: P1.into(),
-        failed_over: vec!["a".into()],
-        drained: vec!["a2".into()],
-        stamps: vec![stamped("pool", "a", 2, P1), stamped("server", "a2", 3, P2)],
-    }))
-    .await;
+    h.round(round_with(held)).await;
     assert_eq!(h.control.events().recent().len(), before);
     h.round(round_with(OperatorView {
         seq: 4,
