@@ -336,6 +336,14 @@ tree_pids() {
         }'
 }
 
+# switches PID → "voluntary involuntary": the context switches of every thread of PID and of its
+# descendants so far (a count, not a time: it does not depend on how busy the machine is).
+switches() {
+    local p
+    for p in $(tree_pids "$1"); do cat /proc/"$p"/task/*/status 2>/dev/null || true; done |
+        awk '$1 == "voluntary_ctxt_switches:" { v += $2 } $1 == "nonvoluntary_ctxt_switches:" { n += $2 } END { print v + 0, n + 0 }'
+}
+
 # cpu_ticks PID → utime+stime in clock ticks of PID and all its descendants (Kamailio forks its workers;
 # siplb is one process whose threads are all counted in its own /proc/PID/stat).
 cpu_ticks() {

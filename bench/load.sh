@@ -246,12 +246,13 @@ kamailio_streams_settings() {
 # lg_run NAME TARGET TRANSPORT RATE COUNT [PSS_AT_HALF]: one `siplb-loadgen register` run
 # through TARGET (siplb-T, kamailio-T or direct), its JSON line to $out/NAME.json and its
 # summary to $out/NAME.txt. Prints one line:
-#   ok lost retransmitted late achieved max_lag_us proxy_cpu_s client_cpu_s backends_cpu_s wall_s pss_kib proxy_sys_s
+#   ok lost retransmitted late achieved max_lag_us proxy_cpu_s client_cpu_s backends_cpu_s wall_s pss_kib proxy_sys_s vol invol
 # (pss_kib: the proxy's PSS halfway through the run with PSS_AT_HALF, else "-"; proxy_sys_s: the
-# part of proxy_cpu_s spent in the kernel).
+# part of proxy_cpu_s spent in the kernel; vol, invol: the proxy's voluntary and involuntary
+# context switches during the run, all its threads and processes).
 lg_run() {
     local name=$1 target=$2 t=$3 rate=$4 count=$5 at_half=${6:-} pid="" to c0=0 c1=0 b0 b1 lg rc=0 pss=-
-    local u0=0 s0=0 u1=0 s1=0
+    local u0=0 s0=0 u1=0 s1=0 v0=0 n0=0 v1=0 n1=0
     local -a how=()
     if [[ $target == direct ]]; then
         to=$(tr ' ' ',' <<<"${backends_of[udp]}")
@@ -263,7 +264,7 @@ lg_run() {
     tcp) how=(--connections "$TCP_CONNECTIONS") ;;
     tls) how=(--connections "$TCP_CONNECTIONS" --ca "$certs/ca.crt" --name "$tls_name") ;;
     esac
-    [[ -n $pid ]] && read -r u0 s0 <<<"$(cpu_ticks_split "$pid")"
+    [[ -n $pid ]] && read -r u0 s0 <<<"$(cpu_ticks_split "$pid")" && read -r v0 n0 <<<"$(switches "$pid")"
     b0=$(cpu_ticks "$backends_pid")
     timeout $((count / rate + 40)) "${generator_pin[@]}" "$LOADGEN_BIN" register --to "$to" --transport "$t" --rate "$rate" \
         --count "$count" --users "$USERS" "${how[@]}" >"$out/$name.json" 2>"$out/$name.txt" &
@@ -273,16 +274,17 @@ lg_run() {
         pss=$(memory_kib "$pid" Pss)
     fi
     wait "$lg" || rc=$?
-    [[ -n $pid ]] && read -r u1 s1 <<<"$(cpu_ticks_split "$pid")"
+    [[ -n $pid ]] && read -r u1 s1 <<<"$(cpu_ticks_split "$pid")" && read -r v1 n1 <<<"$(switches "$pid")"
     c0=$((u0 + s0)) c1=$((u1 + s1))
     b1=$(cpu_ticks "$backends_pid")
     if [[ $rc != 0 || ! -s $out/$name.json ]]; then
         log "  siplb-loadgen failed (status $rc, see $out/$name.txt)"
-        echo "0 $count 0 0 0 0 $((c1 - c0)) 0 0 0 $pss $((s1 - s0))" | awk -v hz="$clk_tck" '{ $7 = $7 / hz; $12 = $12 / hz; print }'
+        echo "0 $count 0 0 0 0 $((c1 - c0)) 0 0 0 $pss $((s1 - s0)) $((v1 - v0)) $((n1 - n0))" | awk -v hz="$clk_tck" '{ $7 = $7 / hz; $12 = $12 / hz; print }'
         return 0
     fi
     jq -r --arg p "$((c1 - c0))" --arg s "$((s1 - s0))" --arg b "$((b1 - b0))" --arg hz "$clk_tck" --arg pss "$pss" \
-        '"\(.ok) \(.lost) \(.retransmitted) \(.late) \(.achieved_rate) \(.max_lag_us) \(($p | tonumber) / ($hz | tonumber)) \(.cpu_secs) \(($b | tonumber) / ($hz | tonumber)) \(.wall_secs) \($pss) \(($s | tonumber) / ($hz | tonumber))"' \
+        --arg v "$((v1 - v0))" --arg n "$((n1 - n0))" \
+        '"\(.ok) \(.lost) \(.retransmitted) \(.late) \(.achieved_rate) \(.max_lag_us) \(($p | tonumber) / ($hz | tonumber)) \(.cpu_secs) \(($b | tonumber) / ($hz | tonumber)) \(.wall_secs) \($pss) \(($s | tonumber) / ($hz | tonumber)) \($v) \($n)"' \
         "$out/$name.json"
 }
 
@@ -338,7 +340,7 @@ for p in siplb kamailio; do pss_idle[$p]=$(memory_kib "${proxy_pid[$p-udp]}" Pss
 log "idle PSS: siplb ${pss_idle[siplb]} KiB, kamailio ${pss_idle[kamailio]} KiB"
 
 # 1. CPU per pair.
-declare -A cpu_sum=() sys_sum=() ok_sum=() lossy=()
+declare -A cpu_sum=() sys_sum=() ok_sum=() lossy=() runs_of=()
 cpu_rows=() cpu_keys=()
 top_udp=$(tr ' ' '\n' <<<"$UDP_RATES" | sort -n | tail -n 1)
 if has_part cpu; then
@@ -353,13 +355,15 @@ if has_part cpu; then
                 half=
                 [[ $t == udp && $rate == "$top_udp" ]] && half=1
                 log "cpu: $p over $t, $count REGISTERs at $rate/s, run $run"
-                read -r ok lost retr late achieved lag pcpu ccpu bcpu wall pss psys <<<"$(lg_run "cpu-$p-$t-$rate-$run" "$p-$t" "$t" "$rate" "$count" "$half")"
+                read -r ok lost retr late achieved lag pcpu ccpu bcpu wall pss psys vol invol <<<"$(lg_run "cpu-$p-$t-$rate-$run" "$p-$t" "$t" "$rate" "$count" "$half")"
                 per=$(awk -v c="$pcpu" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
+                sw=$(awk -v v="$vol" -v i="$invol" -v n="$ok" 'BEGIN { if (n > 0) printf "%.2f + %.2f", v / n, i / n; else print "-" }')
                 kper=$(awk -v c="$psys" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }')
                 lgper=$(awk -v c="$ccpu" -v b="$bcpu" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", (c + b) * 1e6 / n; else print "-" }')
                 load=$(cut -d' ' -f1 /proc/loadavg)
-                log "  $ok ok, $lost lost, $retr retransmitted ($late answered late), sent at $achieved/s, proxy CPU ${pcpu}s = $per µs/pair ($kper in the kernel), generator $lgper µs/pair, load $load"
-                cpu_rows+=("| $rate | $t | $p | $run | $ok | $lost | $retr | $achieved | $pcpu | **$per** | $kper | $lgper | $load |")
+                log "  $ok ok, $lost lost, $retr retransmitted ($late answered late), sent at $achieved/s, proxy CPU ${pcpu}s = $per µs/pair ($kper in the kernel), switches $sw per pair, generator $lgper µs/pair, load $load"
+                cpu_rows+=("| $rate | $t | $p | $run | $ok | $lost | $retr | $achieved | $pcpu | **$per** | $kper | $sw | $lgper | $load |")
+                runs_of[$leg-$p]+="$per $kper $sw;"
                 if awk -v l="$lost" -v r="$retr" -v n="$count" -v m="$MAX_LOST_PCT" 'BEGIN { exit !((l + r) * 100 >= m * n) }'; then
                     lossy[$leg]+="$p run $run, "
                 fi
@@ -442,6 +446,18 @@ done
 per_pair() {
     awk -v c="${cpu_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
 }
+# median_runs LEG PROXY → "MEDIAN (KERNEL), RUNS|VOL + INVOL": the median run's µs per pair (the
+# lower middle one of an even count), its kernel µs, every run's µs, and the median run's switches per pair.
+median_runs() {
+    tr ';' '\n' <<<"${runs_of[$1-$2]:-}" | awk 'NF >= 5 && $1 != "-" { n++; line[n] = $0; v[n] = $1 }
+        END {
+            if (n == 0) { print "-|-"; exit }
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t; t = line[i]; line[i] = line[j]; line[j] = t }
+            m = int((n + 1) / 2); split(line[m], f, " ")
+            all = ""; for (i = 1; i <= n; i++) all = all (i > 1 ? ", " : "") v[i]
+            printf "%s (%s), runs %s|%s + %s\n", f[1], f[2], all, f[3], f[5]
+        }'
+}
 # kernel_per_pair LEG PROXY → of that, the µs in the kernel (stime), or "-"
 kernel_per_pair() {
     awk -v c="${sys_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
@@ -480,8 +496,8 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
     if has_part cpu; then
         echo "## CPU per forwarded REGISTER + 200 OK ($CPU_SECS s per run)"
         echo
-        echo "| rate /s | transport | proxy | run | 200s | lost | retransmitted | sent /s | proxy CPU s | µs CPU / pair | of which kernel | generator µs / pair | load (1 min) |"
-        echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"
+        echo "| rate /s | transport | proxy | run | 200s | lost | retransmitted | sent /s | proxy CPU s | µs CPU / pair | of which kernel | switches / pair (vol. + invol.) | generator µs / pair | load (1 min) |"
+        echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --- | --: | --: |"
         printf '%s\n' "${cpu_rows[@]}"
         echo
         echo "| rate /s | transport | siplb µs / pair (kernel) | Kamailio µs / pair (kernel) | siplb / Kamailio | siplb's kernel µs / Kamailio's whole |"
@@ -496,6 +512,18 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo
         echo "The last column is the ratio siplb would have if its own code cost nothing: the kernel's"
         echo "part of its pair (stime from /proc/PID/stat) against all of Kamailio's."
+        echo
+        echo "The same runs by their medians (a run's µs per pair; a stall of the shared machine moves the"
+        echo "mean above by one run, the median less), and the context switches per pair, which are counts"
+        echo "and so do not depend on the machine's load:"
+        echo
+        echo "| rate /s | transport | siplb: median µs / pair (kernel), runs | Kamailio: median µs / pair (kernel), runs | siplb / Kamailio, medians | switches / pair, siplb | switches / pair, Kamailio |"
+        echo "| --: | --- | --- | --- | --: | --- | --- |"
+        for leg in "${cpu_keys[@]}"; do
+            s=$(median_runs "$leg" siplb) k=$(median_runs "$leg" kamailio)
+            ratio=$(awk -v s="${s%% *}" -v k="${k%% *}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
+            echo "| ${leg#*/} | ${leg%/*} | ${s%%|*} | ${k%%|*} | **$ratio** | ${s#*|} | ${k#*|} |"
+        done
         for leg in "${cpu_keys[@]}"; do
             if [[ -n ${lossy[$leg]:-} ]]; then
                 echo
