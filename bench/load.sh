@@ -446,16 +446,17 @@ done
 per_pair() {
     awk -v c="${cpu_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
 }
-# median_runs LEG PROXY → "MEDIAN (KERNEL), RUNS|VOL + INVOL": the median run's µs per pair (the
-# lower middle one of an even count), its kernel µs, every run's µs, and the median run's switches per pair.
+# median_runs LEG PROXY → "MEDIAN (KERNEL), RUNS|VOL + INVOL": the median of the runs' µs per pair
+# with its kernel µs (of an even count, the mean of the two middle runs), every run's µs in
+# ascending order, and the median run's switches per pair (likewise).
 median_runs() {
     tr ';' '\n' <<<"${runs_of[$1-$2]:-}" | awk 'NF >= 5 && $1 != "-" { n++; line[n] = $0; v[n] = $1 }
         END {
             if (n == 0) { print "-|-"; exit }
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t; t = line[i]; line[i] = line[j]; line[j] = t }
-            m = int((n + 1) / 2); split(line[m], f, " ")
+            lo = int((n + 1) / 2); hi = int(n / 2) + 1; split(line[lo], a, " "); split(line[hi], b, " ")
             all = ""; for (i = 1; i <= n; i++) all = all (i > 1 ? ", " : "") v[i]
-            printf "%s (%s), runs %s|%s + %s\n", f[1], f[2], all, f[3], f[5]
+            printf "%.1f (%.1f), runs %s|%.2f + %.2f\n", (a[1] + b[1]) / 2, (a[2] + b[2]) / 2, all, (a[3] + b[3]) / 2, (a[5] + b[5]) / 2
         }'
 }
 # kernel_per_pair LEG PROXY → of that, the µs in the kernel (stime), or "-"
