@@ -49,6 +49,7 @@
 #   STEP_RATES, STEP_SECS      part 2 ["10000 20000 30000 40000 50000 60000 70000 80000"], [5]
 #   STEP_TRIES                 tries of a step before a target leaves the race [2]
 #   LATENCY_RATES, LATENCY_SECS  part 3 ["1000 5000"], [10]
+#   LATENCY_ORDER              the order part 3 runs the targets in, at each rate ["siplb kamailio direct"]
 #   USERS                      AORs the clients register [100000]
 #   TCP_CONNECTIONS            client connections over TCP and TLS [1: one carrying every user]
 #   PARTS                      ["cpu steps latency"]; memory is read during cpu's runs
@@ -80,6 +81,7 @@ STEP_SECS=${STEP_SECS:-5}
 STEP_TRIES=${STEP_TRIES:-2}
 LATENCY_RATES=${LATENCY_RATES:-1000 5000}
 LATENCY_SECS=${LATENCY_SECS:-10}
+LATENCY_ORDER=${LATENCY_ORDER:-siplb kamailio direct}
 USERS=${USERS:-100000}
 TCP_CONNECTIONS=${TCP_CONNECTIONS:-1}
 PARTS=${PARTS:-cpu steps latency}
@@ -420,7 +422,7 @@ fi
 lat_rows=()
 if has_part latency; then
     for rate in $LATENCY_RATES; do
-        for t in siplb kamailio direct; do
+        for t in $LATENCY_ORDER; do
             target=$t
             [[ $t != direct ]] && target=$t-udp
             count=$((rate * LATENCY_SECS))
