@@ -8,6 +8,9 @@
 #         backends (checked by the proxy against the same CA)
 #   direct  the client straight to the 4 UDP backends (a user always to the same one): the
 #         loopback's and the generator's own share of every figure
+#   relay   over UDP in part 1: `siplb-loadgen relay`, a forwarder built as siplb's UDP shell
+#         (WORKERS threads blocking in recvmmsg, SO_REUSEPORT, sendmmsg) that does no SIP work:
+#         the floor under any proxy's CPU per pair on these sockets and this machine
 #         (proxy = siplb, or Kamailio 5.6 + dispatcher; one instance of each per transport)
 #
 # Kamailio runs as in production (bench/kamailio/kamailio.cfg over UDP, started by
@@ -21,7 +24,8 @@
 #   1. CPU per forwarded REGISTER + 200 OK pair: the proxy's utime+stime (/proc/PID/stat,
 #      summed over its processes) over a fixed-count run at a fixed rate, divided by the pairs
 #      answered with 200; at each of UDP_RATES over UDP and STREAM_RATE over TCP and TLS,
-#      REPEAT times, and the ratio siplb / Kamailio.
+#      REPEAT times, and the ratio siplb / Kamailio; over UDP the relay's too, and the ratio
+#      relay / Kamailio: what a proxy doing no SIP work at all would score.
 #   2. The highest rate each proxy sustains over UDP: STEP_RATES in turn, STEP_SECS each,
 #      until a step has ≥ 0.1% of its transactions lost or retransmitted, or the generator
 #      sent at < 95% of the rate, STEP_TRIES times in a row; with the generator's own CPU (client + backends) and the
@@ -242,6 +246,19 @@ kamailio_streams_settings() {
     echo "shm and pkg $shm, $receivers tcp receivers, debug=$debug, destinations $flags (active, probed over $t)"
 }
 
+# start_relay: `siplb-loadgen relay` (WORKERS threads) in front of the UDP backends, as
+# proxy "relay-udp".
+start_relay() {
+    local name=relay-udp
+    "${proxy_pin[@]}" "$LOADGEN_BIN" relay --to "$(tr ' ' ',' <<<"${backends_of[udp]}")" --threads "$WORKERS" \
+        --secs 3600 >"$out/$name.out" 2>"$out/$name.err" &
+    proxy_pid[$name]=$!
+    started_pids+=("$!")
+    wait_started "$!" 50 "$name" "$out/$name.err" grep -qsx ready "$out/$name.out" ||
+        die "$name did not start (see $out/$name.err)"
+    proxy_addr[$name]=$(awk '$1 == "listening" && $2 == "udp" { print $3; exit }' "$out/$name.out")
+}
+
 # ---------------------------------------------------------------------------------------------
 # Generator runs
 
@@ -330,6 +347,11 @@ for t in "${transports[@]}"; do
     start_kamailio "$t"
     log "siplb-$t ${proxy_addr[siplb-$t]} (pid ${proxy_pid[siplb-$t]}); kamailio-$t ${proxy_addr[kamailio-$t]} (pid ${proxy_pid[kamailio-$t]}): ${kamailio_info[kamailio-$t]}"
 done
+if has_part cpu; then
+    start_relay
+    log "relay-udp ${proxy_addr[relay-udp]} (pid ${proxy_pid[relay-udp]}), $WORKERS threads"
+    warm_up relay-udp udp
+fi
 for t in "${transports[@]}"; do
     warm_up "siplb-$t" "$t"
     warm_up "kamailio-$t" "$t"
@@ -353,7 +375,8 @@ if has_part cpu; then
         t=${leg%/*} rate=${leg#*/} count=$((${leg#*/} * CPU_SECS))
         cpu_keys+=("$leg")
         for ((run = 1; run <= REPEAT; run++)); do
-            for p in siplb kamailio; do
+            for p in siplb kamailio relay; do
+                [[ $p == relay && $t != udp ]] && continue
                 half=
                 [[ $t == udp && $rate == "$top_udp" ]] && half=1
                 log "cpu: $p over $t, $count REGISTERs at $rate/s, run $run"
@@ -503,29 +526,34 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo "| --: | --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --- | --: | --: |"
         printf '%s\n' "${cpu_rows[@]}"
         echo
-        echo "| rate /s | transport | siplb µs / pair (kernel) | Kamailio µs / pair (kernel) | siplb / Kamailio | siplb's kernel µs / Kamailio's whole |"
-        echo "| --: | --- | --: | --: | --: | --: |"
+        echo "| rate /s | transport | siplb µs / pair (kernel) | Kamailio µs / pair (kernel) | siplb / Kamailio | siplb's kernel µs / Kamailio's whole | relay µs / pair (kernel) | relay / Kamailio |"
+        echo "| --: | --- | --: | --: | --: | --: | --: | --: |"
         for leg in "${cpu_keys[@]}"; do
             s=$(per_pair "$leg" siplb) k=$(per_pair "$leg" kamailio)
             sk=$(kernel_per_pair "$leg" siplb) kk=$(kernel_per_pair "$leg" kamailio)
             ratio=$(awk -v s="$s" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
             floor=$(awk -v s="$sk" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            echo "| ${leg#*/} | ${leg%/*} | $s ($sk) | $k ($kk) | **$ratio** | $floor |"
+            r=$(per_pair "$leg" relay) rk=$(kernel_per_pair "$leg" relay)
+            relay=$(awk -v s="$r" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
+            echo "| ${leg#*/} | ${leg%/*} | $s ($sk) | $k ($kk) | **$ratio** | $floor | $r ($rk) | $relay |"
         done
         echo
-        echo "The last column is the ratio siplb would have if its own code cost nothing: the kernel's"
-        echo "part of its pair (stime from /proc/PID/stat) against all of Kamailio's."
+        echo "\"siplb's kernel µs / Kamailio's whole\" is the ratio siplb would have if its own code cost"
+        echo "nothing: the kernel's part of its pair (stime from /proc/PID/stat) against all of Kamailio's."
+        echo "The relay (UDP only) is a forwarder built as siplb's UDP shell that does no SIP work at all;"
+        echo "\"relay / Kamailio\" is the ratio of a proxy whose only cost is the sockets' and the machine's."
         echo
         echo "The same runs by their medians (a run's µs per pair; a stall of the shared machine moves the"
         echo "mean above by one run, the median less), and the context switches per pair, which are counts"
         echo "and so do not depend on the machine's load:"
         echo
-        echo "| rate /s | transport | siplb: median µs / pair (kernel), runs | Kamailio: median µs / pair (kernel), runs | siplb / Kamailio, medians | switches / pair, siplb | switches / pair, Kamailio |"
-        echo "| --: | --- | --- | --- | --: | --- | --- |"
+        echo "| rate /s | transport | siplb: median µs / pair (kernel), runs | Kamailio: median µs / pair (kernel), runs | siplb / Kamailio, medians | switches / pair, siplb | switches / pair, Kamailio | relay: median µs / pair (kernel), runs | relay / Kamailio, medians | switches / pair, relay |"
+        echo "| --: | --- | --- | --- | --: | --- | --- | --- | --: | --- |"
         for leg in "${cpu_keys[@]}"; do
-            s=$(median_runs "$leg" siplb) k=$(median_runs "$leg" kamailio)
-            ratio=$(awk -v s="${s%% *}" -v k="${k%% *}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            echo "| ${leg#*/} | ${leg%/*} | ${s%%|*} | ${k%%|*} | **$ratio** | ${s#*|} | ${k#*|} |"
+            s=$(median_runs "$leg" siplb) k=$(median_runs "$leg" kamailio) r=$(median_runs "$leg" relay)
+            ratio=$(awk -v s="${s%%[ |]*}" -v k="${k%%[ |]*}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
+            relay=$(awk -v s="${r%%[ |]*}" -v k="${k%%[ |]*}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
+            echo "| ${leg#*/} | ${leg%/*} | ${s%%|*} | ${k%%|*} | **$ratio** | ${s#*|} | ${k#*|} | ${r%%|*} | $relay | ${r#*|} |"
         done
         for leg in "${cpu_keys[@]}"; do
             if [[ -n ${lossy[$leg]:-} ]]; then

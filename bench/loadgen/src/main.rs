@@ -4,11 +4,14 @@
 //! time; `register` sends REGISTERs at a fixed rate for a fixed count through a proxy (or
 //! straight to the backends) and prints what it counted: one JSON line on stdout for scripts,
 //! a readable summary on stderr. Both read one clock (CLOCK_MONOTONIC), so a transaction's
-//! time splits into the request's way to the backend and the response's way back.
+//! time splits into the request's way to the backend and the response's way back. `relay`
+//! forwards UDP between one client and the backends doing no SIP work (see `relay.rs`): the
+//! floor under a proxy's CPU per message.
 
 mod backend;
 mod client;
 mod clock;
+mod relay;
 mod sip;
 mod tls;
 mod udp;
@@ -58,6 +61,19 @@ enum Command {
         /// Without --cert: the DNS name of the certificate made.
         #[arg(long, default_value = "siplb.test")]
         name: String,
+        /// How long to run, seconds.
+        #[arg(long)]
+        secs: u64,
+    },
+    /// A UDP forwarder that does no SIP work, built as siplb's UDP shell: prints "listening udp
+    /// ADDR", then "ready"; ends after --secs.
+    Relay {
+        /// The backends, comma-separated: requests go to each in turn.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
+        /// Threads, each with a socket of its own on the one port (SO_REUSEPORT).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
         /// How long to run, seconds.
         #[arg(long)]
         secs: u64,
@@ -120,6 +136,13 @@ fn run(cli: Cli) -> Result<()> {
             name,
             secs,
         } => backends(udp, tcp, tls, cert.zip(key), write_ca, &name, secs),
+        Command::Relay { to, threads, secs } => {
+            let to = to.into_iter().map(udp::v4).collect::<Result<_>>()?;
+            println!("listening udp {}", relay::start(to, threads)?);
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(secs));
+            Ok(())
+        }
         Command::Register {
             to,
             transport,
