@@ -8,9 +8,10 @@
 #         backends (checked by the proxy against the same CA)
 #   direct  the client straight to the 4 UDP backends (a user always to the same one): the
 #         loopback's and the generator's own share of every figure
-#   relay   over UDP in part 1: `siplb-loadgen relay`, a forwarder built as siplb's UDP shell
-#         (WORKERS threads blocking in recvmmsg, SO_REUSEPORT, sendmmsg) that does no SIP work:
-#         the floor under any proxy's CPU per pair on these sockets and this machine
+#   relay   over UDP and TCP in part 1: `siplb-loadgen relay`, a forwarder that does no SIP work
+#         (over UDP built as siplb's UDP shell: WORKERS threads blocking in recvmmsg,
+#         SO_REUSEPORT, sendmmsg; over TCP a blocking thread per connection): the floor under
+#         any proxy's CPU per pair on these sockets and this machine
 #         (proxy = siplb, or Kamailio 5.6 + dispatcher; one instance of each per transport)
 #
 # Kamailio runs as in production (bench/kamailio/kamailio.cfg over UDP, started by
@@ -24,8 +25,8 @@
 #   1. CPU per forwarded REGISTER + 200 OK pair: the proxy's utime+stime (/proc/PID/stat,
 #      summed over its processes) over a fixed-count run at a fixed rate, divided by the pairs
 #      answered with 200; at each of UDP_RATES over UDP and STREAM_RATE over TCP and TLS,
-#      REPEAT times, and the ratio siplb / Kamailio; over UDP the relay's too, and the ratio
-#      relay / Kamailio: what a proxy doing no SIP work at all would score.
+#      REPEAT times, and the ratio siplb / Kamailio; over UDP and TCP the relay's too, and the
+#      ratio relay / Kamailio: what a proxy doing no SIP work at all would score.
 #   2. The highest rate each proxy sustains over UDP: STEP_RATES in turn, STEP_SECS each,
 #      until a step has ≥ 0.1% of its transactions lost or retransmitted, or the generator
 #      sent at < 95% of the rate, STEP_TRIES times in a row; with the generator's own CPU (client + backends) and the
@@ -246,17 +247,17 @@ kamailio_streams_settings() {
     echo "shm and pkg $shm, $receivers tcp receivers, debug=$debug, destinations $flags (active, probed over $t)"
 }
 
-# start_relay: `siplb-loadgen relay` (WORKERS threads) in front of the UDP backends, as
-# proxy "relay-udp".
+# start_relay TRANSPORT (udp or tcp): `siplb-loadgen relay` (over UDP, WORKERS threads) in
+# front of the backends of TRANSPORT, as proxy "relay-TRANSPORT".
 start_relay() {
-    local name=relay-udp
-    "${proxy_pin[@]}" "$LOADGEN_BIN" relay --to "$(tr ' ' ',' <<<"${backends_of[udp]}")" --threads "$WORKERS" \
-        --secs 3600 >"$out/$name.out" 2>"$out/$name.err" &
+    local t=$1 name=relay-$1
+    "${proxy_pin[@]}" "$LOADGEN_BIN" relay --transport "$t" --to "$(tr ' ' ',' <<<"${backends_of[$t]}")" \
+        --threads "$WORKERS" --secs 3600 >"$out/$name.out" 2>"$out/$name.err" &
     proxy_pid[$name]=$!
     started_pids+=("$!")
     wait_started "$!" 50 "$name" "$out/$name.err" grep -qsx ready "$out/$name.out" ||
         die "$name did not start (see $out/$name.err)"
-    proxy_addr[$name]=$(awk '$1 == "listening" && $2 == "udp" { print $3; exit }' "$out/$name.out")
+    proxy_addr[$name]=$(awk -v t="$t" '$1 == "listening" && $2 == t { print $3; exit }' "$out/$name.out")
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -348,9 +349,11 @@ for t in "${transports[@]}"; do
     log "siplb-$t ${proxy_addr[siplb-$t]} (pid ${proxy_pid[siplb-$t]}); kamailio-$t ${proxy_addr[kamailio-$t]} (pid ${proxy_pid[kamailio-$t]}): ${kamailio_info[kamailio-$t]}"
 done
 if has_part cpu; then
-    start_relay
-    log "relay-udp ${proxy_addr[relay-udp]} (pid ${proxy_pid[relay-udp]}), $WORKERS threads"
-    warm_up relay-udp udp
+    for t in udp tcp; do
+        start_relay "$t"
+        log "relay-$t ${proxy_addr[relay-$t]} (pid ${proxy_pid[relay-$t]})"
+        warm_up "relay-$t" "$t"
+    done
 fi
 for t in "${transports[@]}"; do
     warm_up "siplb-$t" "$t"
@@ -376,7 +379,7 @@ if has_part cpu; then
         cpu_keys+=("$leg")
         for ((run = 1; run <= REPEAT; run++)); do
             for p in siplb kamailio relay; do
-                [[ $p == relay && $t != udp ]] && continue
+                [[ $p == relay && $t == tls ]] && continue
                 half=
                 [[ $t == udp && $rate == "$top_udp" ]] && half=1
                 log "cpu: $p over $t, $count REGISTERs at $rate/s, run $run"
@@ -540,7 +543,7 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo
         echo "\"siplb's kernel µs / Kamailio's whole\" is the ratio siplb would have if its own code cost"
         echo "nothing: the kernel's part of its pair (stime from /proc/PID/stat) against all of Kamailio's."
-        echo "The relay (UDP only) is a forwarder built as siplb's UDP shell that does no SIP work at all;"
+        echo "The relay (UDP and TCP) is a forwarder that does no SIP work at all, over UDP built as siplb's UDP shell;"
         echo "\"relay / Kamailio\" is the ratio of a proxy whose only cost is the sockets' and the machine's."
         echo
         echo "The same runs by their medians (a run's µs per pair; a stall of the shared machine moves the"

@@ -65,13 +65,17 @@ enum Command {
         #[arg(long)]
         secs: u64,
     },
-    /// A UDP forwarder that does no SIP work, built as siplb's UDP shell: prints "listening udp
-    /// ADDR", then "ready"; ends after --secs.
+    /// A forwarder that does no SIP work (over UDP built as siplb's UDP shell): prints
+    /// "listening TRANSPORT ADDR", then "ready"; ends after --secs.
     Relay {
         /// The backends, comma-separated: requests go to each in turn.
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<SocketAddr>,
-        /// Threads, each with a socket of its own on the one port (SO_REUSEPORT).
+        /// Over UDP or TCP (a thread per connection; the newest client connection gets the
+        /// answers).
+        #[arg(long, value_enum, default_value_t = Transport::Udp)]
+        transport: Transport,
+        /// UDP: threads, each with a socket of its own on the one port (SO_REUSEPORT).
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// How long to run, seconds.
@@ -136,9 +140,18 @@ fn run(cli: Cli) -> Result<()> {
             name,
             secs,
         } => backends(udp, tcp, tls, cert.zip(key), write_ca, &name, secs),
-        Command::Relay { to, threads, secs } => {
+        Command::Relay {
+            to,
+            transport,
+            threads,
+            secs,
+        } => {
             let to = to.into_iter().map(udp::v4).collect::<Result<_>>()?;
-            println!("listening udp {}", relay::start(to, threads)?);
+            match transport {
+                Transport::Udp => println!("listening udp {}", relay::start(to, threads)?),
+                Transport::Tcp => println!("listening tcp {}", relay::start_tcp(to)?),
+                Transport::Tls => bail!("the relay speaks UDP and TCP only"),
+            }
             println!("ready");
             std::thread::sleep(Duration::from_secs(secs));
             Ok(())

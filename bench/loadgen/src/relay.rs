@@ -10,14 +10,22 @@
 //! it serves: the address the last request came from. What siplb and Kamailio spend per pair
 //! beyond the relay's is what their SIP work and their own design cost; what the relay spends
 //! is the kernel's moving of four datagrams and waking of threads, which every proxy pays.
+//!
+//! Over TCP ([`start_tcp`]) it is a thread per connection on blocking sockets: one connection
+//! to each backend, opened at the start, and the client's. A read is cut into whole messages
+//! (RFC 3261 §18.3 framing, the only SIP it reads); the requests of one read go to the
+//! backends in turn, one write per backend, and what a backend answers goes to the client in
+//! one write per read. The newest client connection is the one answers go to.
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::sip::frame;
 use crate::udp::{Receiver, Sender, BATCH};
 
 /// `threads` sockets on one port of 127.0.0.1 (`SO_REUSEPORT`), served each by a thread that
@@ -100,4 +108,101 @@ fn pack(a: SocketAddrV4) -> u64 {
 
 fn unpack(v: u64) -> Option<SocketAddrV4> {
     (v != 0).then(|| SocketAddrV4::new(((v >> 16) as u32).into(), v as u16))
+}
+
+/// A TCP listener on 127.0.0.1 relaying between its client and one connection to each of
+/// `backends`, opened now. Returns the listener's address; the threads run until the process
+/// ends.
+pub fn start_tcp(backends: Vec<SocketAddrV4>) -> Result<SocketAddr> {
+    let client: Arc<Mutex<Option<TcpStream>>> = Arc::default();
+    let mut to_backends = Vec::with_capacity(backends.len());
+    for b in backends {
+        let conn = TcpStream::connect(b).with_context(|| format!("connecting to {b}"))?;
+        conn.set_nodelay(true)?;
+        let reader = conn.try_clone()?;
+        let client = client.clone();
+        std::thread::Builder::new()
+            .name("relay-backend".into())
+            .spawn(move || {
+                // Answers go to the newest client connection, whole messages in one write.
+                pump(reader, |msgs: &[u8], _| {
+                    if let Some(c) = client.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        let _ = c.write_all(msgs);
+                    }
+                })
+            })?;
+        to_backends.push(Mutex::new(conn));
+    }
+    let to_backends = Arc::new(to_backends);
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("relay-accept".into())
+        .spawn(move || {
+            let next = Arc::new(AtomicUsize::new(0));
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_nodelay(true);
+                let Ok(writer) = conn.try_clone() else {
+                    continue;
+                };
+                *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
+                let (backends, next) = (to_backends.clone(), next.clone());
+                let _ = std::thread::Builder::new()
+                    .name("relay-client".into())
+                    .spawn(move || {
+                        // Each request to the next backend in turn; one write per backend.
+                        let mut per: Vec<Vec<u8>> = vec![Vec::new(); backends.len()];
+                        pump(conn, |msgs: &[u8], ends: &[usize]| {
+                            let mut start = 0;
+                            for &end in ends {
+                                let turn = next.fetch_add(1, Ordering::Relaxed) % backends.len();
+                                per[turn].extend_from_slice(&msgs[start..end]);
+                                start = end;
+                            }
+                            for (b, buf) in backends.iter().zip(per.iter_mut()) {
+                                if !buf.is_empty() {
+                                    let _ =
+                                        b.lock().unwrap_or_else(|e| e.into_inner()).write_all(buf);
+                                    buf.clear();
+                                }
+                            }
+                        })
+                    });
+            }
+        })?;
+    Ok(addr)
+}
+
+/// Reads `conn` until it closes, and hands each read's whole messages to `each`: their bytes
+/// back to back (keep-alive CRLFs left out) and where each one ends in them.
+fn pump(mut conn: TcpStream, mut each: impl FnMut(&[u8], &[usize])) {
+    let mut inbuf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut msgs: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut ends: Vec<usize> = Vec::with_capacity(64);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        inbuf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while let Some(f) = frame(&inbuf[at..]) {
+            match f {
+                Err(skip) => at += skip,
+                Ok(len) => {
+                    msgs.extend_from_slice(&inbuf[at..at + len]);
+                    ends.push(msgs.len());
+                    at += len;
+                }
+            }
+        }
+        inbuf.drain(..at);
+        if !ends.is_empty() {
+            each(&msgs, &ends);
+            msgs.clear();
+            ends.clear();
+        }
+    }
 }
