@@ -487,6 +487,11 @@ median_runs() {
             printf "%.1f (%.1f), runs %s|%.2f + %.2f\n", (a[1] + b[1]) / 2, (a[2] + b[2]) / 2, all, (a[3] + b[3]) / 2, (a[5] + b[5]) / 2
         }'
 }
+# ratio A B → A / B to two places, or "-" when either is "-" (the leading number of a
+# median_runs answer is read)
+ratio() {
+    awk -v s="${1%%[ |]*}" -v k="${2%%[ |]*}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }'
+}
 # kernel_per_pair LEG PROXY → of that, the µs in the kernel (stime), or "-"
 kernel_per_pair() {
     awk -v c="${sys_sum[$1-$2]:-}" -v n="${ok_sum[$1-$2]:-0}" 'BEGIN { if (n > 0) printf "%.1f", c * 1e6 / n; else print "-" }'
@@ -534,11 +539,8 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         for leg in "${cpu_keys[@]}"; do
             s=$(per_pair "$leg" siplb) k=$(per_pair "$leg" kamailio)
             sk=$(kernel_per_pair "$leg" siplb) kk=$(kernel_per_pair "$leg" kamailio)
-            ratio=$(awk -v s="$s" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            floor=$(awk -v s="$sk" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
             r=$(per_pair "$leg" relay) rk=$(kernel_per_pair "$leg" relay)
-            relay=$(awk -v s="$r" -v k="$k" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            echo "| ${leg#*/} | ${leg%/*} | $s ($sk) | $k ($kk) | **$ratio** | $floor | $r ($rk) | $relay |"
+            echo "| ${leg#*/} | ${leg%/*} | $s ($sk) | $k ($kk) | **$(ratio "$s" "$k")** | $(ratio "$sk" "$k") | $r ($rk) | $(ratio "$r" "$k") |"
         done
         echo
         echo "\"siplb's kernel µs / Kamailio's whole\" is the ratio siplb would have if its own code cost"
@@ -554,9 +556,7 @@ kib_mib() { awk -v k="${1:-}" 'BEGIN { if (k == "" || k == "-") print "-"; else 
         echo "| --: | --- | --- | --- | --: | --- | --- | --- | --: | --- |"
         for leg in "${cpu_keys[@]}"; do
             s=$(median_runs "$leg" siplb) k=$(median_runs "$leg" kamailio) r=$(median_runs "$leg" relay)
-            ratio=$(awk -v s="${s%%[ |]*}" -v k="${k%%[ |]*}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            relay=$(awk -v s="${r%%[ |]*}" -v k="${k%%[ |]*}" 'BEGIN { if (s != "-" && k != "-" && k > 0) printf "%.2f", s / k; else print "-" }')
-            echo "| ${leg#*/} | ${leg%/*} | ${s%%|*} | ${k%%|*} | **$ratio** | ${s#*|} | ${k#*|} | ${r%%|*} | $relay | ${r#*|} |"
+            echo "| ${leg#*/} | ${leg%/*} | ${s%%|*} | ${k%%|*} | **$(ratio "$s" "$k")** | ${s#*|} | ${k#*|} | ${r%%|*} | $(ratio "$r" "$k") | ${r#*|} |"
         done
         for leg in "${cpu_keys[@]}"; do
             if [[ -n ${lossy[$leg]:-} ]]; then

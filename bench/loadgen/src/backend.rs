@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::now_ns;
-use crate::sip::{frame, write_ok, Request};
+use crate::sip::{take_messages, write_ok, Request};
 use crate::udp::{Receiver, Sender};
 
 /// Requests answered, over all backends.
@@ -138,21 +138,12 @@ fn serve_stream(
             }
         }
         let received = now_ns();
-        let mut at = 0;
-        while let Some(f) = frame(&inbuf[at..]) {
-            match f {
-                Err(skip) => at += skip,
-                Ok(len) => {
-                    let msg = &inbuf[at..at + len];
-                    match write_ok(&mut out, msg, tag, received, now_ns()) {
-                        Some(r) => counts.count(r),
-                        None => counts.unanswered(tag, msg),
-                    }
-                    at += len;
-                }
+        take_messages(&mut inbuf, |msg| {
+            match write_ok(&mut out, msg, tag, received, now_ns()) {
+                Some(r) => counts.count(r),
+                None => counts.unanswered(tag, msg),
             }
-        }
-        inbuf.drain(..at);
+        });
         match tls.as_mut() {
             Some(conn) => {
                 if !out.is_empty() {

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::clock::now_ns;
-use crate::sip::{frame, read_answer, write_register, Answer, Register};
+use crate::sip::{read_answer, take_messages, write_register, Answer, Register};
 use crate::udp::{Receiver, Sender, BATCH};
 
 /// The transport of a run.
@@ -589,20 +589,10 @@ fn run_streams(plan: &Plan) -> Result<Tally> {
                     false
                 }
             };
-            let mut at = 0;
-            while let Some(f) = frame(&c.inbuf[at..]) {
-                match f {
-                    Err(skip) => at += skip,
-                    Ok(len) => {
-                        match read_answer(&c.inbuf[at..at + len]) {
-                            Some(a) => r.answer(a, got),
-                            None => r.tally.stray += 1,
-                        }
-                        at += len;
-                    }
-                }
-            }
-            c.inbuf.drain(..at);
+            take_messages(&mut c.inbuf, |msg| match read_answer(msg) {
+                Some(a) => r.answer(a, got),
+                None => r.tally.stray += 1,
+            });
             if !alive {
                 c.open = false;
                 r.tally.closed += 1;

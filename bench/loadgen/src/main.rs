@@ -5,8 +5,8 @@
 //! straight to the backends) and prints what it counted: one JSON line on stdout for scripts,
 //! a readable summary on stderr. Both read one clock (CLOCK_MONOTONIC), so a transaction's
 //! time splits into the request's way to the backend and the response's way back. `relay`
-//! forwards UDP between one client and the backends doing no SIP work (see `relay.rs`): the
-//! floor under a proxy's CPU per message.
+//! forwards UDP or TCP between one client and the backends doing no SIP work (see `relay.rs`):
+//! the floor under a proxy's CPU per message.
 
 mod backend;
 mod client;

@@ -1,4 +1,4 @@
-//! The relay: a UDP forwarder that does no SIP work at all, the floor under any proxy's CPU per
+//! The relay: a forwarder that does no SIP work at all, the floor under any proxy's CPU per
 //! message on these sockets.
 //!
 //! It is built as siplb's UDP shell is (`proxy/src/udp/serve.rs`): `threads` threads, each
@@ -23,10 +23,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::sip::frame;
-use crate::udp::{Receiver, Sender, BATCH};
+use crate::sip::take_messages;
+use crate::udp::{self, Receiver, Sender, BATCH};
 
 /// `threads` sockets on one port of 127.0.0.1 (`SO_REUSEPORT`), served each by a thread that
 /// relays between the client and `backends`. Returns the port's address once every thread
@@ -39,15 +38,7 @@ pub fn start(backends: Vec<SocketAddrV4>, threads: usize) -> Result<SocketAddr> 
     });
     let mut addr: SocketAddr = "127.0.0.1:0".parse()?;
     for _ in 0..threads.max(1) {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_port(true)?;
-        // Smaller buffers than asked are no error: the kernel's limits decide.
-        let _ = socket.set_recv_buffer_size(4 << 20);
-        let _ = socket.set_send_buffer_size(4 << 20);
-        socket
-            .bind(&addr.into())
-            .with_context(|| format!("binding UDP {addr}"))?;
-        let socket: UdpSocket = socket.into();
+        let socket = udp::bind_shared(addr, true)?;
         addr = socket.local_addr()?;
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -187,18 +178,10 @@ fn pump(mut conn: TcpStream, mut each: impl FnMut(&[u8], &[usize])) {
             Ok(n) => n,
         };
         inbuf.extend_from_slice(&chunk[..n]);
-        let mut at = 0;
-        while let Some(f) = frame(&inbuf[at..]) {
-            match f {
-                Err(skip) => at += skip,
-                Ok(len) => {
-                    msgs.extend_from_slice(&inbuf[at..at + len]);
-                    ends.push(msgs.len());
-                    at += len;
-                }
-            }
-        }
-        inbuf.drain(..at);
+        take_messages(&mut inbuf, |msg| {
+            msgs.extend_from_slice(msg);
+            ends.push(msgs.len());
+        });
         if !ends.is_empty() {
             each(&msgs, &ends);
             msgs.clear();

@@ -247,6 +247,22 @@ pub fn frame(buf: &[u8]) -> Option<Result<usize, usize>> {
     (buf.len() >= total).then_some(Ok(total))
 }
 
+/// Hands each whole message at the start of `buf` to `each`, in order, skipping keep-alive
+/// CRLFs ([`frame`]), and removes what it handed and skipped; a partial message stays.
+pub fn take_messages(buf: &mut Vec<u8>, mut each: impl FnMut(&[u8])) {
+    let mut at = 0;
+    while let Some(f) = frame(&buf[at..]) {
+        match f {
+            Err(skip) => at += skip,
+            Ok(len) => {
+                each(&buf[at..at + len]);
+                at += len;
+            }
+        }
+    }
+    buf.drain(..at);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,16 @@ const BUFFER: usize = 4 << 20;
 
 /// A UDP socket on `addr` (IPv4) with 4 MiB buffers.
 pub fn bind(addr: SocketAddr) -> Result<UdpSocket> {
+    bind_shared(addr, false)
+}
+
+/// [`bind`], with `SO_REUSEPORT` when `reuse_port`: several sockets on one port, the kernel
+/// spreading the datagrams that come over them.
+pub fn bind_shared(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     // Smaller buffers than asked are no error: the kernel's limits decide.
     let _ = socket.set_recv_buffer_size(BUFFER);
     let _ = socket.set_send_buffer_size(BUFFER);
